@@ -1,0 +1,1 @@
+src/stagerunner/schema.sql

@@ -1,0 +1,204 @@
+"""``python -m stagerunner [command]``: run (the default), migrate, schema, enqueue,
+status, demo counter.
+
+Exit codes: 0 success; 1 the node stopped on a failure (restart limit, lost database
+at start-up); 2 bad usage or configuration; 3 the schema is missing.
+
+Imports stay inside functions: a spawned stage re-imports this module as its
+``__main__`` and must not pay for pydantic or psycopg it does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SCHEMA = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stagerunner",
+        description="PostgreSQL-backed job runner: every job in a killable child process "
+                    "under a hard deadline. Configuration comes from STAGERUNNER_* variables.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 schema missing.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run a node: a producer and its consumers (the default)")
+    sub.add_parser("migrate", help="install or update the schema (idempotent)")
+    sub.add_parser("schema", help="print schema.sql")
+    enq = sub.add_parser("enqueue", help="enqueue a task and print its id")
+    enq.add_argument("name", help="registered task name, e.g. app.tasks:send_email")
+    enq.add_argument("args", nargs="*", help="one JSON value per positional argument")
+    enq.add_argument("--kwargs", help="keyword arguments as one JSON object")
+    enq.add_argument("--queue")
+    enq.add_argument("--priority", type=int)
+    enq.add_argument("--max-attempts", type=int)
+    enq.add_argument("--timeout", type=float, help="deadline in seconds (within the hard cap)")
+    enq.add_argument("--in", dest="delay", type=float, metavar="SECONDS", help="run after a delay")
+    enq.add_argument("--at", dest="run_at", metavar="ISO8601", help="run at a time")
+    enq.add_argument("--unique-key")
+    st = sub.add_parser("status", help="counts per status, nodes alive, oldest waiting age")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = sub.add_parser("demo", help="the tutorial's counter producer and consumers")
+    demo.add_argument("which", choices=["counter"])
+    demo.add_argument("--consumers", type=int, default=2)
+    demo.add_argument("--broadcast", action="store_true",
+                      help="every consumer sees every event (BroadcastDispatcher)")
+    demo.add_argument("--events", type=int, default=30, help="stop after N events (0: forever)")
+    demo.add_argument("--start", type=int, default=0, help="the counter's initial state")
+    demo.add_argument("--max-demand", type=int, default=5)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    from stagerunner import config, logs
+    from stagerunner.errors import ConfigError, SchemaMissing, StagerunnerError
+
+    try:
+        settings = config.load()
+    except ConfigError as exc:
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log_level, settings.log_format, "main", settings.node_name)
+    try:
+        handler = {"run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema,
+                   "enqueue": cmd_enqueue, "status": cmd_status, "demo": cmd_demo}[command]
+        return handler(settings, args)
+    except SchemaMissing as exc:
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA
+    except (ConfigError, StagerunnerError) as exc:
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_run(settings: Any, args: argparse.Namespace) -> int:
+    import logging
+
+    import psycopg
+
+    from stagerunner import database, registry, store, supervisor
+
+    log = logging.getLogger("stagerunner.main")
+    if not settings.task_modules:
+        log.warning("STAGERUNNER_TASK_MODULES is empty: every task will end in error",
+                    extra={"event": "node.no_task_modules"})
+    try:
+        names = registry.load(settings.task_modules)  # fail here, not in a restart loop
+    except Exception as exc:
+        print(f"stagerunner: STAGERUNNER_TASK_MODULES: cannot import: {exc!r}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        db = database.open_database(settings)
+        with store.connect(db.dsn, connect_timeout=10) as conn:
+            store.check_schema(conn)
+    except psycopg.OperationalError as exc:
+        print(f"stagerunner: cannot connect to the database: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_FAILED
+    if db.embedded:
+        log.info("using the embedded PostgreSQL", extra={
+            "event": "db.embedded", "data_dir": str(settings.data_dir), "dsn": db.dsn,
+            "connect": f"psql '{db.dsn}'"})
+    else:
+        log.info("using PostgreSQL", extra={"event": "db.configured", "database": db.describe()})
+    log.info("tasks registered", extra={"event": "node.tasks", "count": len(names),
+                                        "tasks": ",".join(names)})
+    return supervisor.Supervisor(settings, db.dsn).run()
+
+
+def cmd_migrate(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import database, store
+
+    db = database.open_database(settings, install=False)
+    with store.connect(db.dsn) as conn:
+        store.install_schema(conn)
+        version = store.check_schema(conn)
+    print(f"schema version {version} installed in {db.describe()}")
+    return EXIT_OK
+
+
+def cmd_schema(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import store
+
+    sys.stdout.write(store.schema_text())
+    return EXIT_OK
+
+
+def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from stagerunner import client, database, registry, store
+    from stagerunner.errors import NotJSON
+
+    values = []
+    for i, text in enumerate(args.args, 1):
+        try:
+            values.append(json.loads(text))
+        except ValueError:
+            raise NotJSON(f"argument {i} {text!r} is not JSON (quote strings: '\"{text}\"')") from None
+    task_args: Any = values
+    if args.kwargs is not None:
+        try:
+            task_args = json.loads(args.kwargs)
+        except ValueError:
+            raise NotJSON(f"--kwargs {args.kwargs!r} is not a JSON object") from None
+        if values or not isinstance(task_args, dict):
+            raise NotJSON("--kwargs takes one JSON object and no positional arguments")
+    registry.load(settings.task_modules)  # picks up the task's own defaults when listed
+    options = {k: v for k, v in (("queue", args.queue), ("priority", args.priority),
+                                 ("max_attempts", args.max_attempts), ("timeout", args.timeout),
+                                 ("delay", args.delay), ("unique_key", args.unique_key))
+               if v is not None}
+    if args.run_at:
+        options["run_at"] = datetime.fromisoformat(args.run_at)
+    db = database.open_database(settings)
+    with store.connect(db.dsn) as conn:
+        store.check_schema(conn)
+        print(client.enqueue(args.name, task_args, conn=conn, **options))
+    return EXIT_OK
+
+
+def cmd_status(settings: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from stagerunner import database, store
+
+    db = database.open_database(settings)
+    with store.connect(db.dsn) as conn:
+        store.check_schema(conn)
+        counts = store.count_tasks(conn)
+        nodes = store.live_nodes(conn, expiry_s=settings.node_expiry)
+    totals: dict[str, int] = {}
+    for row in counts:
+        totals[row["status"]] = totals.get(row["status"], 0) + row["n"]
+    oldest = max((r["oldest_waiting_s"] or 0.0 for r in counts), default=0.0)
+    report = {"statuses": totals, "queues": counts, "nodes_alive": len(nodes), "nodes": nodes,
+              "oldest_waiting_s": round(oldest, 3)}
+    if args.json:
+        print(json.dumps(report, default=str))
+        return EXIT_OK
+    statuses = ["waiting", "running", "success", "error", "timeout", "cancelled"]
+    print("  ".join(f"{s}={totals.get(s, 0)}" for s in statuses))
+    print(f"nodes alive: {len(nodes)}  oldest waiting: {oldest:.1f}s")
+    for node in nodes:
+        print(f"  {node['owner']}  queues={node['queues']}  pid={node['pid']}  "
+              f"beat {node['beat_age_s']:.1f}s ago")
+    return EXIT_OK
+
+
+def cmd_demo(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import demo
+
+    return demo.run_counter(consumers=args.consumers, broadcast=args.broadcast,
+                            events=args.events, start=args.start, max_demand=args.max_demand,
+                            library=settings.process_library)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""From outcomes to row transitions: the retry policy (pure ``decide``) and a buffer
+that writes them in one guarded statement per flush and survives database outages.
+
+Retry policy: a run that ended in error or timeout is a failed attempt. While the task
+has failed fewer than max_attempts times it goes back to ``waiting`` with run_at pushed
+by ``backoff`` (1 s, 2 s, 4 s, ... capped at 5 minutes); after that it keeps its final
+status and its last error. A run lost for reasons that were not the job's (its
+consumer or node died under it) is not an attempt: it goes back to ``waiting``, unless
+the task has now been lost LOST_LIMIT times, which points at a job that kills its own
+consumer; then it ends in ``error``. A run refused before it started (unknown task name,
+arguments that do not fit the signature) is final: retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import psycopg
+
+from stagerunner import store
+from stagerunner.protocol import Outcome, Status, TERMINAL
+from stagerunner.store import Finish
+
+log = logging.getLogger(__name__)
+
+LOST_LIMIT = 3
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 300.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait before the next attempt after `failures` failed attempts (>= 1)."""
+    return min(BACKOFF_BASE_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
+
+
+def decide(outcome: Outcome, *, lost: int, max_attempts: int) -> Finish:
+    """The row transition for one outcome. `lost` is the task's lost count at claim time."""
+    o = outcome
+    if o.lost:
+        gone = lost + 1
+        if gone >= LOST_LIMIT:
+            error = f"{o.error}; lost {gone} times, giving up"
+            return Finish(o.task_id, o.attempt, Status.ERROR, "lost", None, error, 0.0, 1, o.runtime_ms)
+        return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error,
+                      backoff(gone), 1, o.runtime_ms)
+    if o.status in (Status.SUCCESS, Status.CANCELLED):
+        return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0, o.runtime_ms)
+    if o.status not in TERMINAL:
+        raise ValueError(f"an outcome cannot report {o.status}")
+    failures = o.attempt - lost
+    if failures < max_attempts and not o.final:
+        return Finish(o.task_id, o.attempt, Status.WAITING, o.status, None, o.error,
+                      backoff(failures), 0, o.runtime_ms)
+    return Finish(o.task_id, o.attempt, o.status, o.status, None, o.error, 0.0, 0, o.runtime_ms)
+
+
+@dataclass
+class Completer:
+    """Buffers decided transitions until they are written; nothing is dropped on error."""
+
+    owner: str
+    pending: list[Finish] = field(default_factory=list)
+
+    def add(self, outcome: Outcome, *, lost: int, max_attempts: int) -> Finish:
+        finish = decide(outcome, lost=lost, max_attempts=max_attempts)
+        self.pending.append(finish)
+        return finish
+
+    def flush(self, conn: psycopg.Connection) -> int:
+        """Write everything pending; raises psycopg errors with the buffer intact."""
+        if not self.pending:
+            return 0
+        batch = self.pending
+        written = store.finish_tasks(conn, owner=self.owner, finishes=batch)
+        self.pending = []
+        for f in batch:
+            if f.task_id not in written:
+                log.warning("stale outcome ignored: the task was rescued or re-claimed meanwhile",
+                            extra={"event": "task.stale_outcome", "task_id": f.task_id,
+                                   "attempt": f.attempt, "status": str(f.status)})
+            else:
+                _log_finish(f)
+        return len(written)
+
+
+def _log_finish(f: Finish) -> None:
+    event = {Status.SUCCESS: "task.finished", Status.WAITING: "task.retrying",
+             Status.TIMEOUT: "task.timed_out", Status.CANCELLED: "task.cancelled"}.get(
+        Status(f.status), "task.failed")
+    if f.reported == "lost":
+        event = "task.lost"
+    level = logging.INFO if f.status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
+    log.log(level, event.replace("task.", "task ").replace("_", " "),
+            extra={"event": event, "task_id": f.task_id, "attempt": f.attempt,
+                   "status": str(f.status), "reported": str(f.reported),
+                   "runtime_ms": round(f.runtime_ms, 2),
+                   **({"error": _first_line(f.error)} if f.error else {})})
+
+
+def _first_line(error: str) -> str:
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error

@@ -1,0 +1,199 @@
+"""Settings from STAGERUNNER_* environment variables, validated once at boot.
+
+No other module reads os.environ. A bad value or an unknown STAGERUNNER_* variable
+raises ConfigError naming the variable, the value and (for unknown names) the
+closest known name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stagerunner.errors import ConfigError
+
+PREFIX = "STAGERUNNER_"
+# Four consumers per core: a consumer spends most of a no-op job forking and waiting,
+# and I/O-bound jobs wait on the network; more than that only adds RSS (see README).
+CONSUMERS_DEFAULT = 4 * (os.cpu_count() or 1)
+JOB_TIMEOUT_DEFAULT = 1.0
+MAX_JOB_TIMEOUT_DEFAULT = 30.0
+MAX_ATTEMPTS_DEFAULT = 3
+POLL_INTERVAL_DEFAULT = 2.0
+HEARTBEAT_INTERVAL_DEFAULT = 1.0
+NODE_EXPIRY_DEFAULT = 3.0
+MAX_RESTARTS_DEFAULT = 10
+RESTART_WINDOW_DEFAULT = 10.0
+RESULT_MAX_BYTES_DEFAULT = 1 << 20
+# Variables that belong to the test suite, not to the runner.
+NOT_SETTINGS = ("STAGERUNNER_TEST_",)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "stagerunner" / "pgdata"
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of a node. Build it once in __main__ and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid")
+
+    database_url: SecretStr | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    consumers: int = Field(default=CONSUMERS_DEFAULT, ge=1, le=512)
+    queues: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    job_timeout: float = Field(default=JOB_TIMEOUT_DEFAULT, gt=0, le=86400)
+    max_job_timeout: float = Field(default=MAX_JOB_TIMEOUT_DEFAULT, gt=0, le=86400)
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
+    poll_interval: float = Field(default=POLL_INTERVAL_DEFAULT, gt=0, le=3600)
+    heartbeat_interval: float = Field(default=HEARTBEAT_INTERVAL_DEFAULT, gt=0, le=60)
+    node_expiry: float = Field(default=NODE_EXPIRY_DEFAULT, gt=0, le=3600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    child_reuse: int = Field(default=1, ge=1, le=1_000_000)
+    job_memory_mb: int | None = Field(default=None, ge=16)
+    result_max_bytes: int = Field(default=RESULT_MAX_BYTES_DEFAULT, ge=1024)
+    max_restarts: int = Field(default=MAX_RESTARTS_DEFAULT, ge=0)
+    restart_window: float = Field(default=RESTART_WINDOW_DEFAULT, gt=0)
+    process_library: Literal["multiprocess", "multiprocessing"] = "multiprocess"
+    fault: str = ""  # test-only: "stage:point" makes that stage SIGKILL itself there
+
+    @field_validator("log_level", "log_format", "process_library", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        modules = _split(value)
+        for name in modules or []:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"{name!r} is not a dotted module name")
+        return modules
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queues(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        queues: dict[str, int | None] = {}
+        for part in _split(value):
+            name, _, count = part.partition("=")
+            if not name.strip():
+                raise ValueError(f"{part!r} has no queue name (expected name=count)")
+            if count and not count.strip().isdigit():
+                raise ValueError(f"{part!r}: the consumer count must be a whole number")
+            queues[name.strip()] = int(count) if count else None
+        return queues
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_queue_counts(cls, data: Any) -> Any:
+        # "default,mail=2": a queue without a count gets STAGERUNNER_CONSUMERS.
+        if isinstance(data, dict) and isinstance(data.get("queues"), str):
+            consumers = int(data.get("consumers") or CONSUMERS_DEFAULT)
+            parsed = cls._queues(data["queues"])
+            data = {**data, "queues": {q: n or consumers for q, n in parsed.items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.job_timeout > self.max_job_timeout:
+            raise ValueError(
+                f"STAGERUNNER_JOB_TIMEOUT={self.job_timeout} is above "
+                f"STAGERUNNER_MAX_JOB_TIMEOUT={self.max_job_timeout}"
+            )
+        if self.node_expiry <= self.heartbeat_interval:
+            raise ValueError("STAGERUNNER_NODE_EXPIRY must be longer than STAGERUNNER_HEARTBEAT_INTERVAL")
+        if any(n < 1 for n in self.queues.values()):
+            raise ValueError("every queue in STAGERUNNER_QUEUES needs at least 1 consumer")
+        return self
+
+    def queue_consumers(self) -> dict[str, int]:
+        """Consumers per queue this node serves."""
+        return dict(self.queues) if self.queues else {"default": self.consumers}
+
+    def dsn(self) -> str | None:
+        """The database to use, or None for the embedded server.
+
+        Order: STAGERUNNER_DATABASE_URL, then DATABASE_URL, then libpq's own PG*
+        variables (PGHOST, PGDATABASE or PGSERVICE set), else None.
+        """
+        if self.database_url is not None:
+            return normalize_dsn(self.database_url.get_secret_value(), "STAGERUNNER_DATABASE_URL")
+        if os.environ.get("DATABASE_URL"):
+            return normalize_dsn(os.environ["DATABASE_URL"], "DATABASE_URL")
+        if any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE")):
+            return ""  # an empty conninfo makes libpq read PG* itself
+        return None
+
+    def job_environment(self) -> dict[str, str]:
+        """The environment a job child runs with: ours minus every STAGERUNNER_* variable."""
+        return {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+
+
+def normalize_dsn(dsn: str, variable: str) -> str:
+    """Accept SQLAlchemy-style URLs (postgresql+psycopg://) that psycopg rejects."""
+    scheme, sep, rest = dsn.partition("://")
+    if sep and "+" in scheme:
+        scheme = scheme.split("+", 1)[0]
+    if sep and scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{variable}: unsupported URL scheme {scheme!r} (expected postgresql://)")
+    return f"{scheme}{sep}{rest}" if sep else dsn
+
+
+def field_env_names() -> dict[str, str]:
+    return {PREFIX + name.upper(): name for name in Settings.model_fields}
+
+
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    known = field_env_names()
+    return sorted(
+        k for k in environ
+        if k.startswith(PREFIX) and k not in known and not k.startswith(NOT_SETTINGS)
+    )
+
+
+def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment (plus overrides), or ConfigError saying what is wrong."""
+    env = dict(os.environ if environ is None else environ)
+    for name in unknown_variables(env):
+        close = difflib.get_close_matches(name, field_env_names(), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown setting {name}={_shown(name, env[name])}{hint}")
+    values = {field: env[var] for var, field in field_env_names().items() if var in env}
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, env)) from None
+
+
+def _shown(variable: str, value: str) -> str:
+    return "'***'" if "DATABASE_URL" in variable else repr(value)
+
+
+def _describe(exc: ValidationError, env: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        variable = PREFIX + field.upper() if field else "settings"
+        value = env.get(variable)
+        shown = f"={_shown(variable, value)}" if value is not None else ""
+        lines.append(f"{variable}{shown}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(lines)

@@ -1,0 +1,277 @@
+"""Consumer stage: asks for work, runs each task in a job child under its deadline,
+reports the outcome. Holds no database connection and never imports psycopg.
+
+    producer ══pipe══ consumer ──fork──> job child (one per job; K with child reuse)
+      Batch, Stop, Cancel ──>   <── Demand, Outcome, Bye
+
+One ``step`` blocks in one ``select`` over the producer pipe and the running child's
+result pipe and pidfd, with the running job's deadline as the timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from stagerunner import executor, faults, logs, registry
+from stagerunner.errors import StagerunnerError
+from stagerunner.executor import Child, Limits
+from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Outcome, ProtocolError, Status, Stop,
+                                  Task, decode, encode)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    slot: int
+    queue: str
+    limits: Limits
+    node: str = ""
+    log_level: str = "info"
+    log_format: str = "text"
+    fault: str = ""
+    window: int = 1  # tasks held at once: the running one plus any prefetched
+
+
+@dataclass(slots=True)
+class Running:
+    task: Task
+    started: float
+    deadline: float
+    timeout: float
+
+
+class Consumer:
+    def __init__(self, conn: Any, config: ConsumerConfig) -> None:
+        self.conn = conn
+        self.config = config
+        self.limits = config.limits
+        self.queue: deque[Task] = deque()
+        self.spare: Child | None = None
+        self.running: Running | None = None
+        self.stopping = False
+        self.done = False
+
+    # The loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._send(Demand(self.config.window))
+        self.spare = self._fork()
+        while not self.done:
+            self.step(time.monotonic())
+        self._discard_spare()
+        return 0
+
+    def step(self, now: float) -> None:
+        if self.running is None:
+            self._start_next(now)
+        if self.running is None and self.stopping:
+            self._send(Bye(tuple(t.id for t in self.queue)))
+            self.queue.clear()
+            self.done = True
+            return
+        fds = [self.conn.fileno()]
+        timeout = None
+        if self.running is not None and self.spare is not None:
+            fds += self.spare.fds()
+            timeout = max(0.0, self.running.deadline - now)
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.conn.fileno() in ready:
+            self._read_producer()
+        if self.running is not None:
+            self._check_job(ready)
+
+    # Producer messages ----------------------------------------------------------
+
+    def _read_producer(self) -> None:
+        try:
+            while not self.done and self.conn.poll():
+                self._handle(decode(self.conn.recv_bytes()))
+        except (EOFError, OSError):
+            log.warning("producer went away; stopping", extra={"event": "consumer.orphaned"})
+            self._abandon()
+        except ProtocolError as exc:
+            log.error("undecodable message from producer", extra={"event": "consumer.protocol_error",
+                                                                  "error": str(exc)})
+
+    def _handle(self, message: object) -> None:
+        match message:
+            case Batch(tasks=tasks):
+                self.queue.extend(tasks)
+                faults.hit(self.config.fault, "consumer", "after_batch")
+            case Stop():
+                self.stopping = True
+            case Cancel(task_id=task_id):
+                self._cancel(task_id)
+            case _:
+                log.error("unexpected message", extra={"event": "consumer.protocol_error",
+                                                       "message": repr(message)})
+
+    def _cancel(self, task_id: int) -> None:
+        if self.running is not None and self.running.task.id == task_id:
+            run = self.running
+            self._retire_child()
+            self._report(Outcome(task_id, run.task.attempt, Status.CANCELLED,
+                                 self._ms(run), error="cancelled while running"))
+            return
+        for task in list(self.queue):
+            if task.id == task_id:
+                self.queue.remove(task)
+                self._report(Outcome(task_id, task.attempt, Status.CANCELLED, 0.0,
+                                     error="cancelled before it started"))
+
+    def _abandon(self) -> None:
+        if self.running is not None:
+            self._retire_child()
+            self.running = None
+        self.queue.clear()
+        self.done = True
+
+    # Jobs -----------------------------------------------------------------------
+
+    def _start_next(self, now: float) -> None:
+        while self.queue and self.running is None:
+            task = self.queue.popleft()
+            try:
+                spec = registry.resolve(task.name, self.limits.modules)
+                _check_arguments(spec, task.args)
+            except StagerunnerError as exc:
+                self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, error=str(exc),
+                                     final=True))
+                continue
+            if self.spare is None:
+                self.spare = self._fork()
+            timeout = self.limits.deadline_for(task, spec.timeout)
+            self.running = Running(task, now, now + timeout, timeout)
+            faults.hit(self.config.fault, "consumer", "before_job")
+            self.spare.send(task)
+            log.debug("task started", extra={"event": "task.started", "task_id": task.id,
+                                             "attempt": task.attempt, "child": self.spare.pid})
+
+    def _check_job(self, ready: list[int]) -> None:
+        run, child = self.running, self.spare
+        assert run is not None and child is not None
+        reply = child.poll_result() if child.result_r in ready else None
+        if reply is None and child.pidfd in ready:
+            reply = child.drain_result()
+            if reply is None:
+                status = child.kill()
+                self._finish(Outcome(run.task.id, run.task.attempt, Status.ERROR, self._ms(run),
+                                     error=executor.describe_exit(status)), recycle=True)
+                return
+        if reply is not None:
+            outcome = executor.outcome_from_reply(run.task, reply, self._ms(run))
+            recycle = child.jobs_sent >= self.limits.child_reuse
+            self._finish(outcome, recycle=recycle)
+        elif time.monotonic() >= run.deadline:
+            self._retire_child()  # kill first: the outcome must describe a dead job
+            self._finish(Outcome(run.task.id, run.task.attempt, Status.TIMEOUT, run.timeout * 1000,
+                                 error=f"killed at its deadline of {run.timeout:g} s"), recycle=False)
+
+    def _finish(self, outcome: Outcome, recycle: bool) -> None:
+        self.running = None
+        self._report(outcome)
+        if recycle:
+            self._retire_child()
+        keep = {self.spare.pid} if self.spare is not None else set()
+        executor.kill_strays(keep)
+        if self.spare is None and not self.stopping:
+            self.spare = self._fork()  # paid now, while the next task is on its way
+
+    def _report(self, outcome: Outcome) -> None:
+        demand = 0 if self.stopping else 1
+        self._send(dataclasses.replace(outcome, demand=demand))
+
+    def _retire_child(self) -> None:
+        if self.spare is not None:
+            self.spare.kill()
+            self.spare = None
+
+    def _discard_spare(self) -> None:
+        self._retire_child()
+        executor.kill_strays(set())
+
+    def _fork(self) -> Child:
+        return Child.fork(self.limits, _resolve_for_child(self.limits.modules))
+
+    def _send(self, message: Demand | Outcome | Bye) -> None:
+        try:
+            self.conn.send_bytes(encode(message))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self._abandon()
+
+    @staticmethod
+    def _ms(run: Running) -> float:
+        return (time.monotonic() - run.started) * 1000
+
+
+def _resolve_for_child(modules: tuple[str, ...]) -> executor.Resolver:
+    def resolve(name: str) -> Any:
+        return registry.resolve(name, modules).func
+
+    return resolve
+
+
+def _check_arguments(spec: registry.Spec, args_text: str) -> None:
+    """Refuse arguments that cannot be bound to the task's signature, before forking."""
+    from stagerunner.errors import BadArguments
+
+    try:
+        args = json.loads(args_text)
+    except ValueError as exc:
+        raise BadArguments(f"arguments for {spec.name} are not JSON: {exc}") from None
+    if spec.signature is None:
+        return
+    try:
+        if isinstance(args, list):
+            spec.signature.bind(*args)
+        elif isinstance(args, dict):
+            spec.signature.bind(**args)
+        else:
+            raise TypeError(f"expected a JSON array or object, got {type(args).__name__}")
+    except TypeError as exc:
+        raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None
+
+
+# Process entry ------------------------------------------------------------------------
+
+def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, str]) -> None:
+    """Entry point of a consumer process (spawned by the supervisor)."""
+    os.setsid()  # our job children stay in this session, where the supervisor can find them
+    executor.die_with_parent(parent)
+    executor.become_subreaper()
+    os.environ.clear()
+    os.environ.update(environment)  # jobs never see the runner's STAGERUNNER_* settings
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.configure(config.log_level, config.log_format, f"consumer-{config.slot}", config.node)
+    _set_title(f"stagerunner consumer {config.slot} queue={config.queue} node={config.node}")
+    try:
+        registry.load(config.limits.modules)
+    except Exception:
+        log.exception("could not import task modules", extra={"event": "consumer.import_failed"})
+        os._exit(3)
+    try:
+        code = Consumer(conn, config).run()
+    except Exception:
+        log.exception("consumer crashed", extra={"event": "consumer.crashed"})
+        code = 1
+    os._exit(code)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle  # optional: nicer `ps` output
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass

@@ -1,0 +1,129 @@
+"""Demand bookkeeping: pure, no pipes, no database (GenStage's dispatchers).
+
+``Ledger`` is the DemandDispatcher: each consumer slot has credits it asked for and
+the tasks it holds, in the order it received them. The producer asks the ledger how
+many tasks a queue can take (``unmet``), claims at most that many, and lets
+``assign`` split them so no consumer gets more than it asked for; leftovers go back
+to the caller to be released.
+
+``Broadcast`` is the BroadcastDispatcher of the counter demo: an event is emitted
+only when every consumer has demand, and every consumer receives every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from stagerunner.protocol import Task
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Slot:
+    queue: str
+    credits: int = 0
+    held: list[Task] = field(default_factory=list)
+    heard_at: float = 0.0  # monotonic time of the last message from this consumer
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.slots: dict[int, Slot] = {}
+
+    def add(self, slot: int, queue: str, now: float = 0.0) -> None:
+        if slot in self.slots:
+            raise ValueError(f"slot {slot} is already attached")
+        self.slots[slot] = Slot(queue=queue, heard_at=now)
+
+    def ask(self, slot: int, n: int, now: float = 0.0) -> None:
+        if n < 0:
+            raise ValueError(f"demand must not be negative, got {n}")
+        s = self.slots[slot]
+        s.credits += n
+        s.heard_at = now
+
+    def unmet(self, queue: str) -> int:
+        return sum(s.credits for s in self.slots.values() if s.queue == queue)
+
+    def queues(self) -> set[str]:
+        return {s.queue for s in self.slots.values()}
+
+    def assign(self, queue: str, tasks: Sequence[Task], now: float = 0.0
+               ) -> tuple[dict[int, list[Task]], list[Task]]:
+        """Give each task to the slot with the most credits left; return (plan, leftover)."""
+        plan: dict[int, list[Task]] = {}
+        hungry = [i for i, s in self.slots.items() if s.queue == queue and s.credits > 0]
+        pending = list(tasks)
+        while pending and hungry:
+            slot = max(hungry, key=lambda i: self.slots[i].credits)
+            s = self.slots[slot]
+            task = pending.pop(0)
+            s.credits -= 1
+            s.held.append(task)
+            if not plan.get(slot):
+                s.heard_at = max(s.heard_at, now)  # the silence clock starts at dispatch
+            plan.setdefault(slot, []).append(task)
+            if s.credits == 0:
+                hungry.remove(slot)
+        return plan, pending
+
+    def finished(self, slot: int, task_id: int, attempt: int) -> Task | None:
+        """Forget a task the slot reported on; None if the slot did not hold it."""
+        s = self.slots[slot]
+        for i, task in enumerate(s.held):
+            if task.id == task_id and task.attempt == attempt:
+                return s.held.pop(i)
+        return None
+
+    def take_back(self, slot: int, task_ids: Iterable[int]) -> list[Task]:
+        """Tasks a consumer returned unstarted."""
+        wanted = set(task_ids)
+        s = self.slots[slot]
+        back = [t for t in s.held if t.id in wanted]
+        s.held = [t for t in s.held if t.id not in wanted]
+        return back
+
+    def drop(self, slot: int) -> tuple[Task | None, list[Task]]:
+        """Detach a dead slot: (the task it may have been running, the ones it never started)."""
+        s = self.slots.pop(slot)
+        if not s.held:
+            return None, []
+        return s.held[0], s.held[1:]
+
+    def holder(self, task_id: int) -> int | None:
+        for i, s in self.slots.items():
+            if any(t.id == task_id for t in s.held):
+                return i
+        return None
+
+    def silent(self, now: float, limit: float) -> list[int]:
+        """Slots holding work that have said nothing for longer than `limit` seconds."""
+        return [i for i, s in self.slots.items() if s.held and now - s.heard_at > limit]
+
+    def held(self) -> list[Task]:
+        return [t for s in self.slots.values() for t in s.held]
+
+    def credits(self) -> int:
+        return sum(s.credits for s in self.slots.values())
+
+
+class Broadcast(Generic[T]):
+    """Every consumer gets every event; emit only as many as the least hungry can take."""
+
+    def __init__(self, consumers: Iterable[int]) -> None:
+        self.credits = {c: 0 for c in consumers}
+
+    def ask(self, consumer: int, n: int) -> None:
+        self.credits[consumer] += n
+
+    def unmet(self) -> int:
+        return min(self.credits.values(), default=0)
+
+    def assign(self, events: Sequence[T]) -> dict[int, list[T]]:
+        n = min(len(events), self.unmet())
+        for c in self.credits:
+            self.credits[c] -= n
+        return {c: list(events[:n]) for c in self.credits}

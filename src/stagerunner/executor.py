@@ -1,0 +1,329 @@
+"""Job children: forked ahead of time, one job each (or K with child reuse), killed as a
+process group at the deadline.
+
+    consumer ──fork──> job child (own process group, dies with the consumer)
+       │  job pipe   ──>  [len][json: id, name, args]
+       │  result pipe <── [len][json: "ok", result] | ["error", text]
+       └─ pidfd: tells the consumer the child exited without a result
+
+The consumer forks the next child right after a job ends, so the fork is paid while
+the consumer waits for work rather than between a task's arrival and its start.
+
+Every path ends in ``Child.kill``: SIGKILL to the child's whole group, then a reap.
+There is no TERM grace period; it would stretch the deadline. Grandchildren that
+left the group (setsid) are reparented to the consumer, which is a child subreaper,
+and are killed by ``kill_strays``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import struct
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stagerunner.protocol import Outcome, Status, Task
+
+_HEADER = struct.Struct(">I")
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_libc: Any = None
+
+
+def _prctl(option: int, value: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(option, value, 0, 0, 0)
+
+
+def become_subreaper() -> None:
+    """Orphaned grandchildren of our jobs get reparented to us, so we can kill them."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """SIGKILL this process when its parent dies (and close the race if it already has)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a consumer needs to run jobs; primitives only, so consumers stay lean."""
+
+    job_timeout: float = 1.0
+    max_job_timeout: float = 30.0
+    modules: tuple[str, ...] = ()
+    child_reuse: int = 1
+    memory_mb: int | None = None
+    result_max_bytes: int = 1 << 20
+
+    def deadline_for(self, task: Task, spec_timeout: float | None) -> float:
+        wanted = task.timeout_s or spec_timeout or self.job_timeout
+        return min(wanted, self.max_job_timeout)
+
+
+# Framing ---------------------------------------------------------------------------
+
+def _frame(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# The job child ---------------------------------------------------------------------
+
+Resolver = Callable[[str], Callable[..., Any]]
+
+
+def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[Any]:
+    """Call the task; return the wire result ["ok", json] or ["error", text]. Never raises."""
+    try:
+        args = json.loads(args_text)
+        value = func(*args) if isinstance(args, list) else func(**args)
+    except BaseException as exc:  # the job's failure is data, whatever it was
+        return ["error", "".join(traceback.format_exception(exc))]
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        return ["error", f"result is not JSON-encodable: {exc}"]
+    if len(text) > max_bytes:
+        return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
+    return ["ok", text]
+
+
+def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver) -> None:
+    os.setpgrp()
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if limits.memory_mb:
+        import resource
+
+        size = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    for _ in range(limits.child_reuse):
+        try:
+            header = _read_exact(job_r, _HEADER.size)
+        except EOFError:
+            return
+        _task_id, name, args_text = json.loads(_read_exact(job_r, _HEADER.unpack(header)[0]))
+        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
+        _flush_std()
+        _write_all(result_w, _frame(json.dumps(reply).encode()))
+
+
+def _flush_std() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream must not cost the result
+            pass
+
+
+# The consumer's handle on a child --------------------------------------------------
+
+class Child:
+    """A forked job child waiting for (or running) its job."""
+
+    def __init__(self, pid: int, job_w: int, result_r: int) -> None:
+        self.pid = pid
+        self.job_w = job_w
+        self.result_r = result_r
+        self.pidfd = os.pidfd_open(pid)
+        self.jobs_sent = 0
+        self.buffer = bytearray()
+        self.status: int | None = None
+
+    @classmethod
+    def fork(cls, limits: Limits, resolve: Resolver, keep_fds: Sequence[int] = ()) -> Child:
+        job_r, job_w = os.pipe()
+        result_r, result_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 0
+            try:
+                _close_fds_except({0, 1, 2, job_r, result_w, *keep_fds})
+                _child_main(job_r, result_w, parent, limits, resolve)
+            except BaseException:
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(job_r)
+        os.close(result_w)
+        return cls(pid, job_w, result_r)
+
+    def send(self, task: Task) -> None:
+        self.jobs_sent += 1
+        self.buffer.clear()
+        payload = json.dumps([task.id, task.name, task.args]).encode()
+        try:
+            _write_all(self.job_w, _frame(payload))
+        except BrokenPipeError:
+            pass  # the child already died; the pidfd will say so
+
+    def fds(self) -> list[int]:
+        return [self.result_r, self.pidfd]
+
+    def poll_result(self) -> list[Any] | None:
+        """Read what is available without blocking; the reply once it is complete."""
+        try:
+            chunk = os.read(self.result_r, 1 << 16)
+        except BlockingIOError:
+            return None
+        self.buffer += chunk
+        return self._complete()
+
+    def drain_result(self) -> list[Any] | None:
+        """After the child exited: whatever complete reply it left in the pipe."""
+        os.set_blocking(self.result_r, False)
+        try:
+            while chunk := os.read(self.result_r, 1 << 16):
+                self.buffer += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            os.set_blocking(self.result_r, True)
+        return self._complete()
+
+    def _complete(self) -> list[Any] | None:
+        if len(self.buffer) < _HEADER.size:
+            return None
+        size = _HEADER.unpack_from(self.buffer)[0]
+        if len(self.buffer) < _HEADER.size + size:
+            return None
+        reply = json.loads(bytes(self.buffer[_HEADER.size:_HEADER.size + size]))
+        del self.buffer[:_HEADER.size + size]
+        return reply if isinstance(reply, list) else ["error", "malformed reply from job child"]
+
+    def exited(self) -> bool:
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def kill(self) -> int:
+        """SIGKILL the whole group, reap the child, close its pipes; returns the wait status."""
+        for target in (lambda: os.killpg(self.pid, signal.SIGKILL),
+                       lambda: os.kill(self.pid, signal.SIGKILL)):
+            try:
+                target()  # the group; then the child itself, in case it died before setpgrp
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.status is None:
+            self.status = os.waitpid(self.pid, 0)[1]
+        for fd in (self.job_w, self.result_r, self.pidfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return self.status
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    top = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, top)
+
+
+# Outcomes --------------------------------------------------------------------------
+
+def describe_exit(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"job child was killed by signal {name} before sending a result"
+    return f"job child exited with code {code} without sending a result"
+
+
+def outcome_from_reply(task: Task, reply: list[Any], runtime_ms: float) -> Outcome:
+    if reply and reply[0] == "ok":
+        return Outcome(task.id, task.attempt, Status.SUCCESS, runtime_ms, result=reply[1])
+    return Outcome(task.id, task.attempt, Status.ERROR, runtime_ms, error=str(reply[-1]))
+
+
+def execute(task: Task, timeout: float, limits: Limits, resolve: Resolver,
+            child: Child | None = None) -> Outcome:
+    """Run one task in a (pre-forked or new) child and always leave no process behind.
+
+    Blocking; the consumer runs the same steps interleaved with its pipe.
+    """
+    child = child or Child.fork(limits, resolve)
+    started = time.monotonic()
+    deadline = started + timeout
+    child.send(task)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Outcome(task.id, task.attempt, Status.TIMEOUT, timeout * 1000,
+                               error=f"killed at its deadline of {timeout:g} s")
+            ready, _, _ = select.select(child.fds(), [], [], remaining)
+            reply = child.poll_result() if child.result_r in ready else None
+            if reply is None and child.pidfd in ready:
+                reply = child.drain_result()
+                if reply is None:
+                    ms = (time.monotonic() - started) * 1000
+                    return Outcome(task.id, task.attempt, Status.ERROR, ms,
+                                   error=describe_exit(child.kill()))
+            if reply is not None:
+                return outcome_from_reply(task, reply, (time.monotonic() - started) * 1000)
+    finally:
+        child.kill()
+        kill_strays(set())
+
+
+def kill_strays(keep: set[int]) -> int:
+    """Kill and reap every child of ours except `keep` (escaped grandchildren of jobs)."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return 0
+    killed = 0
+    for pid in pids:
+        if pid in keep:
+            continue
+        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        killed += 1
+    return killed

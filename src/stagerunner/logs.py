@@ -1,0 +1,91 @@
+"""One log line format for every stage: role, pid and node on every record, the
+variables in ``extra`` (with a stable ``event`` key), and DSN passwords redacted from
+whatever reaches the handler. Text for people, JSON lines for machines.
+
+Stays lean (stdlib only): consumers configure logging too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_SECRETS = [
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I), r"\1***@"),
+    (re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.I), r"\1***"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={_short(v)}" for k, v in _extras(record).items())
+        line = (f"{_timestamp(record)} {record.levelname:<7} {record.name}[{record.process}] "
+                f"{record.getMessage()}" + (f" {fields}" if fields else ""))
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return redact(line)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(doc, default=str))
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    if " " in text or not text:
+        text = json.dumps(text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _Context(logging.Filter):
+    def __init__(self, role: str, node: str) -> None:
+        super().__init__()
+        self.role, self.node = role, node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.role = self.role
+        if self.node:
+            record.node = self.node
+        return True
+
+
+def configure(level: str = "info", fmt: str = "text", role: str = "main", node: str = "") -> None:
+    """Route stagerunner's records to stderr in the chosen format. Safe to call again."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_Context(role, node))
+    root = logging.getLogger("stagerunner")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,158 @@
+"""Everything that crosses a pipe between stages.
+
+Rules (GenStage's demand protocol, written for OS processes):
+
+- A consumer MUST announce how many tasks it can take with ``Demand(n)``; an
+  ``Outcome`` MAY carry more demand so that one message per finished job is enough.
+- The producer MUST NOT send a consumer more tasks than its outstanding credits; a
+  consumer that receives more logs an error and hands the excess back unstarted.
+- A consumer MUST run the tasks it holds in the order received and report exactly one
+  ``Outcome`` per task, echoing the task's attempt so stale reports can be recognised.
+- On ``Stop`` a consumer MUST finish the job it is running (within its deadline), then
+  send ``Bye`` listing the tasks it never started, and exit.
+- Between the supervisor and the producer: ``Attach`` announces a (re)started
+  consumer, whose pipe follows as a passed file descriptor; ``Replace`` asks the
+  supervisor to kill and restart a consumer that stopped answering.
+
+Messages travel as compact JSON bytes (``send_bytes``), never pickled: this keeps the
+per-job path free of the process library's pickler, and nothing read from the
+database is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Task states; the values are the SQL enum labels verbatim."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCESS, Status.ERROR, Status.TIMEOUT, Status.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: int
+    attempt: int
+    name: str
+    args: str  # JSON text, decoded only inside the job child
+    timeout_s: float | None = None
+    queue: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    tasks: tuple[Task, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    task_id: int
+    attempt: int
+    status: Status
+    runtime_ms: float
+    result: str | None = None  # JSON text produced in the child
+    error: str | None = None  # traceback or reason
+    demand: int = 0
+    lost: bool = False  # the run did not end for a reason of its own (not an attempt)
+    final: bool = False  # retrying cannot help (unknown task, bad arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    unstarted: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    task_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    slot: int
+    queue: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    slot: int
+    reason: str
+
+
+Message = Demand | Batch | Outcome | Stop | Bye | Cancel | Attach | Replace
+
+
+class ProtocolError(ValueError):
+    """A message could not be decoded."""
+
+
+def encode(message: Message) -> bytes:
+    match message:
+        case Demand(n=n):
+            wire: list[object] = ["D", n]
+        case Outcome() as o:
+            wire = ["O", o.task_id, o.attempt, o.status.value, o.runtime_ms, o.result, o.error,
+                    o.demand, o.lost, o.final]
+        case Batch(tasks=tasks):
+            wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue] for t in tasks]]
+        case Stop():
+            wire = ["S"]
+        case Bye(unstarted=ids):
+            wire = ["Y", list(ids)]
+        case Cancel(task_id=task_id):
+            wire = ["C", task_id]
+        case Attach(slot=slot, queue=queue, pid=pid):
+            wire = ["A", slot, queue, pid]
+        case Replace(slot=slot, reason=reason):
+            wire = ["R", slot, reason]
+        case _:
+            raise ProtocolError(f"cannot encode {message!r}")
+    return json.dumps(wire, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Message:
+    try:
+        wire = json.loads(data)
+        match wire:
+            case ["D", int(n)]:
+                return Demand(n)
+            case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final]:
+                return Outcome(task_id, attempt, Status(status), runtime, result, error, demand,
+                               lost, final)
+            case ["B", list(rows)]:
+                return Batch(tuple(Task(*row) for row in rows))
+            case ["S"]:
+                return Stop()
+            case ["Y", list(ids)]:
+                return Bye(tuple(ids))
+            case ["C", int(task_id)]:
+                return Cancel(task_id)
+            case ["A", int(slot), str(queue), int(pid)]:
+                return Attach(slot, queue, pid)
+            case ["R", int(slot), str(reason)]:
+                return Replace(slot, reason)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"undecodable message: {exc}") from None
+    raise ProtocolError(f"unknown message: {data[:200]!r}")

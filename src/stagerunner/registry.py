@@ -1,0 +1,140 @@
+"""Which callables may run: only functions decorated with ``@stagerunner.task`` in the
+modules the operator listed in STAGERUNNER_TASK_MODULES.
+
+A task row names a registered task; ``resolve`` checks that name against this
+registry, which was filled by importing the allowed modules once at consumer start.
+A row can therefore never make a consumer import anything: ``os:system``,
+``builtins:eval`` or a re-exported helper are simply not in the registry.
+
+This module stays lean (no psycopg, no pydantic): consumers import it, and what a
+consumer imports is paid on every fork.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stagerunner.errors import UnknownTask
+
+_NAME = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    func: Callable[..., Any]
+    module: str
+    max_attempts: int | None = None
+    timeout: float | None = None
+    queue: str = "default"
+    priority: int = 0
+    signature: inspect.Signature | None = field(default=None, compare=False)
+
+
+_REGISTRY: dict[str, Spec] = {}
+
+
+class TaskFunction:
+    """What ``@task`` returns: still callable directly, plus ``enqueue`` and ``options``."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.__doc__ = spec.func.__doc__
+        self.__wrapped__ = spec.func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.spec.func(*args, **kwargs)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> int:
+        """Enqueue one run with these arguments; returns the task id."""
+        return self.options().enqueue(*args, **kwargs)
+
+    def options(self, **options: Any) -> Any:
+        """Bind enqueue options (conn, run_at, delay, priority, queue, unique_key,
+        max_attempts, timeout) and return an object whose ``enqueue`` takes the task's
+        own arguments."""
+        from stagerunner.client import Bound  # lazy: psycopg stays out of consumers
+
+        return Bound(self.spec, options)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+def task(func: Callable[..., Any] | None = None, *, name: str | None = None,
+         max_attempts: int | None = None, timeout: float | None = None,
+         queue: str = "default", priority: int = 0) -> Any:
+    """Register a function as a task, with or without options.
+
+    The stable name defaults to ``module:function``; pass ``name=`` to keep it stable
+    across refactors. ``timeout`` (seconds) may only lower the node's hard cap.
+    """
+
+    def register(fn: Callable[..., Any]) -> TaskFunction:
+        if not inspect.isfunction(fn):
+            raise TypeError(f"@task decorates plain functions, not {fn!r}")
+        task_name = name or f"{fn.__module__}:{fn.__qualname__}"
+        _check_name(task_name)
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        spec = Spec(task_name, fn, fn.__module__, max_attempts, timeout, queue, priority,
+                    inspect.signature(fn))
+        previous = _REGISTRY.get(task_name)
+        if previous is not None and previous.func.__qualname__ != fn.__qualname__:
+            raise ValueError(f"task name {task_name!r} is already registered by "
+                             f"{previous.module}:{previous.func.__qualname__}")
+        _REGISTRY[task_name] = spec
+        return TaskFunction(spec)
+
+    return register(func) if func is not None else register
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or "__" in name:
+        raise UnknownTask(f"invalid task name {name!r}: expected module:function "
+                          "or a dotted name, without dunder parts")
+    if any(part.startswith("_") for part in re.split(r"[.:]", name)):
+        raise UnknownTask(f"invalid task name {name!r}: private (underscore) names never run")
+
+
+def load(modules: Iterable[str]) -> list[str]:
+    """Import the operator's task modules; returns the names registered."""
+    for module in modules:
+        importlib.import_module(module)
+    return sorted(_REGISTRY)
+
+
+def _allowed(module: str, modules: Iterable[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in modules)
+
+
+def resolve(name: str, modules: Iterable[str]) -> Spec:
+    """The spec for a row's task name, or UnknownTask saying why it may not run."""
+    modules = list(modules)
+    _check_name(name)
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        listed = ", ".join(modules) or "nothing"
+        raise UnknownTask(f"unknown task {name!r}: no @task of that name in "
+                          f"STAGERUNNER_TASK_MODULES ({listed})")
+    if not _allowed(spec.module, modules):
+        raise UnknownTask(f"task {name!r} is defined in {spec.module}, which is not in "
+                          f"STAGERUNNER_TASK_MODULES ({', '.join(modules) or 'nothing'})")
+    return spec
+
+
+def lookup(name: str) -> Spec | None:
+    """The spec registered in this process under `name`, if any (used when enqueuing)."""
+    return _REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,28 @@
+-- finish_tasks: running -> success | error | timeout | cancelled | waiting (retry or lost run).
+-- Many outcomes in one statement. Guarded by status, owner and attempt: a row that was
+-- rescued, released or re-claimed since is left alone and its id is not returned.
+UPDATE stagerunner.tasks AS t
+SET status = o.status,
+    result = o.result,
+    last_error = coalesce(o.error, t.last_error),
+    errors = CASE WHEN o.error IS NULL THEN t.errors
+                  ELSE t.errors || jsonb_build_array(jsonb_build_object(
+                      'attempt', o.attempt, 'status', o.reported, 'error', o.error,
+                      'at', now(), 'runtime_ms', o.runtime_ms))
+             END,
+    lost = t.lost + o.lost,
+    run_at = CASE WHEN o.status = 'waiting' THEN now() + make_interval(secs => o.delay_s)
+                  ELSE t.run_at END,
+    claimed_by = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_by END,
+    claimed_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_at END,
+    finished_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE now() END
+FROM unnest(
+    %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::stagerunner.task_status[],
+    %(reported)s::text[], %(results)s::jsonb[], %(errors)s::text[], %(delays)s::double precision[],
+    %(lost)s::integer[], %(runtimes)s::double precision[]
+) AS o(id, attempt, status, reported, result, error, delay_s, lost, runtime_ms)
+WHERE t.id = o.id
+  AND t.status = 'running'
+  AND t.claimed_by = %(owner)s
+  AND t.attempts = o.attempt
+RETURNING t.id;

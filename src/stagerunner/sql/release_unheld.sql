@@ -1,0 +1,11 @@
+-- release_unheld: running rows of this owner that it does not know it holds -> waiting.
+-- After a lost connection a claim may have committed without its rows reaching us.
+UPDATE stagerunner.tasks AS t
+SET status = 'waiting',
+    attempts = t.attempts - 1,
+    claimed_by = NULL,
+    claimed_at = NULL
+WHERE t.status = 'running'
+  AND t.claimed_by = %(owner)s
+  AND NOT (t.id = ANY(%(held)s::bigint[]))
+RETURNING t.id;

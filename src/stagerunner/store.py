@@ -1,0 +1,217 @@
+"""Every SQL call stagerunner makes: one small function per file in ``sql/``, named
+after it. Callers never see SQL. At log level debug each query is logged with its
+timing, like Ecto's ``QUERY OK db=0.4ms`` lines in the tutorial.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from stagerunner.errors import SchemaMissing
+from stagerunner.protocol import Task
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+@functools.cache
+def _sql(name: str) -> str:
+    return resources.files("stagerunner.sql").joinpath(f"{name}.sql").read_text()
+
+
+def schema_text() -> str:
+    return resources.files("stagerunner").joinpath("schema.sql").read_text()
+
+
+def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None
+         ) -> list[dict[str, Any]]:
+    started = time.perf_counter()
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_sql(name), params)
+        rows = cur.fetchall() if cur.description else []
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("QUERY OK", extra={"event": "sql", "query": name, "rows": len(rows),
+                                     "db_ms": round((time.perf_counter() - started) * 1000, 2),
+                                     "params": _brief(params)})
+    return rows
+
+
+def _brief(params: dict[str, Any] | None) -> str:
+    text = repr(params or {})
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection; every store function is then its own transaction."""
+    return psycopg.connect(dsn, autocommit=True, application_name="stagerunner", **kwargs)
+
+
+# Schema ------------------------------------------------------------------------------
+
+def install_schema(conn: psycopg.Connection[Any]) -> None:
+    """Apply schema.sql (idempotent), serialised across concurrent installers."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('stagerunner.schema'))")
+        conn.execute(schema_text().encode())
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> int:
+    """The installed schema version, or SchemaMissing naming the command that installs it."""
+    if not _run(conn, "schema_exists")[0]["present"]:
+        raise SchemaMissing()
+    rows = _run(conn, "check_schema")
+    if not rows or rows[0]["version"] != SCHEMA_VERSION:
+        found = rows[0]["version"] if rows else "none"
+        raise SchemaMissing(f"schema version {found} found, {SCHEMA_VERSION} expected; "
+                            "run `python -m stagerunner migrate`")
+    return SCHEMA_VERSION
+
+
+# Enqueue -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    name: str
+    args: str  # JSON text, validated by client.to_json
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    delay_s: float | None = None
+    run_at: datetime | None = None
+    unique_key: str | None = None
+
+
+def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
+    """(new) -> waiting for all of them in one statement; ids in input order.
+
+    A task whose unique_key is already held by a waiting or running task yields that
+    task's id instead of a new row.
+    """
+    if not tasks:
+        return []
+    rows = _run(conn, "insert_tasks", {
+        "names": [t.name for t in tasks], "args": [t.args for t in tasks],
+        "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
+        "max_attempts": [t.max_attempts for t in tasks], "timeouts": [t.timeout_s for t in tasks],
+        "delays": [t.delay_s for t in tasks], "run_ats": [t.run_at for t in tasks],
+        "unique_keys": [t.unique_key for t in tasks],
+    })
+    raced = [r["unique_key"] for r in rows if r["lost_race"]]
+    if raced:
+        winners = {r["unique_key"]: r["id"] for r in _run(conn, "find_unique_tasks", {"keys": raced})}
+        return [winners.get(r["unique_key"], r["id"]) if r["lost_race"] else r["id"] for r in rows]
+    return [r["id"] for r in rows]
+
+
+# The producer's transitions -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    task: Task
+    lost: int
+    max_attempts: int
+
+
+def claim_tasks(conn: psycopg.Connection[Any], *, owner: str, queue: str, limit: int) -> list[Claimed]:
+    """waiting -> running: at most `limit` due tasks of `queue`, in dispatch order."""
+    rows = _run(conn, "claim_tasks", {"owner": owner, "queue": queue, "limit": limit})
+    rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))  # RETURNING has no order
+    return [Claimed(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"]),
+                    r["lost"], r["max_attempts"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One row transition decided by completer.decide()."""
+
+    task_id: int
+    attempt: int
+    status: str  # the row's new status
+    reported: str  # what the run reported (kept in the errors history)
+    result: str | None = None  # JSON text
+    error: str | None = None
+    delay_s: float = 0.0
+    lost: int = 0
+    runtime_ms: float = 0.0
+
+
+def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]) -> set[int]:
+    """running -> outcome, guarded by status, owner and attempt; returns the ids written."""
+    if not finishes:
+        return set()
+    rows = _run(conn, "finish_tasks", {
+        "owner": owner,
+        "ids": [f.task_id for f in finishes], "attempts": [f.attempt for f in finishes],
+        "statuses": [f.status for f in finishes], "reported": [f.reported for f in finishes],
+        "results": [f.result for f in finishes], "errors": [f.error for f in finishes],
+        "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
+        "runtimes": [f.runtime_ms for f in finishes],
+    })
+    return {r["id"] for r in rows}
+
+
+def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[Task]) -> set[int]:
+    """running (never started) -> waiting, guarded by owner and attempt."""
+    if not tasks:
+        return set()
+    rows = _run(conn, "release_tasks", {"owner": owner, "ids": [t.id for t in tasks],
+                                        "attempts": [t.attempt for t in tasks]})
+    return {r["id"] for r in rows}
+
+
+def release_unheld(conn: psycopg.Connection[Any], *, owner: str, held: Sequence[int]) -> set[int]:
+    """running rows of `owner` that it does not hold -> waiting."""
+    rows = _run(conn, "release_unheld", {"owner": owner, "held": list(held)})
+    return {r["id"] for r in rows}
+
+
+def beat_node(conn: psycopg.Connection[Any], *, owner: str, node: str, host: str, pid: int,
+              queues: str) -> None:
+    _run(conn, "beat_node", {"owner": owner, "node": node, "host": host, "pid": pid, "queues": queues})
+
+
+def retire_nodes(conn: psycopg.Connection[Any], *, owners: Sequence[str]) -> None:
+    if owners:
+        _run(conn, "retire_nodes", {"owners": list(owners)})
+
+
+def rescue_orphans(conn: psycopg.Connection[Any], *, expiry_s: float, lost_limit: int
+                   ) -> list[tuple[int, str]]:
+    """running on a dead owner -> waiting (or error past lost_limit); returns (id, status)."""
+    rows = _run(conn, "rescue_orphans", {"expiry": expiry_s, "lost_limit": lost_limit})
+    return [(r["id"], r["status"]) for r in rows]
+
+
+def delete_node(conn: psycopg.Connection[Any], *, owner: str) -> None:
+    _run(conn, "delete_node", {"owner": owner})
+
+
+def next_run_at(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> float | None:
+    """Seconds until the earliest scheduled waiting task of `queues`, or None."""
+    rows = _run(conn, "next_run_at", {"queues": list(queues)})
+    return rows[0]["seconds"] if rows else None
+
+
+def paused_queues(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> set[str]:
+    return {r["name"] for r in _run(conn, "paused_queues", {"queues": list(queues)})}
+
+
+# Inspection ----------------------------------------------------------------------------
+
+def count_tasks(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _run(conn, "count_tasks")
+
+
+def live_nodes(conn: psycopg.Connection[Any], *, expiry_s: float) -> list[dict[str, Any]]:
+    return _run(conn, "live_nodes", {"expiry": expiry_s})

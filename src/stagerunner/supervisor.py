@@ -1,0 +1,281 @@
+"""Supervisor: starts the stages, watches them, restarts what dies, shuts down in order.
+
+    supervisor
+     ├─ producer         control pipe (Attach + passed fd, Stop, Cancel / Replace)
+     └─ consumer 0 … N   one pipe each, whose other end is handed to the producer
+
+Strategy (OTP's rest-for-one): a consumer that dies is restarted alone and the
+producer accounts for what it held; a producer that dies takes its consumers with it
+and all are restarted, the new producer retiring the old one's owner so its tasks are
+handed back at once. More than ``max_restarts`` restarts within ``restart_window``
+seconds stops the node with exit code 1.
+
+SIGTERM / SIGINT only set a flag (through a wakeup pipe); the loop then asks the
+producer to stop: no more claims, running jobs finish within their deadline, unstarted
+tasks go back to ``waiting``, and the node exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from stagerunner import consumer, procs, producer
+from stagerunner.config import Settings
+from stagerunner.consumer import ConsumerConfig
+from stagerunner.executor import Limits
+from stagerunner.producer import EXIT_FENCED, ProducerConfig
+from stagerunner.protocol import Attach, Cancel, ProtocolError, Replace, Stop, decode, encode
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+STOP_GRACE_S = 15.0
+
+
+class RestartIntensity:
+    """At most `limit` restarts within `window` seconds (pure)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.times: deque[float] = deque()
+
+    def allow(self, now: float) -> bool:
+        self.times.append(now)
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+        return len(self.times) <= self.limit
+
+
+@dataclass
+class Stage:
+    process: Any
+    slot: int | None = None  # None for the producer
+    queue: str = ""
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, dsn: str) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.ctx = procs.context(settings.process_library)
+        self.slots = [(i, q) for i, q in enumerate(_slot_queues(settings.queue_consumers()))]
+        self.producer: Stage | None = None
+        self.control: Any = None
+        self.owner = ""
+        self.consumers: dict[int, Stage] = {}
+        self.intensity = RestartIntensity(settings.max_restarts, settings.restart_window)
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.signal_r, self.signal_w = socket.socketpair()
+        self.exit_code: int | None = None
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self._start_producer(replaces=())
+        for slot, queue in self.slots:
+            self._start_consumer(slot, queue)
+        log.info("node started", extra={"event": "node.started", "node": self.settings.node_name,
+                                        "owner": self.owner, "consumers": len(self.slots),
+                                        "queues": ",".join(sorted(self.settings.queue_consumers()))})
+        while self.exit_code is None:
+            self.step(time.monotonic())
+        return self.exit_code
+
+    def step(self, now: float) -> None:
+        waitables: list[Any] = [self.signal_r, self.control]
+        waitables += [s.process.sentinel for s in self._stages()]
+        ready = procs.wait(waitables, timeout=1.0 if self.stopping else None)
+        if self.signal_r in ready:
+            self._on_signal()
+        if self.control in ready:
+            self._read_control()
+        self._reap(now)
+        if self.stopping and time.monotonic() > self.stop_deadline:
+            log.error("stages did not stop in time; killing them", extra={"event": "node.stop_timeout"})
+            self._kill_all()
+            self.exit_code = EXIT_FAILED
+
+    def _stages(self) -> list[Stage]:
+        return ([self.producer] if self.producer else []) + list(self.consumers.values())
+
+    # Starting -------------------------------------------------------------------------
+
+    def _start_producer(self, replaces: tuple[str, ...]) -> None:
+        s = self.settings
+        self.owner = f"{s.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
+        config = ProducerConfig(
+            dsn=self.dsn, owner=self.owner, node=s.node_name,
+            queues=tuple(sorted(s.queue_consumers())), poll_interval=s.poll_interval,
+            heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
+            max_job_timeout=s.max_job_timeout, replaces=replaces, log_level=s.log_level,
+            log_format=s.log_format, fault=s.fault)
+        ours, theirs = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
+                                   name="stagerunner-producer", daemon=False)
+        process.start()
+        theirs.close()
+        self.control = ours
+        self.producer = Stage(process)
+
+    def _start_consumer(self, slot: int, queue: str) -> None:
+        s = self.settings
+        limits = Limits(job_timeout=s.job_timeout, max_job_timeout=s.max_job_timeout,
+                        modules=tuple(s.task_modules), child_reuse=s.child_reuse,
+                        memory_mb=s.job_memory_mb, result_max_bytes=s.result_max_bytes)
+        config = ConsumerConfig(slot=slot, queue=queue, limits=limits, node=s.node_name,
+                                log_level=s.log_level, log_format=s.log_format, fault=s.fault)
+        theirs, producer_end = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(target=consumer.main,
+                                   args=(theirs, config, os.getpid(), s.job_environment()),
+                                   name=f"stagerunner-consumer-{slot}", daemon=False)
+        process.start()
+        theirs.close()
+        try:
+            self.control.send_bytes(encode(Attach(slot, queue, process.pid)))
+            procs.send_handle(self.control, producer_end.fileno(), self.producer.process.pid)
+        except OSError:
+            pass  # the producer is dying; its restart restarts this consumer too
+        producer_end.close()
+        self.consumers[slot] = Stage(process, slot, queue)
+
+    # Watching -------------------------------------------------------------------------
+
+    def _read_control(self) -> None:
+        try:
+            message = decode(self.control.recv_bytes())
+        except (EOFError, OSError):
+            return  # the producer died; its sentinel tells the rest
+        except ProtocolError as exc:
+            log.error("undecodable message from producer", extra={"event": "node.protocol_error",
+                                                                   "error": str(exc)})
+            return
+        if isinstance(message, Replace) and message.slot in self.consumers:
+            stage = self.consumers[message.slot]
+            log.warning("killing an unresponsive consumer", extra={
+                "event": "consumer.killed", "slot": message.slot, "reason": message.reason,
+                "consumer_pid": stage.process.pid})
+            _kill_tree(stage.process.pid)
+
+    def _reap(self, now: float) -> None:
+        producer = self.producer
+        if producer is not None and not producer.process.is_alive():
+            producer.process.join()
+            self._producer_exited(producer.process.exitcode, now)
+        for slot, stage in list(self.consumers.items()):
+            if not stage.process.is_alive():
+                stage.process.join()
+                del self.consumers[slot]
+                _kill_tree(stage.process.pid)  # its job children and their groups
+                self._consumer_exited(stage, now)
+
+    def _consumer_exited(self, stage: Stage, now: float) -> None:
+        if self.stopping or self.exit_code is not None:
+            return
+        assert stage.slot is not None
+        log.warning("consumer died; restarting it", extra={
+            "event": "stage.restarted", "stage": "consumer", "slot": stage.slot,
+            "exitcode": stage.process.exitcode})
+        if not self._may_restart(now):
+            return
+        self._start_consumer(stage.slot, stage.queue)
+
+    def _producer_exited(self, code: int | None, now: float) -> None:
+        self.producer = None
+        if self.stopping and code == 0:
+            self._kill_all()  # consumers have said goodbye; make sure no job is left
+            self.exit_code = EXIT_OK
+            log.info("node stopped", extra={"event": "node.stopped"})
+            return
+        reason = "fenced: lost the database" if code == EXIT_FENCED else f"exit code {code}"
+        log.warning("producer died; restarting it and its consumers", extra={
+            "event": "stage.restarted", "stage": "producer", "reason": reason})
+        old = self.owner
+        self._kill_all()
+        if self.stopping:
+            self.exit_code = EXIT_FAILED
+            return
+        if not self._may_restart(now):
+            return
+        self._start_producer(replaces=(old,))
+        for slot, queue in self.slots:
+            self._start_consumer(slot, queue)
+
+    def _may_restart(self, now: float) -> bool:
+        if self.intensity.allow(now):
+            return True
+        log.error("too many restarts; stopping the node", extra={
+            "event": "node.restart_limit", "max_restarts": self.settings.max_restarts,
+            "window_s": self.settings.restart_window})
+        self._kill_all()
+        self.exit_code = EXIT_FAILED
+        return False
+
+    def _kill_all(self) -> None:
+        for stage in self._stages():
+            _kill_tree(stage.process.pid)
+            stage.process.join(timeout=5)
+        self.consumers.clear()
+        self.producer = None
+
+    # Signals --------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self.signal_w.setblocking(False)
+        signal.set_wakeup_fd(self.signal_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
+
+    def _on_signal(self) -> None:
+        data = self.signal_r.recv(64)
+        if not data or self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.settings.max_job_timeout + STOP_GRACE_S
+        log.info("stopping: no more claims, running jobs finish, unstarted tasks go back",
+                 extra={"event": "node.stopping", "signal": signal.Signals(data[0]).name})
+        try:
+            self.control.send_bytes(encode(Stop()))
+        except OSError:
+            pass
+
+    def cancel(self, task_id: int) -> None:
+        self.control.send_bytes(encode(Cancel(task_id)))
+
+
+def _slot_queues(counts: dict[str, int]) -> list[str]:
+    return [queue for queue, n in sorted(counts.items()) for _ in range(n)]
+
+
+def _kill_tree(sid: int) -> None:
+    """SIGKILL a stage and every process left in its session (its jobs and their groups)."""
+    for pid in [sid, *_session_members(sid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and int(entry) != os.getpid():
+            members.append(int(entry))
+    return members
