@@ -174,7 +174,7 @@ class Consumer:
             self._finish(outcome, recycle=recycle)
         elif time.monotonic() >= run.deadline:
             self._retire_child()  # kill first: the outcome must describe a dead job
-            self._finish(Outcome(run.task.id, run.task.attempt, Status.TIMEOUT, run.timeout * 1000,
+            self._finish(Outcome(run.task.id, run.task.attempt, Status.TIMEOUT, self._ms(run),
                                  error=f"killed at its deadline of {run.timeout:g} s"), recycle=False)
 
     def _finish(self, outcome: Outcome, recycle: bool) -> None:

@@ -287,7 +287,9 @@ def execute(task: Task, timeout: float, limits: Limits, resolve: Resolver,
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Outcome(task.id, task.attempt, Status.TIMEOUT, timeout * 1000,
+                child.kill()
+                return Outcome(task.id, task.attempt, Status.TIMEOUT,
+                               (time.monotonic() - started) * 1000,
                                error=f"killed at its deadline of {timeout:g} s")
             ready, _, _ = select.select(child.fds(), [], [], remaining)
             reply = child.poll_result() if child.result_r in ready else None
