@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     data_dir: Path = Field(default_factory=_default_data_dir)
     consumers: int = Field(default=CONSUMERS_DEFAULT, ge=1, le=512)
-    queues: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    queues: Annotated[dict[str, int | None], NoDecode] = Field(default_factory=dict)
     job_timeout: float = Field(default=JOB_TIMEOUT_DEFAULT, gt=0, le=86400)
     max_job_timeout: float = Field(default=MAX_JOB_TIMEOUT_DEFAULT, gt=0, le=86400)
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -101,16 +101,6 @@ class Settings(BaseSettings):
             queues[name.strip()] = int(count) if count else None
         return queues
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_queue_counts(cls, data: Any) -> Any:
-        # "default,mail=2": a queue without a count gets STAGERUNNER_CONSUMERS.
-        if isinstance(data, dict) and isinstance(data.get("queues"), str):
-            consumers = int(data.get("consumers") or CONSUMERS_DEFAULT)
-            parsed = cls._queues(data["queues"])
-            data = {**data, "queues": {q: n or consumers for q, n in parsed.items()}}
-        return data
-
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.job_timeout > self.max_job_timeout:
@@ -120,13 +110,16 @@ class Settings(BaseSettings):
             )
         if self.node_expiry <= self.heartbeat_interval:
             raise ValueError("STAGERUNNER_NODE_EXPIRY must be longer than STAGERUNNER_HEARTBEAT_INTERVAL")
-        if any(n < 1 for n in self.queues.values()):
+        if any(n is not None and n < 1 for n in self.queues.values()):
             raise ValueError("every queue in STAGERUNNER_QUEUES needs at least 1 consumer")
         return self
 
     def queue_consumers(self) -> dict[str, int]:
         """Consumers per queue this node serves."""
-        return dict(self.queues) if self.queues else {"default": self.consumers}
+        if not self.queues:
+            return {"default": self.consumers}
+        # "default,mail=2": a queue without a count gets STAGERUNNER_CONSUMERS
+        return {queue: n or self.consumers for queue, n in self.queues.items()}
 
     def dsn(self) -> str | None:
         """The database to use, or None for the embedded server.

@@ -1,0 +1,114 @@
+import threading
+
+import pytest
+
+import stagerunner
+import tests.tasks
+from stagerunner import store
+from stagerunner.errors import NotJSON
+
+pytestmark = pytest.mark.db
+
+
+def test_enqueue_by_function_name_and_tutorial_shape(conn, get_task):
+    a = tests.tasks.add.enqueue(1, 2)  # noqa: F841  uses the default connection: see below
+    ids = [
+        stagerunner.enqueue("tests.tasks:add", [1, 2], conn=conn),
+        stagerunner.enqueue(tests.tasks, "add", [1, 2], conn=conn),
+        stagerunner.enqueue(tests.tasks.add, {"a": 1, "b": 2}, conn=conn),
+        tests.tasks.add.options(conn=conn).enqueue(a=1, b=2),
+    ]
+    rows = [get_task(i) for i in ids]
+    assert {r["name"] for r in rows} == {"tests.tasks:add"}
+    assert [r["args"] for r in rows] == [[1, 2], [1, 2], {"a": 1, "b": 2}, {"a": 1, "b": 2}]
+
+
+@pytest.fixture(autouse=True)
+def _default_db(db, monkeypatch):
+    """Enqueue without conn= uses STAGERUNNER_DATABASE_URL."""
+    from stagerunner import client
+
+    monkeypatch.setenv("STAGERUNNER_DATABASE_URL", db)
+    client._default.clear()
+    yield
+    if client._default.get("conn") is not None:
+        client._default["conn"].close()
+    client._default.clear()
+
+
+def test_task_defaults_travel_with_the_row(conn, get_task):
+    row = get_task(tests.tasks.custom.options(conn=conn).enqueue())
+    assert (row["name"], row["max_attempts"], row["timeout_s"], row["priority"]) == (
+        "custom.name", 5, 0.5, 3)
+
+
+def test_enqueue_inside_the_callers_transaction_rolls_back_with_it(connect, statuses):
+    conn = connect()
+    with pytest.raises(RuntimeError):
+        with conn.transaction():
+            stagerunner.enqueue("tests.tasks:ok", [], conn=conn)
+            raise RuntimeError("application failed")
+    assert statuses() == {}
+
+
+def test_bulk_enqueue_is_one_statement_and_keeps_input_order(conn, get_task, monkeypatch):
+    calls = []
+    real = store._run
+    monkeypatch.setattr(store, "_run", lambda c, name, p=None: calls.append(name) or real(c, name, p))
+    ids = stagerunner.enqueue_many([("tests.tasks:add", [i, i]) for i in range(500)], conn=conn)
+    assert calls == ["insert_tasks"]
+    assert len(ids) == 500 and [get_task(ids[7])["args"]] == [[7, 7]]
+
+
+def test_delay_and_run_at_schedule_the_task(conn, get_task):
+    from datetime import datetime, timedelta, timezone
+
+    later = stagerunner.enqueue("tests.tasks:ok", [], conn=conn, delay=60)
+    at = datetime(2999, 1, 1, tzinfo=timezone.utc)
+    fixed = stagerunner.enqueue("tests.tasks:ok", [], conn=conn, run_at=at)
+    assert get_task(later)["run_at"] - get_task(later)["created_at"] >= timedelta(seconds=59)
+    assert get_task(fixed)["run_at"] == at
+
+
+def test_non_json_arguments_are_refused_before_the_database(conn, statuses):
+    with pytest.raises(NotJSON) as err:
+        stagerunner.enqueue("tests.tasks:echo", [object()], conn=conn)
+    assert "not JSON" in str(err.value)
+    with pytest.raises(NotJSON):
+        tests.tasks.echo.options(conn=conn).enqueue(1, key=2)
+    assert statuses() == {}
+
+
+def test_a_unique_key_returns_the_existing_task_while_it_is_waiting_or_running(conn, get_task):
+    first = stagerunner.enqueue("tests.tasks:ok", [], conn=conn, unique_key="k")
+    assert stagerunner.enqueue("tests.tasks:ok", [], conn=conn, unique_key="k") == first
+    ids = stagerunner.enqueue_many([("tests.tasks:ok", [])] * 3, conn=conn, unique_key="j")
+    assert len(set(ids)) == 1
+    conn.execute("UPDATE stagerunner.tasks SET status = 'success' WHERE id = %s", [first])
+    assert stagerunner.enqueue("tests.tasks:ok", [], conn=conn, unique_key="k") != first
+
+
+def test_concurrent_enqueues_of_one_unique_key_make_one_row(db, connect):
+    ids, errors = [], []
+
+    def worker():
+        try:
+            with store.connect(db) as c:
+                for _ in range(20):
+                    ids.append(stagerunner.enqueue("tests.tasks:ok", [], conn=c, unique_key="race"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    count = connect().execute("SELECT count(*) FROM stagerunner.tasks").fetchone()[0]
+    assert count == 1 and len(set(ids)) == 1
+
+
+def test_default_connection_comes_from_the_environment(get_task):
+    task_id = tests.tasks.ok.enqueue()
+    assert get_task(task_id)["status"] == "waiting"

@@ -1,0 +1,140 @@
+import pytest
+
+from stagerunner import store
+from stagerunner.completer import decide
+from stagerunner.protocol import Outcome, Status
+
+pytestmark = pytest.mark.db
+OWNER = "node-a/1"
+
+
+class TestClaim:
+    def test_claims_at_most_the_limit_due_first_highest_priority_first(self, conn, insert_task):
+        low = insert_task(priority=0)
+        high = insert_task(priority=5)
+        insert_task(run_at="2999-01-01T00:00:00Z")
+        insert_task(queue="mail")
+        claimed = store.claim_tasks(conn, owner=OWNER, queue="default", limit=5)
+        assert [c.task.id for c in claimed] == [high["id"], low["id"]]
+        assert all(c.task.attempt == 1 for c in claimed)
+
+    def test_claim_marks_rows_running_with_owner_and_attempt(self, conn, insert_task, get_task):
+        t = insert_task(args=[1, 2])
+        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)
+        row = get_task(t["id"])
+        assert (row["status"], row["claimed_by"], row["attempts"]) == ("running", OWNER, 1)
+        assert c.task.args == "[1, 2]" and row["claimed_at"] is not None
+
+    def test_claim_skips_rows_locked_by_another_producer(self, connect, insert_task):
+        first, second = insert_task(), insert_task()
+        a, b = connect(), connect()
+        with a.transaction():
+            [got_a] = store.claim_tasks(a, owner="a", queue="default", limit=1)
+            [got_b] = store.claim_tasks(b, owner="b", queue="default", limit=1)
+        assert {got_a.task.id, got_b.task.id} == {first["id"], second["id"]}
+
+    def test_claim_never_takes_running_or_finished_rows(self, conn, insert_task):
+        for status in ("running", "success", "error", "timeout", "cancelled"):
+            insert_task(status=status)
+        assert store.claim_tasks(conn, owner=OWNER, queue="default", limit=10) == []
+
+
+class TestFinish:
+    def test_outcomes_are_written_in_one_guarded_batch(self, conn, insert_task, get_task):
+        ok = insert_task(status="running", claimed_by=OWNER)
+        bad = insert_task(status="running", claimed_by=OWNER)
+        written = store.finish_tasks(conn, owner=OWNER, finishes=[
+            decide(Outcome(ok["id"], 1, Status.SUCCESS, 2.0, result='{"x": 1}'), lost=0, max_attempts=3),
+            decide(Outcome(bad["id"], 1, Status.ERROR, 2.0, error="Traceback: boom"), lost=0,
+                   max_attempts=1),
+        ])
+        assert written == {ok["id"], bad["id"]}
+        assert get_task(ok["id"])["status"] == "success" and get_task(ok["id"])["result"] == {"x": 1}
+        row = get_task(bad["id"])
+        assert (row["status"], row["last_error"]) == ("error", "Traceback: boom")
+        assert row["errors"][0]["attempt"] == 1 and row["finished_at"] is not None
+
+    def test_a_retry_goes_back_to_waiting_with_a_later_run_at(self, conn, insert_task, get_task):
+        t = insert_task(status="running", claimed_by=OWNER)
+        f = decide(Outcome(t["id"], 1, Status.TIMEOUT, 1000.0, error="killed"), lost=0, max_attempts=3)
+        store.finish_tasks(conn, owner=OWNER, finishes=[f])
+        row = get_task(t["id"])
+        assert row["status"] == "waiting" and row["claimed_by"] is None
+        assert row["run_at"] > t["run_at"] and row["errors"][0]["status"] == "timeout"
+
+    def test_a_late_write_from_a_superseded_attempt_changes_nothing(self, conn, insert_task, get_task):
+        t = insert_task(status="running", claimed_by=OWNER, attempts=2)
+        stale_attempt = decide(Outcome(t["id"], 1, Status.SUCCESS, 1.0, result="1"), lost=0, max_attempts=3)
+        other_owner = decide(Outcome(t["id"], 2, Status.SUCCESS, 1.0, result="1"), lost=0, max_attempts=3)
+        assert store.finish_tasks(conn, owner=OWNER, finishes=[stale_attempt]) == set()
+        assert store.finish_tasks(conn, owner="someone/else", finishes=[other_owner]) == set()
+        assert get_task(t["id"])["status"] == "running"
+
+    def test_finished_rows_are_never_rewritten(self, conn, insert_task, get_task):
+        t = insert_task(status="success", claimed_by=OWNER, attempts=1)
+        f = decide(Outcome(t["id"], 1, Status.ERROR, 1.0, error="late"), lost=0, max_attempts=1)
+        assert store.finish_tasks(conn, owner=OWNER, finishes=[f]) == set()
+        assert get_task(t["id"])["status"] == "success"
+
+
+class TestRelease:
+    def test_unstarted_tasks_go_back_as_if_never_claimed(self, conn, insert_task, get_task):
+        t = insert_task()
+        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)
+        assert store.release_tasks(conn, owner=OWNER, tasks=[c.task]) == {t["id"]}
+        row = get_task(t["id"])
+        assert (row["status"], row["attempts"], row["claimed_by"]) == ("waiting", 0, None)
+
+    def test_release_of_someone_elses_claim_does_nothing(self, conn, insert_task):
+        insert_task()
+        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)
+        assert store.release_tasks(conn, owner="other/1", tasks=[c.task]) == set()
+
+    def test_release_unheld_hands_back_claims_we_never_received(self, conn, insert_task):
+        kept, orphan = insert_task(status="running", claimed_by=OWNER), insert_task(status="running",
+                                                                                  claimed_by=OWNER)
+        insert_task(status="running", claimed_by="other/1")
+        assert store.release_unheld(conn, owner=OWNER, held=[kept["id"]]) == {orphan["id"]}
+
+
+class TestRescue:
+    def beat(self, conn, owner, age_s=0.0):
+        store.beat_node(conn, owner=owner, node=owner.split("/")[0], host="h", pid=1, queues="default")
+        conn.execute("UPDATE stagerunner.nodes SET heartbeat_at = now() - make_interval(secs => %s) "
+                     "WHERE owner = %s", [age_s, owner])
+
+    def test_tasks_of_a_dead_owner_go_back_to_waiting_as_a_lost_run(self, conn, insert_task, get_task):
+        self.beat(conn, "dead/1", age_s=60)
+        self.beat(conn, "live/1")
+        dead = insert_task(status="running", claimed_by="dead/1")
+        live = insert_task(status="running", claimed_by="live/1")
+        rescued = store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3)
+        assert rescued == [(dead["id"], "waiting")]
+        row = get_task(dead["id"])
+        assert (row["status"], row["lost"], row["claimed_by"]) == ("waiting", 1, None)
+        assert "stopped heartbeating" in row["last_error"]
+        assert get_task(live["id"])["status"] == "running"
+
+    def test_a_task_lost_too_often_ends_in_error(self, conn, insert_task, get_task):
+        self.beat(conn, "dead/1", age_s=60)
+        t = insert_task(status="running", claimed_by="dead/1", lost=2)
+        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == [(t["id"], "error")]
+        assert get_task(t["id"])["finished_at"] is not None
+
+    def test_running_rows_of_an_owner_that_never_beat_are_orphans(self, conn, insert_task):
+        t = insert_task(status="running", claimed_by="ghost/1")
+        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == [(t["id"], "waiting")]
+
+    def test_retired_owners_are_rescued_without_waiting_for_expiry(self, conn, insert_task):
+        self.beat(conn, "old/1")
+        t = insert_task(status="running", claimed_by="old/1")
+        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == []
+        store.retire_nodes(conn, owners=["old/1"])
+        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == [(t["id"], "waiting")]
+
+
+def test_next_run_at_is_the_earliest_future_task(conn, insert_task):
+    assert store.next_run_at(conn, queues=["default"]) is None
+    conn.execute("INSERT INTO stagerunner.tasks (name, run_at) VALUES ('x', now() + interval '30 seconds'),"
+                 " ('x', now() + interval '90 seconds')")
+    assert 25 < store.next_run_at(conn, queues=["default"]) <= 30

@@ -1,0 +1,107 @@
+from stagerunner.demand import Broadcast, Ledger
+from stagerunner.protocol import Task
+
+
+def task(i: int, attempt: int = 1) -> Task:
+    return Task(i, attempt, "tests.tasks:ok", "[]")
+
+
+def test_assign_gives_each_consumer_at_most_its_credit():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    ledger.add(2, "default")
+    ledger.ask(1, 3)
+    ledger.ask(2, 1)
+    assert ledger.unmet("default") == 4
+    plan, leftover = ledger.assign("default", [task(i) for i in range(5)])
+    assert [len(plan[1]), len(plan[2]), len(leftover)] == [3, 1, 1]
+    assert ledger.unmet("default") == 0
+
+
+def test_assign_spreads_tasks_over_the_hungriest_consumers_first():
+    ledger = Ledger()
+    for slot in (1, 2, 3):
+        ledger.add(slot, "default")
+        ledger.ask(slot, 1)
+    plan, leftover = ledger.assign("default", [task(1), task(2)])
+    assert sorted(len(v) for v in plan.values()) == [1, 1] and not leftover
+    assert ledger.unmet("default") == 1
+
+
+def test_queues_are_counted_and_assigned_separately():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    ledger.add(2, "mail")
+    ledger.ask(1, 2)
+    ledger.ask(2, 1)
+    assert (ledger.unmet("default"), ledger.unmet("mail")) == (2, 1)
+    plan, leftover = ledger.assign("mail", [task(1), task(2)])
+    assert plan == {2: [task(1)]} and leftover == [task(2)]
+    assert ledger.unmet("default") == 2
+
+
+def test_finished_forgets_only_the_reported_attempt():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    ledger.ask(1, 1)
+    ledger.assign("default", [task(7, attempt=2)])
+    assert ledger.finished(1, 7, attempt=1) is None
+    assert ledger.finished(1, 7, attempt=2) == task(7, attempt=2)
+    assert ledger.held() == []
+
+
+def test_drop_splits_the_running_task_from_the_unstarted_ones():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    ledger.ask(1, 3)
+    ledger.assign("default", [task(1), task(2), task(3)])
+    running, unstarted = ledger.drop(1)
+    assert running == task(1) and unstarted == [task(2), task(3)]
+    assert ledger.unmet("default") == 0 and 1 not in ledger.slots
+
+
+def test_drop_of_an_idle_consumer_returns_nothing_and_forgets_its_credits():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    ledger.ask(1, 5)
+    assert ledger.drop(1) == (None, [])
+    assert ledger.unmet("default") == 0
+
+
+def test_take_back_returns_only_the_named_tasks():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    ledger.ask(1, 2)
+    ledger.assign("default", [task(1), task(2)])
+    assert ledger.take_back(1, [2]) == [task(2)]
+    assert ledger.held() == [task(1)]
+
+
+def test_silent_names_slots_holding_work_past_the_limit():
+    ledger = Ledger()
+    ledger.add(1, "default", now=0.0)
+    ledger.add(2, "default", now=0.0)
+    ledger.ask(1, 1, now=0.0)
+    ledger.ask(2, 1, now=0.0)
+    ledger.assign("default", [task(1)], now=10.0)
+    assert ledger.silent(now=14.0, limit=5.0) == []
+    assert ledger.silent(now=16.0, limit=5.0) == [1]  # slot 2 holds nothing: idle is fine
+
+
+def test_negative_demand_is_refused():
+    ledger = Ledger()
+    ledger.add(1, "default")
+    try:
+        ledger.ask(1, -1)
+    except ValueError:
+        return
+    raise AssertionError("negative demand accepted")
+
+
+def test_broadcast_emits_only_what_every_consumer_can_take():
+    fanout: Broadcast[int] = Broadcast([1, 2])
+    fanout.ask(1, 3)
+    fanout.ask(2, 1)
+    assert fanout.unmet() == 1
+    assert fanout.assign([10, 11, 12]) == {1: [10], 2: [10]}
+    assert fanout.credits == {1: 2, 2: 0}

@@ -1,0 +1,73 @@
+import pytest
+
+import tests.tasks  # noqa: F401  registers the test tasks
+from stagerunner import registry, task
+from stagerunner.errors import UnknownTask
+
+ALLOWED = ["tests.tasks"]
+
+
+def test_registered_tasks_resolve_by_their_stable_name():
+    assert registry.resolve("tests.tasks:add", ALLOWED).func(1, 2) == 3
+    spec = registry.resolve("custom.name", ALLOWED)
+    assert (spec.max_attempts, spec.timeout, spec.priority) == (5, 0.5, 3)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("os:system", "unknown task"),
+    ("builtins:eval", "unknown task"),
+    ("tests.tasks:system", "unknown task"),  # re-exported, not a @task
+    ("tests.tasks:undecorated", "unknown task"),
+    ("tests.tasks:_private", "private"),
+    ("tests.tasks:__class__", "dunder"),
+    ("__import__", "dunder"),
+    ("tests.tasks:ok; rm -rf /", "invalid task name"),
+    ("", "invalid task name"),
+])
+def test_names_outside_the_registry_are_refused_with_a_reason(name, reason):
+    with pytest.raises(UnknownTask) as err:
+        registry.resolve(name, ALLOWED)
+    assert reason in str(err.value)
+
+
+def test_a_task_from_a_module_that_is_not_listed_is_refused():
+    import tests.other_tasks  # noqa: F401  registered, but not allowed
+
+    with pytest.raises(UnknownTask) as err:
+        registry.resolve("tests.other_tasks:outside", ALLOWED)
+    assert "not in STAGERUNNER_TASK_MODULES" in str(err.value)
+
+
+def test_resolving_never_imports_anything():
+    import sys
+
+    before = set(sys.modules)
+    with pytest.raises(UnknownTask):
+        registry.resolve("antigravity:fly", ALLOWED)
+    assert "antigravity" not in sys.modules and set(sys.modules) == before
+
+
+def test_the_decorated_function_stays_callable():
+    assert tests.tasks.add(2, 3) == 5
+    assert tests.tasks.add.name == "tests.tasks:add"
+
+
+def test_task_options_are_validated():
+    def job() -> None:
+        pass
+
+    with pytest.raises(ValueError):
+        task(name="t.job", max_attempts=0)(job)
+    with pytest.raises(ValueError):
+        task(name="t.job", timeout=-1)(job)
+    with pytest.raises(TypeError):
+        task(print)
+
+
+def test_private_functions_cannot_be_registered():
+    def _hidden() -> None:
+        pass
+
+    with pytest.raises(UnknownTask) as err:
+        task(name="t._hidden")(_hidden)
+    assert "private" in str(err.value)
