@@ -72,7 +72,7 @@ class Consumer:
         return 0
 
     def step(self, now: float) -> None:
-        if self.running is None:
+        if self.running is None and not self.stopping:
             self._start_next(now)
         if self.running is None and self.stopping:
             self._send(Bye(tuple(t.id for t in self.queue)))

@@ -119,6 +119,7 @@ def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[An
 def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver) -> None:
     os.setpgrp()
     die_with_parent(parent)
+    _std_streams_on_fds()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if limits.memory_mb:
@@ -135,6 +136,21 @@ def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve:
         reply = run_job(resolve(name), args_text, limits.result_max_bytes)
         _flush_std()
         _write_all(result_w, _frame(json.dumps(reply).encode()))
+
+
+def _std_streams_on_fds() -> None:
+    """print() in a job goes to fds 1 and 2, even where the parent had sys.stdout elsewhere
+    (a test harness capturing output): only fds 0-2 survive into the child."""
+    import sys
+
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        try:
+            if stream is not None and stream.fileno() == fd:
+                continue
+        except (AttributeError, OSError, ValueError):
+            pass
+        setattr(sys, name, open(fd, "w", buffering=1, closefd=False, errors="replace"))
 
 
 def _flush_std() -> None:
