@@ -208,8 +208,9 @@ class Node:
 def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def _start(dsn: str | None = None, **overrides: Any) -> Node:
-        env = node_env(dsn or db, **overrides)
+    def _start(dsn: str | None = None, extra_env: dict[str, str] | None = None,
+               **overrides: Any) -> Node:
+        env = {**node_env(dsn or db, **overrides), **(extra_env or {})}
         log_path = tmp_path / f"node-{len(nodes)}.log"
         with open(log_path, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "stagerunner", "run"], cwd=ROOT, env=env,

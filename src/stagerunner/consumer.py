@@ -248,13 +248,14 @@ def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, 
     """Entry point of a consumer process (spawned by the supervisor)."""
     os.setsid()  # our job children stay in this session, where the supervisor can find them
     executor.die_with_parent(parent)
+    # before the environment is replaced: setproctitle needs the original environ block
+    logs.set_title(f"stagerunner: consumer {config.slot} queue={config.queue} node={config.node}")
     executor.become_subreaper()
     os.environ.clear()
     os.environ.update(environment)  # jobs never see the runner's STAGERUNNER_* settings
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(config.log_level, config.log_format, f"consumer-{config.slot}", config.node)
-    _set_title(f"stagerunner consumer {config.slot} queue={config.queue} node={config.node}")
     try:
         registry.load(config.limits.modules)
     except Exception:
@@ -267,11 +268,3 @@ def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, 
         code = 1
     os._exit(code)
 
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle  # optional: nicer `ps` output
-
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass

@@ -89,3 +89,17 @@ def configure(level: str = "info", fmt: str = "text", role: str = "main", node: 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def set_title(title: str) -> None:
+    """Name this process for `ps` and `top` (setproctitle when installed, else comm)."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        try:
+            with open("/proc/self/comm", "w") as f:
+                f.write(title.replace("stagerunner: ", "sr-")[:15])
+        except OSError:
+            pass

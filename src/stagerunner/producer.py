@@ -419,6 +419,7 @@ def main(control: Any, config: ProducerConfig, parent: int) -> None:
 
     os.setsid()
     die_with_parent(parent)
+    logs.set_title(f"stagerunner: producer node={config.node} owner={config.owner}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(config.log_level, config.log_format, "producer", config.node)

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, procs, producer
+from stagerunner import consumer, logs, procs, producer
 from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
@@ -81,6 +81,7 @@ class Supervisor:
     # Lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
+        logs.set_title(f"stagerunner: supervisor node={self.settings.node_name}")
         self._install_signals()
         self._start_producer(replaces=())
         for slot, queue in self.slots:

@@ -1,0 +1,161 @@
+"""python -m stagerunner as a subprocess against a real database."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.helpers import descendants, eventually, pid_alive, run_cli
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
+
+
+def enqueue_many(conn, name, args_list, **cols):
+    extra = "".join(f", {k}" for k in cols)
+    values = "".join(f", %({k})s" for k in cols)
+    ids = []
+    for args in args_list:
+        ids.append(conn.execute(
+            f"INSERT INTO stagerunner.tasks (name, args{extra}) VALUES (%(n)s, %(a)s::jsonb{values}) "
+            "RETURNING id", {"n": name, "a": json.dumps(args), **cols}).fetchone()[0])
+    return ids
+
+
+def wait_all(conn, ids, statuses=("success", "error", "timeout", "cancelled"), timeout=30):
+    def done():
+        rows = conn.execute("SELECT count(*) FROM stagerunner.tasks WHERE id = ANY(%s) "
+                            "AND status::text = ANY(%s)", [ids, list(statuses)]).fetchone()
+        return rows[0] == len(ids)
+
+    eventually(done, timeout=timeout)
+
+
+def test_many_tasks_all_end_in_success(conn, start_node, statuses):
+    ids = enqueue_many(conn, "tests.tasks:add", [[i, 1] for i in range(200)])
+    node = start_node()
+    wait_all(conn, ids)
+    assert statuses() == {"success": 200}
+    results = dict(conn.execute("SELECT id, result FROM stagerunner.tasks").fetchall())
+    assert results[ids[41]] == 42
+    assert node.stop() == 0
+
+
+def test_a_sleeping_task_times_out_near_one_second_and_its_grandchild_is_gone(
+        conn, start_node, get_task, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    [tid] = enqueue_many(conn, "tests.tasks:spawn_grandchild_then_sleep", [[str(pidfile)]],
+                         max_attempts=1)
+    start_node()
+    wait_all(conn, [tid])
+    row = get_task(tid)
+    assert row["status"] == "timeout" and "deadline of 1 s" in row["last_error"]
+    assert 1000 <= row["errors"][0]["runtime_ms"] < 1300
+    eventually(lambda: not pid_alive(int(pidfile.read_text())))
+
+
+def test_a_raising_task_ends_in_error_with_its_traceback_after_its_attempts(conn, start_node, get_task):
+    [tid] = enqueue_many(conn, "tests.tasks:boom", [["kaput"]], max_attempts=2)
+    start_node()
+    wait_all(conn, [tid], timeout=20)
+    row = get_task(tid)
+    assert (row["status"], row["attempts"]) == ("error", 2)
+    assert "Traceback (most recent call last)" in row["last_error"]
+    assert "ValueError: kaput" in row["last_error"]
+    assert [e["attempt"] for e in row["errors"]] == [1, 2]
+
+
+def test_disallowed_names_end_in_error_and_nothing_is_imported(conn, start_node, get_task, tmp_path):
+    mark = tmp_path / "imported"
+    names = ["tests.sentinel_module:run", "os:system", "builtins:eval", "tests.tasks:system",
+             "tests.tasks:__init__", "tests.other_tasks:outside", "tests.tasks:_private"]
+    ids = [enqueue_many(conn, name, [["id"]])[0] for name in names]
+    node = start_node(extra_env={"SENTINEL_MARK": str(mark)})
+    wait_all(conn, ids)
+    for tid, name in zip(ids, names):
+        row = get_task(tid)
+        assert row["status"] == "error" and row["attempts"] == 1, (name, row["last_error"])
+        assert "task name" in row["last_error"] or "unknown task" in row["last_error"]
+    assert not mark.exists()
+    assert node.proc.poll() is None  # no stage crashed the node
+
+
+def test_kill_9_of_a_consumer_restarts_it_and_loses_nothing(conn, start_node, statuses):
+    node = start_node(consumers=2)
+    ids = enqueue_many(conn, "tests.tasks:sleep_for", [[0.2]] * 30)
+    eventually(lambda: statuses().get("running"), timeout=10)
+    consumers = [p for p in descendants(node.proc.pid) if "consumer" in _cmdline(p)]
+    assert consumers, "no consumer process found"
+    os.kill(consumers[0], signal.SIGKILL)
+    wait_all(conn, ids, timeout=40)
+    assert statuses() == {"success": 30}
+    assert "consumer died; restarting it" in node.log()
+    lost = conn.execute("SELECT sum(lost), max(attempts) FROM stagerunner.tasks").fetchone()
+    assert lost[0] <= 1 and lost[1] <= 2
+
+
+def test_sigterm_exits_zero_and_leaves_no_task_running(conn, start_node, statuses):
+    node = start_node(consumers=2)
+    enqueue_many(conn, "tests.tasks:sleep_for", [[0.3]] * 40)
+    eventually(lambda: statuses().get("success"), timeout=10)
+    tree = node.tree()
+    assert node.stop(signal.SIGTERM) == 0
+    counts = statuses()
+    assert "running" not in counts and counts.get("success", 0) + counts.get("waiting", 0) == 40
+    assert conn.execute("SELECT count(*) FROM stagerunner.nodes").fetchone() == (0,)
+    eventually(lambda: not any(pid_alive(p) for p in tree))
+    assert "node stopped" in node.log()
+
+
+def test_sigint_behaves_like_sigterm(conn, start_node, statuses):
+    node = start_node()
+    enqueue_many(conn, "tests.tasks:sleep_for", [[0.2]] * 5)
+    eventually(lambda: statuses().get("success"), timeout=10)
+    assert node.stop(signal.SIGINT) == 0
+    assert "running" not in statuses()
+
+
+def test_a_notify_wakes_the_producer_long_before_the_poll(conn, start_node, get_task):
+    start_node(poll_interval=60)
+    time.sleep(0.5)
+    [tid] = enqueue_many(conn, "tests.tasks:ok", [[]])
+    eventually(lambda: get_task(tid)["status"] == "success", timeout=3)
+
+
+def test_a_scheduled_task_runs_when_due_not_before(conn, start_node, get_task):
+    start_node(poll_interval=60)
+    [tid] = enqueue_many(conn, "tests.tasks:ok", [[]])
+    conn.execute("UPDATE stagerunner.tasks SET run_at = now() + interval '1.5 seconds' WHERE id = %s", [tid])
+    conn.execute("NOTIFY stagerunner_tasks, 'default'")
+    time.sleep(1.0)
+    assert get_task(tid)["status"] == "waiting"
+    eventually(lambda: get_task(tid)["status"] == "success", timeout=3)
+
+
+def test_killing_the_producer_restarts_the_stages_and_hands_its_tasks_back(conn, start_node, statuses):
+    node = start_node(consumers=2)
+    ids = enqueue_many(conn, "tests.tasks:sleep_for", [[0.3]] * 20)
+    eventually(lambda: statuses().get("running"), timeout=10)
+    producer = [p for p in descendants(node.proc.pid) if "producer" in _cmdline(p)]
+    assert producer
+    os.kill(producer[0], signal.SIGKILL)
+    wait_all(conn, ids, timeout=40)
+    assert statuses() == {"success": 20}
+    assert "producer died; restarting it and its consumers" in node.log()
+
+
+def test_too_many_restarts_stop_the_node_with_exit_1(conn, start_node):
+    node = start_node(consumers=1, max_restarts=2, restart_window=30)
+    enqueue_many(conn, "tests.tasks:kill_consumer", [[]] * 5)
+    assert node.proc.wait(timeout=60) == 1
+    assert "too many restarts; stopping the node" in node.log()
+    assert conn.execute("SELECT count(*) FROM stagerunner.tasks WHERE status = 'running'").fetchone()[0] <= 1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
