@@ -31,7 +31,8 @@ def consumer_main(conn: Any, max_demand: int) -> None:
         match message:
             case Batch(tasks=events):
                 for event in events:
-                    print(f"({os.getpid()}, {event.id}, :{STATE})", flush=True)
+                    # one write per line: atomic on a pipe, so consumers never interleave
+                    os.write(1, f"({os.getpid()}, {event.id}, :{STATE})\n".encode())
                     conn.send_bytes(encode(Outcome(event.id, 0, Status.SUCCESS, 0.0, demand=1)))
             case Stop():
                 return
@@ -69,10 +70,13 @@ def _produce(pipes: dict[int, Any], broadcast: bool, events: int, start: int) ->
     for i in pipes:
         ledger.add(i, "counter")
     counter, emitted = start, 0
-    while events == 0 or emitted < events:
+    subscribed: set[int] = set()
+    while len(subscribed) < len(pipes):  # every consumer subscribes before the first event
         for pipe in procs.wait(list(pipes.values())):
             i = next(k for k, p in pipes.items() if p is pipe)
             _receive(i, decode(pipe.recv_bytes()), ledger, fanout)
+            subscribed.add(i)
+    while events == 0 or emitted < events:
         demand = fanout.unmet() if broadcast else ledger.unmet("counter")
         if events:
             demand = min(demand, events - emitted)
@@ -82,6 +86,9 @@ def _produce(pipes: dict[int, Any], broadcast: bool, events: int, start: int) ->
         for i, given in plan.items():
             if given:
                 pipes[i].send_bytes(encode(Batch(tuple(given))))
+        for pipe in procs.wait(list(pipes.values())):
+            i = next(k for k, p in pipes.items() if p is pipe)
+            _receive(i, decode(pipe.recv_bytes()), ledger, fanout)
 
 
 def _receive(i: int, message: object, ledger: Ledger, fanout: Broadcast[Task]) -> None:

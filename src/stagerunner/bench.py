@@ -1,0 +1,1075 @@
+"""The project's benchmark: ``bin/bench [options]`` or ``python -m stagerunner.bench``.
+
+Every number is the MEDIAN of ``--runs`` runs (default 3); the runs of the different
+measurements are interleaved (run 1 of everything, then run 2 of everything, ...), so a
+noisy minute on this 2-core machine spreads over all of them instead of spoiling one.
+The table prints min / median / max per metric; the JSON (``--json PATH``, otherwise
+``bench-results/bench-<timestamp>.json``) also holds every run's raw value.
+
+The bench works in its own database ``bench_<pid>``, created from the admin DSN
+(``--dsn``, default postgresql://postgres@127.0.0.1:5432/postgres), filled with
+``store.install_schema`` and dropped at the end. Between measurements the task and node
+tables are truncated while no node runs. Only loopback is used. Every node is a
+``python -m stagerunner run`` subprocess in its own session; it is stopped with SIGTERM
+and waited for, and on any error (or a signal to the bench) the whole process tree is
+SIGKILLed. Every loop is bounded in time and count.
+
+Measurements (``--only`` takes the names in brackets):
+
+1. [enqueue_bulk] ``stagerunner.enqueue_many([...], conn=conn)`` of N no-op tasks
+   (``--tasks``, default 20000) in one call on an autocommit connection; tasks/s over
+   the wall time of the call (client-side validation included).
+2. [enqueue_single] ``stagerunner.enqueue(name, [], conn=conn)`` on an autocommit
+   connection, one statement and commit per task, 2000 tasks; tasks/s.
+3. [drain] N no-op tasks (``--drain-tasks``, default 5000) are enqueued, then a node is
+   started (STAGERUNNER_CONSUMERS=C, default = cores; task module
+   ``stagerunner.bench_tasks``; log level warning). Rate = successes / (max(finished_at)
+   - min(claimed_at)), both database timestamps, so node start-up is excluded (it is
+   reported separately as Popen -> first claim). Modes: default (a fresh job child per
+   job) with each process library (STAGERUNNER_PROCESS_LIBRARY=multiprocess, the
+   default, and multiprocessing), and child reuse (STAGERUNNER_CHILD_REUSE=100, with
+   multiprocess).
+4. [fork] The fork ceiling: C processes spawned with the default library's spawn
+   context (multiprocess), each having imported stagerunner.consumer and loaded the
+   bench task module first, so their RSS (reported) is close to a consumer's, fork bare
+   children flat out for ~2 s (child: ``os._exit(0)``; parent: ``waitpid``). Reported:
+   total children/s (sum of each prober's count / its own elapsed time) and, per run,
+   drain(default, multiprocess) / fork ceiling (issue target: >= 0.85) and the same
+   ratio for child reuse.
+5. [latency] With a default-mode node running and idle, one task at a time is
+   enqueued at 200/s for ~5 s (single-row insert + commit each, paced on the monotonic
+   clock; the achieved rate is reported). The task returns ``time.time()`` when it
+   starts in its job child; latency = result - extract(epoch from created_at). p50/p99 ms.
+6. [deadline] A node with STAGERUNNER_JOB_TIMEOUT=0.2 gets 10*C tasks that sleep
+   forever (max_attempts=1), so every consumer is busy and each task is killed at its
+   deadline. The consumer records each attempt's measured runtime in the ``errors``
+   jsonb (``runtime_ms``); overshoot = runtime_ms - 200. p50/p99 ms.
+7. [rss] VmRSS (from /proc/PID/status) per role, sampled during the default-mode
+   drain (when [drain] runs) and on the idle node. Roles: the supervisor is the pid we
+   started; the producer is the pid it writes into stagerunner.nodes (``beat_node``
+   runs in the producer) and must be a child of the supervisor; a supervisor child
+   whose cmdline names ``resource_tracker`` is the library's resource tracker (ignored);
+   every other supervisor child is a consumer (cross-checked: each has a pre-forked job
+   child soon after start); the consumers' children are job children. Consumer and
+   job values are medians over those processes; each metric is the median over samples.
+8. [pickle] Process-library cost, in this process: 100k small messages (an
+   ``Outcome``) through a duplex ``Pipe`` of each library's spawn context, sent and
+   received in batches of 64 in one thread: (a) ``Connection.send``/``recv`` (pickled
+   by multiprocess's dill pickler or the stdlib pickler) versus (b) ``send_bytes`` of
+   ``protocol.encode(outcome)`` and ``protocol.decode(recv_bytes())`` (what the runner
+   does). µs per message, encode+send+receive+decode. Plus VmRSS of a freshly spawned,
+   idle process of each library (the target only waits on its pipe).
+9. [idle] A node with no work (after start-up settles) for ~3 s: CPU seconds of the
+   whole node tree (utime+stime+cutime+cstime from /proc/PID/stat, so reaped children
+   count once, in their reaper) over wall time, in percent of one core. The CPU of the
+   node's PostgreSQL backends (application_name 'stagerunner') is reported beside it.
+
+``--quick`` shrinks everything (N=2000, 500 to drain, one run) for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Kept to cheap imports at module level: spawned fork probers and idle processes import
+# this module as their __mp_main__, and their RSS should stay close to a consumer's
+# (whose __mp_main__ is stagerunner.__main__). subprocess, tempfile, platform, pathlib
+# and psycopg are imported where they are used.
+
+TASK_MODULE = "stagerunner.bench_tasks"
+NOOP = f"{TASK_MODULE}:noop"
+STARTED_AT = f"{TASK_MODULE}:started_at"
+SLEEP_FOREVER = f"{TASK_MODULE}:sleep_forever"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BENCH_APP = "stagerunner-bench"  # application_name of the bench's own connections
+LIBRARIES = ("multiprocess", "multiprocessing")
+MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline",
+                "rss", "pickle", "idle")
+DRAIN_MODES = (  # (label, extra node environment)
+    ("default_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess"}),
+    ("default_multiprocessing", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocessing"}),
+    ("reuse100_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess",
+                               "STAGERUNNER_CHILD_REUSE": "100"}),
+)
+FORK_CAP = 2_000_000  # upper bound on forks per prober, whatever the clock says
+DEADLINE_S = 0.2
+RATIO_TARGET = 0.85
+
+# name -> (unit, description); the table follows this order.
+METRICS: dict[str, tuple[str, str]] = {
+    "enqueue_bulk_rate": ("tasks/s", "enqueue_many of N tasks, one call"),
+    "enqueue_single_rate": ("tasks/s", "enqueue one at a time, autocommit"),
+    "drain_default_multiprocess": ("tasks/s", "drain, fresh child per job, multiprocess"),
+    "drain_default_multiprocessing": ("tasks/s", "drain, fresh child per job, multiprocessing"),
+    "drain_reuse100_multiprocess": ("tasks/s", "drain, CHILD_REUSE=100, multiprocess"),
+    "drain_startup_s": ("s", "node Popen -> first claim (default mode)"),
+    "fork_ceiling": ("children/s", "C probers forking bare children"),
+    "fork_probe_rss_mib": ("MiB", "VmRSS of one fork prober (median)"),
+    "drain_over_fork": ("ratio", f"drain default / fork ceiling (target >= {RATIO_TARGET})"),
+    "drain_reuse_over_fork": ("ratio", "drain reuse100 / fork ceiling"),
+    "latency_p50_ms": ("ms", "enqueue -> job start, p50"),
+    "latency_p99_ms": ("ms", "enqueue -> job start, p99"),
+    "latency_enqueue_rate": ("tasks/s", "achieved trickle rate (asked 200/s)"),
+    "deadline_overshoot_p50_ms": ("ms", "runtime_ms - 200 at a 0.2 s deadline, p50"),
+    "deadline_overshoot_p99_ms": ("ms", "runtime_ms - 200 at a 0.2 s deadline, p99"),
+    "rss_supervisor_drain_mib": ("MiB", "supervisor VmRSS while draining"),
+    "rss_producer_drain_mib": ("MiB", "producer VmRSS while draining"),
+    "rss_consumer_drain_mib": ("MiB", "consumer VmRSS while draining (median)"),
+    "rss_job_drain_mib": ("MiB", "job child VmRSS while draining (median)"),
+    "rss_supervisor_idle_mib": ("MiB", "supervisor VmRSS, idle node"),
+    "rss_producer_idle_mib": ("MiB", "producer VmRSS, idle node"),
+    "rss_consumer_idle_mib": ("MiB", "consumer VmRSS, idle node (median)"),
+    "rss_job_idle_mib": ("MiB", "pre-forked job child VmRSS, idle (median)"),
+    "pickle_send_us_multiprocess": ("us/msg", "Connection.send/recv pickled, multiprocess"),
+    "pickle_send_us_multiprocessing": ("us/msg", "Connection.send/recv pickled, multiprocessing"),
+    "bytes_send_us_multiprocess": ("us/msg", "send_bytes(encode)/decode, multiprocess"),
+    "bytes_send_us_multiprocessing": ("us/msg", "send_bytes(encode)/decode, multiprocessing"),
+    "spawn_idle_rss_mib_multiprocess": ("MiB", "freshly spawned idle process, multiprocess"),
+    "spawn_idle_rss_mib_multiprocessing": ("MiB", "freshly spawned idle process, multiprocessing"),
+    "idle_cpu_percent": ("% core", "idle node tree CPU"),
+    "idle_db_cpu_percent": ("% core", "its PostgreSQL backends' CPU while idle"),
+}
+
+
+# Pure statistics and parsers (unit-tested in tests/unit/test_bench_stats.py) -----------
+
+def median(values: Iterable[float]) -> float:
+    """The median; the mean of the two middle values for an even count."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("median of no values")
+    mid = len(xs) // 2
+    return float(xs[mid]) if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def percentile(values: Iterable[float], p: float) -> float:
+    """The p-th percentile (0..100), linear between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("percentile of no values")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    k = (len(xs) - 1) * p / 100
+    lo = math.floor(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (k - lo))
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """min / median / max and the count of one metric's per-run values."""
+    if not values:
+        raise ValueError("nothing to summarize")
+    return {"n": len(values), "min": float(min(values)), "median": median(values),
+            "max": float(max(values))}
+
+
+def rate(count: float, seconds: float) -> float:
+    """count per second; ValueError for a non-positive interval."""
+    if seconds <= 0:
+        raise ValueError(f"interval must be positive, got {seconds}")
+    return count / seconds
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    if denominator <= 0:
+        raise ValueError(f"denominator must be positive, got {denominator}")
+    return numerator / denominator
+
+
+def cpu_percent(cpu_seconds: float, wall_seconds: float) -> float:
+    """CPU time over wall time, in percent of one core."""
+    return 100.0 * rate(cpu_seconds, wall_seconds)
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    """``--only a,b`` -> the selected measurements in canonical order (all when empty)."""
+    if not text:
+        return MEASUREMENTS
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in MEASUREMENTS]
+    if unknown:
+        raise ValueError(f"unknown measurement(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(MEASUREMENTS)}")
+    return tuple(m for m in MEASUREMENTS if m in wanted)
+
+
+def parse_vmrss_kib(status_text: str) -> int | None:
+    """VmRSS in KiB from the text of /proc/PID/status (None for a zombie/kernel thread)."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+@dataclass(frozen=True)
+class Stat:
+    pid: int
+    ppid: int
+    session: int
+    cpu_ticks: int  # utime + stime + cutime + cstime
+
+
+def parse_stat(text: str) -> Stat:
+    """The fields we need from /proc/PID/stat; the comm field may hold spaces and ')'."""
+    head, _, rest = text.rpartition(")")
+    pid = int(head.split("(", 1)[0])
+    fields = rest.split()
+    # fields[0] is field 3 (state): ppid=4, session=6, utime..cstime=14..17
+    ppid, session = int(fields[1]), int(fields[3])
+    cpu = sum(int(x) for x in fields[11:15])
+    return Stat(pid, ppid, session, cpu)
+
+
+def kib_to_mib(kib: float) -> float:
+    return kib / 1024.0
+
+
+def format_value(value: float) -> str:
+    """Compact, fixed-width friendly number formatting for the table."""
+    if value != value:  # NaN
+        return "nan"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+# /proc helpers -------------------------------------------------------------------------
+
+def read_stat(pid: int) -> Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return parse_stat(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return parse_vmrss_kib(f.read())
+    except OSError:
+        return None
+
+
+def read_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def all_stats() -> dict[int, Stat]:
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = read_stat(int(entry))
+            if st is not None:
+                stats[st.pid] = st
+    return stats
+
+
+def children_of(stats: dict[int, Stat]) -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for st in stats.values():
+        kids.setdefault(st.ppid, []).append(st.pid)
+    return kids
+
+
+def descendants(root: int, stats: dict[int, Stat] | None = None) -> list[int]:
+    """root's descendants by parent links, plus members of sessions a descendant leads."""
+    stats = stats if stats is not None else all_stats()
+    kids = children_of(stats)
+    found: list[int] = []
+    todo = list(kids.get(root, []))
+    while todo and len(found) < 100_000:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.append(pid)
+        todo.extend(kids.get(pid, []))
+    leaders = set(found) | {root}
+    found += [p for p, st in stats.items() if st.session in leaders and p not in found and p != root]
+    return found
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL root and every process below it (stages setsid, so a group kill is not enough)."""
+    for pid in [root, *descendants(root)]:
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# The bench database --------------------------------------------------------------------
+
+class BenchDB:
+    """bench_<pid>, created from the admin DSN and dropped at the end."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        from psycopg.conninfo import make_conninfo
+
+        self.admin_dsn = admin_dsn
+        self.name = f"bench_{os.getpid()}"
+        self.dsn = make_conninfo(admin_dsn, dbname=self.name)
+        self.conn: Any = None
+
+    def create(self) -> None:
+        import psycopg
+
+        from stagerunner import store
+
+        with psycopg.connect(self.admin_dsn, autocommit=True, application_name=BENCH_APP) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+        self.conn = self.connect()
+        store.install_schema(self.conn)
+
+    def connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True, application_name=BENCH_APP)
+
+    def drop(self) -> None:
+        import psycopg
+
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        with psycopg.connect(self.admin_dsn, autocommit=True, application_name=BENCH_APP) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def reset(self) -> None:
+        """Empty tables (call only while no node runs) and refresh planner statistics."""
+        self.conn.execute("TRUNCATE stagerunner.tasks, stagerunner.nodes, stagerunner.queues")
+
+    def analyze(self) -> None:
+        self.conn.execute("ANALYZE stagerunner.tasks")
+
+    def scalar(self, sql: str, params: Any = None) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def unfinished(self) -> int:
+        return int(self.scalar(
+            "SELECT count(*) FROM stagerunner.tasks WHERE status IN ('waiting', 'running')"))
+
+    def wait_finished(self, timeout: float, node: Node | None = None, interval: float = 0.2,
+                      during: Callable[[], None] | None = None) -> bool:
+        """Poll until no task is waiting or running; False on timeout (or a dead node)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.unfinished() == 0:
+                return True
+            if node is not None and node.proc.poll() is not None:
+                raise BenchError(f"the node exited with code {node.proc.returncode}: {node.log_tail()}")
+            if during is not None:
+                during()
+            time.sleep(interval)
+        return False
+
+    def status_counts(self) -> dict[str, int]:
+        return {s: int(n) for s, n in self.rows(
+            "SELECT status::text, count(*) FROM stagerunner.tasks GROUP BY 1")}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# Nodes ---------------------------------------------------------------------------------
+
+@dataclass
+class Roles:
+    supervisor: int
+    producer: int | None = None
+    consumers: list[int] = field(default_factory=list)
+    jobs: list[int] = field(default_factory=list)
+    other: list[int] = field(default_factory=list)
+
+
+class Node:
+    """``python -m stagerunner run`` as a subprocess in its own session."""
+
+    live: list[Node] = []  # every node not yet stopped, for the final clean-up
+
+    def __init__(self, db: BenchDB, consumers: int, extra_env: dict[str, str], workdir: Path,
+                 label: str) -> None:
+        import subprocess
+
+        self.db = db
+        self.consumers = consumers
+        self.name = f"bench-{os.getpid()}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STAGERUNNER_")}
+        env.update({
+            "STAGERUNNER_DATABASE_URL": db.dsn,
+            "STAGERUNNER_TASK_MODULES": TASK_MODULE,
+            "STAGERUNNER_CONSUMERS": str(consumers),
+            "STAGERUNNER_LOG_LEVEL": "warning",
+            "STAGERUNNER_NODE_NAME": self.name,
+            **extra_env,
+        })
+        self.log_path = workdir / f"node-{label}-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")
+        self.started_wall = time.time()
+        self.proc = subprocess.Popen([sys.executable, "-m", "stagerunner", "run"], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        Node.live.append(self)
+
+    def producer_pid(self) -> int | None:
+        pid = self.db.scalar("SELECT pid FROM stagerunner.nodes WHERE node = %s "
+                             "ORDER BY started_at DESC LIMIT 1", (self.name,))
+        return int(pid) if pid is not None else None
+
+    def roles(self, producer: int | None = None) -> Roles:
+        stats = all_stats()
+        kids = children_of(stats)
+        sup = self.proc.pid
+        roles = Roles(sup)
+        producer = producer if producer is not None else self.producer_pid()
+        for pid in kids.get(sup, []):
+            if pid == producer:
+                roles.producer = pid
+            elif "resource_tracker" in read_cmdline(pid):
+                roles.other.append(pid)
+            else:
+                roles.consumers.append(pid)
+                roles.jobs.extend(descendants(pid, stats))
+        return roles
+
+    def wait_ready(self, timeout: float = 60.0) -> Roles:
+        """Until the producer has beaten and every consumer has its pre-forked job child."""
+        deadline = time.monotonic() + timeout
+        producer = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"the node exited with code {self.proc.returncode}: {self.log_tail()}")
+            producer = producer or self.producer_pid()
+            if producer is not None:
+                roles = self.roles(producer)
+                kids = children_of(all_stats())
+                if (roles.producer and len(roles.consumers) == self.consumers
+                        and all(kids.get(c) for c in roles.consumers)):
+                    return roles
+            time.sleep(0.05)
+        raise BenchError(f"the node was not ready within {timeout:g} s: {self.log_tail()}")
+
+    def tree(self) -> list[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def stop(self, timeout: float = 45.0) -> int | None:
+        """SIGTERM and wait; SIGKILL the whole tree if it does not exit in time."""
+        import subprocess
+
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    kill_tree(self.proc.pid)
+                    self.proc.wait(10)
+            return self.proc.returncode
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """Whatever is left of the tree (stray job children included) dies; idempotent."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        # Anything still in the node's own session (start_new_session made the supervisor
+        # its leader) is ours; stages left their session, but die with their parent.
+        for pid, st in all_stats().items():
+            if st.session == self.proc.pid and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if not self.log.closed:
+            self.log.close()
+        if self in Node.live:
+            Node.live.remove(self)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            self.log.flush()
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(empty log)"
+
+    def log_problems(self) -> list[str]:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [line for line in text if " ERROR " in line or "Traceback" in line]
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            code = self.stop()
+            if code not in (0, None):
+                raise BenchError(f"the node exited with code {code}: {self.log_tail()}")
+        else:
+            self.kill()
+
+
+def role_rss_mib(roles: Roles) -> dict[str, float]:
+    """VmRSS per role; consumers and job children as medians."""
+    out: dict[str, float] = {}
+    for role, pids in (("supervisor", [roles.supervisor]),
+                       ("producer", [roles.producer] if roles.producer else []),
+                       ("consumer", roles.consumers), ("job", roles.jobs)):
+        values = [v for v in (read_rss_kib(p) for p in pids) if v is not None]
+        if values:
+            out[role] = kib_to_mib(median(values))
+    return out
+
+
+def tree_cpu_ticks(pids: Iterable[int]) -> dict[int, int]:
+    return {p: st.cpu_ticks for p in pids if (st := read_stat(p)) is not None}
+
+
+# Spawned helpers (targets of the process library; keep this module's imports stdlib) ------
+
+def _probe_main(conn: Any, seconds: float) -> None:
+    """A fork prober: as heavy as a consumer, then forks bare children flat out."""
+    import stagerunner.consumer  # noqa: F401  the consumer's imports, hence its RSS
+    from stagerunner import registry
+
+    registry.load([TASK_MODULE])
+    conn.send_bytes(b"ready")
+    if not conn.poll(60):
+        os._exit(2)
+    conn.recv_bytes()
+    count = 0
+    start = time.monotonic()
+    end = start + seconds
+    while count < FORK_CAP and time.monotonic() < end:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        count += 1
+    elapsed = time.monotonic() - start
+    conn.send_bytes(json.dumps([count, elapsed, read_rss_kib(os.getpid())]).encode())
+    conn.poll(10)
+
+
+def _idle_main(conn: Any) -> None:
+    """Does nothing but wait: the RSS of a freshly spawned process of a library."""
+    conn.send_bytes(b"ready")
+    conn.poll(60)
+
+
+def _wait_message(conn: Any, timeout: float, what: str) -> bytes:
+    if not conn.poll(timeout):
+        raise BenchError(f"no {what} within {timeout:g} s")
+    data: bytes = conn.recv_bytes()
+    return data
+
+
+def _end_process(process: Any) -> None:
+    process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+
+
+# The measurements --------------------------------------------------------------------
+
+@dataclass
+class Options:
+    runs: int
+    tasks: int
+    drain_tasks: int
+    single_tasks: int
+    consumers: int
+    only: tuple[str, ...]
+    fork_seconds: float
+    latency_rate: float
+    latency_seconds: float
+    idle_seconds: float
+    deadline_tasks: int
+    pickle_messages: int
+    quick: bool
+
+
+class Bench:
+    def __init__(self, options: Options, db: BenchDB, workdir: Path) -> None:
+        self.o = options
+        self.db = db
+        self.workdir = workdir
+        self.notes: list[str] = []
+        self.details: list[dict[str, Any]] = []  # per run: extra context
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    # 1, 2
+    def enqueue_bulk(self, out: dict[str, float]) -> None:
+        import stagerunner
+
+        self.db.reset()
+        items = [(NOOP, [])] * self.o.tasks
+        started = time.perf_counter()
+        ids = stagerunner.enqueue_many(items, conn=self.db.conn)
+        elapsed = time.perf_counter() - started
+        if len(ids) != self.o.tasks:
+            raise BenchError(f"enqueue_many returned {len(ids)} ids for {self.o.tasks} tasks")
+        out["enqueue_bulk_rate"] = rate(self.o.tasks, elapsed)
+        self.db.reset()
+
+    def enqueue_single(self, out: dict[str, float]) -> None:
+        import stagerunner
+
+        self.db.reset()
+        n = self.o.single_tasks
+        started = time.perf_counter()
+        for _ in range(n):
+            stagerunner.enqueue(NOOP, [], conn=self.db.conn)
+        elapsed = time.perf_counter() - started
+        out["enqueue_single_rate"] = rate(n, elapsed)
+        self.db.reset()
+
+    # 3, 7 (while draining)
+    def drain(self, out: dict[str, float], run: int) -> None:
+        import stagerunner
+
+        modes = list(DRAIN_MODES)
+        # interleave: rotate the mode order from run to run so no mode always goes first
+        shift = run % len(modes)
+        modes = modes[shift:] + modes[:shift]
+        rss_samples: list[dict[str, float]] = []
+        for label, env in modes:
+            self.db.reset()
+            stagerunner.enqueue_many([(NOOP, [])] * self.o.drain_tasks, conn=self.db.conn)
+            self.db.analyze()
+            sample = label == "default_multiprocess" and "rss" in self.o.only
+            node = Node(self.db, self.o.consumers, env, self.workdir, f"drain-{label}")
+            with node:
+                next_sample = [time.monotonic() + 0.5]
+                producer: list[int | None] = [None]
+
+                def during() -> None:
+                    if not sample or len(rss_samples) >= 10 or time.monotonic() < next_sample[0]:
+                        return
+                    producer[0] = producer[0] or node.producer_pid()
+                    if producer[0] is None:
+                        return
+                    roles = node.roles(producer[0])
+                    if roles.consumers:
+                        rss_samples.append(role_rss_mib(roles))
+                    next_sample[0] = time.monotonic() + 0.5
+
+                limit = 60 + self.o.drain_tasks / 20  # far above any plausible rate
+                if not self.db.wait_finished(limit, node, during=during):
+                    raise BenchError(f"drain ({label}) did not finish within {limit:g} s")
+            counts = self.db.status_counts()
+            first, last, ok = self.db.rows(
+                "SELECT extract(epoch FROM min(claimed_at)), extract(epoch FROM max(finished_at)), "
+                "count(*) FILTER (WHERE status = 'success') FROM stagerunner.tasks")[0]
+            if ok != self.o.drain_tasks:
+                self.note(f"drain {label}: only {ok} of {self.o.drain_tasks} succeeded: {counts}")
+            out[f"drain_{label}"] = rate(int(ok), float(last) - float(first))
+            if label == "default_multiprocess":
+                out["drain_startup_s"] = float(first) - node.started_wall
+            for line in node.log_problems()[:3]:
+                self.note(f"node log (drain {label}): {line[:300]}")
+        if rss_samples:
+            for role in ("supervisor", "producer", "consumer", "job"):
+                values = [s[role] for s in rss_samples if role in s]
+                if values:
+                    out[f"rss_{role}_drain_mib"] = median(values)
+
+    # 4
+    def fork(self, out: dict[str, float]) -> None:
+        from stagerunner import procs
+
+        ctx = procs.context("multiprocess")
+        probers = []
+        try:
+            for _ in range(self.o.consumers):
+                ours, theirs = ctx.Pipe(duplex=True)
+                process = ctx.Process(target=_probe_main, args=(theirs, self.o.fork_seconds),
+                                      name="stagerunner-bench-fork-probe", daemon=True)
+                process.start()
+                theirs.close()
+                probers.append((process, ours))
+            for _, conn in probers:
+                _wait_message(conn, 60, "ready from a fork prober")
+            for _, conn in probers:
+                conn.send_bytes(b"go")
+            results = [json.loads(_wait_message(conn, self.o.fork_seconds + 30, "fork count"))
+                       for _, conn in probers]
+            for _, conn in probers:
+                conn.send_bytes(b"bye")
+        finally:
+            for process, conn in probers:
+                _end_process(process)
+                conn.close()
+        out["fork_ceiling"] = sum(rate(count, elapsed) for count, elapsed, _ in results)
+        rss = [kib for _, _, kib in results if kib]
+        if rss:
+            out["fork_probe_rss_mib"] = kib_to_mib(median(rss))
+
+    # 5, 7 (idle), 9
+    def idle_node(self, out: dict[str, float]) -> None:
+        import stagerunner
+
+        self.db.reset()
+        node = Node(self.db, self.o.consumers, {}, self.workdir, "idle")
+        with node:
+            roles = node.wait_ready()
+            time.sleep(1.0)  # let start-up work (first claims, beats) settle
+            if "idle" in self.o.only:
+                pids = node.tree()
+                backends = [int(p) for (p,) in self.db.rows(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name = 'stagerunner'", (self.db.name,))]
+                before, db_before = tree_cpu_ticks(pids), tree_cpu_ticks(backends)
+                started = time.monotonic()
+                time.sleep(self.o.idle_seconds)
+                wall = time.monotonic() - started
+                after_pids = node.tree()
+                after, db_after = tree_cpu_ticks(after_pids), tree_cpu_ticks(backends)
+                hz = os.sysconf("SC_CLK_TCK")
+                ticks = sum(after[p] - before.get(p, 0) for p in after)
+                db_ticks = sum(db_after[p] - db_before.get(p, 0) for p in db_after)
+                out["idle_cpu_percent"] = cpu_percent(ticks / hz, wall)
+                out["idle_db_cpu_percent"] = cpu_percent(db_ticks / hz, wall)
+                gone = set(before) - set(after)
+                if gone:
+                    self.note(f"idle: {len(gone)} process(es) exited during the idle window; "
+                              "their CPU counts only if a tree member reaped them")
+            if "rss" in self.o.only:
+                rss = role_rss_mib(node.roles(roles.producer))
+                for role, mib in rss.items():
+                    out[f"rss_{role}_idle_mib"] = mib
+            if "latency" in self.o.only:
+                self._trickle(out, node, stagerunner)
+            for line in node.log_problems()[:3]:
+                self.note(f"node log (idle/latency): {line[:300]}")
+
+    def _trickle(self, out: dict[str, float], node: Node, stagerunner: Any) -> None:
+        n = max(1, int(self.o.latency_rate * self.o.latency_seconds))
+        interval = 1.0 / self.o.latency_rate
+        started = time.monotonic()
+        for i in range(n):
+            delay = started + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            stagerunner.enqueue(STARTED_AT, [], conn=self.db.conn)
+        out["latency_enqueue_rate"] = rate(n, time.monotonic() - started)
+        if not self.db.wait_finished(30 + n / 50, node, interval=0.1):
+            self.note("latency: some trickled tasks did not finish in time; measured the rest")
+        latencies = [1000 * float(v) for (v,) in self.db.rows(
+            "SELECT (result #>> '{}')::float8 - extract(epoch FROM created_at)::float8 "
+            "FROM stagerunner.tasks WHERE name = %s AND status = 'success'", (STARTED_AT,))]
+        if len(latencies) < n:
+            self.note(f"latency: {len(latencies)} of {n} trickled tasks succeeded")
+        if latencies:
+            out["latency_p50_ms"] = percentile(latencies, 50)
+            out["latency_p99_ms"] = percentile(latencies, 99)
+
+    # 6
+    def deadline(self, out: dict[str, float]) -> None:
+        import stagerunner
+
+        self.db.reset()
+        env = {"STAGERUNNER_JOB_TIMEOUT": str(DEADLINE_S)}
+        node = Node(self.db, self.o.consumers, env, self.workdir, "deadline")
+        k = self.o.deadline_tasks
+        with node:
+            node.wait_ready()
+            stagerunner.enqueue_many([(SLEEP_FOREVER, [])] * k, conn=self.db.conn, max_attempts=1)
+            limit = 30 + k * DEADLINE_S * 5
+            if not self.db.wait_finished(limit, node, interval=0.1):
+                raise BenchError(f"deadline tasks did not all end within {limit:g} s")
+        rows = self.db.rows(
+            "SELECT (e->>'runtime_ms')::float8, e->>'status' FROM stagerunner.tasks t, "
+            "jsonb_array_elements(t.errors) e WHERE t.name = %s", (SLEEP_FOREVER,))
+        runtimes = [float(ms) for ms, status in rows if status == "timeout" and ms is not None]
+        others = [status for _, status in rows if status != "timeout"]
+        if others:
+            self.note(f"deadline: {len(others)} attempt(s) ended otherwise: {sorted(set(others))}")
+        if not runtimes:
+            raise BenchError("deadline: no attempt recorded a runtime_ms")
+        overshoot = [ms - DEADLINE_S * 1000 for ms in runtimes]
+        out["deadline_overshoot_p50_ms"] = percentile(overshoot, 50)
+        out["deadline_overshoot_p99_ms"] = percentile(overshoot, 99)
+
+    # 8
+    def pickle(self, out: dict[str, float]) -> None:
+        from stagerunner import procs
+        from stagerunner.protocol import Outcome, Status, decode, encode
+
+        outcome = Outcome(123456, 1, Status.SUCCESS, 1.234, result="null", demand=1)
+        for library in LIBRARIES:
+            ctx = procs.context(library)
+            a, b = ctx.Pipe(duplex=True)
+            try:
+                n = self.o.pickle_messages
+                out[f"pickle_send_us_{library}"] = _pipe_cost(
+                    n, lambda: a.send(outcome), lambda: b.recv())
+                out[f"bytes_send_us_{library}"] = _pipe_cost(
+                    n, lambda: a.send_bytes(encode(outcome)), lambda: decode(b.recv_bytes()))
+                if b.poll(0):
+                    raise BenchError("pipe not drained")
+            finally:
+                a.close()
+                b.close()
+            out[f"spawn_idle_rss_mib_{library}"] = _spawned_idle_rss_mib(ctx)
+        import pickle as std_pickle
+
+        import multiprocess.reduction as mp_reduction
+
+        sizes = {"stdlib pickle": len(std_pickle.dumps(outcome, std_pickle.HIGHEST_PROTOCOL)),
+                 "multiprocess (dill)": len(bytes(mp_reduction.ForkingPickler.dumps(outcome))),
+                 "protocol.encode": len(encode(outcome))}
+        self.note("pickle: message sizes in bytes: "
+                  + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+
+
+def _pipe_cost(n: int, send: Callable[[], Any], recv: Callable[[], Any], batch: int = 64) -> float:
+    """µs per message for n messages sent then received in batches (one thread)."""
+    for _ in range(min(n, batch)):  # warm-up
+        send()
+    for _ in range(min(n, batch)):
+        recv()
+    done = 0
+    started = time.perf_counter()
+    while done < n:
+        k = min(batch, n - done)
+        for _ in range(k):
+            send()
+        for _ in range(k):
+            recv()
+        done += k
+    return 1e6 * (time.perf_counter() - started) / n
+
+
+def _spawned_idle_rss_mib(ctx: Any) -> float:
+    ours, theirs = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=_idle_main, args=(theirs,), name="stagerunner-bench-idle",
+                          daemon=True)
+    process.start()
+    theirs.close()
+    try:
+        _wait_message(ours, 60, "ready from an idle spawned process")
+        time.sleep(0.2)
+        kib = read_rss_kib(process.pid)
+        if kib is None:
+            raise BenchError("could not read the idle process's RSS")
+        ours.send_bytes(b"bye")
+        return kib_to_mib(kib)
+    finally:
+        _end_process(process)
+        ours.close()
+
+
+# Driving -----------------------------------------------------------------------------
+
+def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str], None]
+              ) -> tuple[list[dict[str, float]], Bench]:
+    bench = Bench(options, db, workdir)
+    runs: list[dict[str, float]] = []
+    steps: list[tuple[str, Callable[[dict[str, float], int], None]]] = []
+    only = options.only
+    if "enqueue_bulk" in only:
+        steps.append(("enqueue_bulk", lambda out, r: bench.enqueue_bulk(out)))
+    if "enqueue_single" in only:
+        steps.append(("enqueue_single", lambda out, r: bench.enqueue_single(out)))
+    if "fork" in only:
+        steps.append(("fork", lambda out, r: bench.fork(out)))
+    if "drain" in only:
+        steps.append(("drain", bench.drain))
+    if {"latency", "idle"} & set(only) or ("rss" in only):
+        steps.append(("idle node", lambda out, r: bench.idle_node(out)))
+    if "deadline" in only:
+        steps.append(("deadline", lambda out, r: bench.deadline(out)))
+    if "pickle" in only:
+        steps.append(("pickle", lambda out, r: bench.pickle(out)))
+    for run in range(options.runs):
+        out: dict[str, float] = {}
+        for name, step in steps:
+            started = time.monotonic()
+            step(out, run)
+            log(f"run {run + 1}/{options.runs}: {name} done in {time.monotonic() - started:.1f} s")
+        if "drain_default_multiprocess" in out and "fork_ceiling" in out:
+            out["drain_over_fork"] = ratio(out["drain_default_multiprocess"], out["fork_ceiling"])
+        if "drain_reuse100_multiprocess" in out and "fork_ceiling" in out:
+            out["drain_reuse_over_fork"] = ratio(out["drain_reuse100_multiprocess"],
+                                                 out["fork_ceiling"])
+        runs.append(out)
+    return runs, bench
+
+
+def summarize_runs(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """metric -> unit, description, min/median/max/n and the raw values, in METRICS order."""
+    summary: dict[str, dict[str, Any]] = {}
+    names = [m for m in METRICS if any(m in r for r in runs)]
+    names += sorted({k for r in runs for k in r} - set(names))
+    for name in names:
+        values = [r[name] for r in runs if name in r]
+        unit, description = METRICS.get(name, ("", ""))
+        summary[name] = {"unit": unit, "description": description, **summarize(values),
+                         "values": values}
+    return summary
+
+
+def render_table(summary: dict[str, dict[str, Any]]) -> str:
+    header = f"{'metric':<36} {'unit':<10} {'min':>10} {'median':>10} {'max':>10} {'n':>3}  description"
+    lines = [header, "-" * len(header)]
+    for name, s in summary.items():
+        lines.append(f"{name:<36} {s['unit']:<10} {format_value(s['min']):>10} "
+                     f"{format_value(s['median']):>10} {format_value(s['max']):>10} "
+                     f"{s['n']:>3}  {s['description']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(
+        prog="bench", description="stagerunner benchmark (see the module docstring of "
+        "stagerunner.bench for what each measurement does)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one run (smoke test)")
+    p.add_argument("--runs", type=int, help="runs per measurement (default 3; 1 with --quick)")
+    p.add_argument("--tasks", type=int, help="N for the bulk enqueue (default 20000)")
+    p.add_argument("--drain-tasks", type=int, help="tasks per drain run (default 5000)")
+    p.add_argument("--consumers", type=int, default=os.cpu_count() or 1,
+                   help="STAGERUNNER_CONSUMERS and fork probers (default: cores)")
+    p.add_argument("--only", help="comma-separated subset of: " + ",".join(MEASUREMENTS))
+    p.add_argument("--json", type=Path, help="write results here "
+                   "(default bench-results/bench-<timestamp>.json)")
+    p.add_argument("--dsn", default=DEFAULT_DSN, help="admin DSN (default %(default)s)")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    quick = args.quick
+    runs = args.runs if args.runs is not None else (1 if quick else 3)
+    if runs < 1 or args.consumers < 1:
+        raise ValueError("--runs and --consumers must be at least 1")
+    tasks = args.tasks if args.tasks is not None else (2000 if quick else 20000)
+    drain = args.drain_tasks if args.drain_tasks is not None else (500 if quick else 5000)
+    if tasks < 1 or drain < 1:
+        raise ValueError("--tasks and --drain-tasks must be at least 1")
+    return Options(
+        runs=runs, tasks=tasks, drain_tasks=drain, single_tasks=200 if quick else 2000,
+        consumers=args.consumers, only=parse_only(args.only),
+        fork_seconds=0.5 if quick else 2.0, latency_rate=200.0,
+        latency_seconds=1.0 if quick else 5.0, idle_seconds=1.0 if quick else 3.0,
+        deadline_tasks=(3 if quick else 10) * args.consumers,
+        pickle_messages=10_000 if quick else 100_000, quick=quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import platform
+    import tempfile
+    from pathlib import Path
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = options_from(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    def log(text: str) -> None:
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally blocks below
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    started = time.monotonic()
+    db = BenchDB(args.dsn)
+    workdir = Path(tempfile.mkdtemp(prefix="stagerunner-bench-"))
+    runs: list[dict[str, float]] = []
+    bench: Bench | None = None
+    try:
+        db.create()
+        log(f"database {db.name}; runs={options.runs} consumers={options.consumers} "
+            f"tasks={options.tasks} drain_tasks={options.drain_tasks} "
+            f"only={','.join(options.only)}")
+        runs, bench = run_bench(options, db, workdir, log)
+    finally:
+        for node in list(Node.live):
+            node.kill()
+        try:
+            db.drop()
+        except Exception as exc:  # report, but do not hide the original error
+            log(f"could not drop {db.name}: {exc}")
+    summary = summarize_runs(runs)
+    notes = list(bench.notes if bench else [])
+    if "drain_over_fork" in summary:
+        value = summary["drain_over_fork"]["median"]
+        verdict = "meets" if value >= RATIO_TARGET else "is below"
+        notes.append(f"drain/fork ratio (default mode) median {value:.2f} {verdict} the "
+                     f"target of {RATIO_TARGET}")
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
+        "platform": platform.platform(), "cpus": os.cpu_count(),
+        "options": {k: v for k, v in vars(options).items()},
+        "elapsed_s": round(time.monotonic() - started, 1), "node_logs": str(workdir),
+    }
+    report = {"meta": meta, "summary": summary, "runs": runs, "notes": notes}
+    path = args.json or Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"stagerunner bench: runs={options.runs} consumers={options.consumers} "
+          f"tasks={options.tasks} drain_tasks={options.drain_tasks} "
+          f"python {platform.python_version()} cpus={os.cpu_count()} "
+          f"elapsed {meta['elapsed_s']} s")
+    print(render_table(summary))
+    for text in notes:
+        print(f"note: {text}")
+    print(f"json: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run under the module's real name, so spawned probers unpickle their targets by
+    # reference (dill would pickle functions of __main__ by value).
+    from stagerunner import bench as _bench
+
+    sys.exit(_bench.main())
