@@ -154,3 +154,4 @@ def blocked_in_c() -> None:
 
     libc = ctypes.CDLL(None)
     libc.pause()  # blocks in C, ignoring Python signal handling
+

@@ -22,7 +22,7 @@ from typing import Any
 
 from stagerunner.registry import task
 
-__all__ = ["enqueue", "enqueue_many", "task"]
+__all__ = ["cancel", "enqueue", "enqueue_many", "task"]
 __version__ = "0.1.0"
 
 
@@ -42,3 +42,12 @@ def enqueue_many(items: Any, /, **options: Any) -> list[int]:
 
 
 enqueue_many.__doc__ = "Enqueue many tasks in one statement; see stagerunner.client.enqueue_many."
+
+
+def cancel(ids: Any, /, **options: Any) -> dict[int, str]:
+    from stagerunner import client
+
+    return client.cancel(ids, **options)
+
+
+cancel.__doc__ = "Cancel waiting or running tasks; see stagerunner.client.cancel."

@@ -40,6 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--unique-key")
     st = sub.add_parser("status", help="counts per status, nodes alive, oldest waiting age")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    st.add_argument("--count", type=int, help="with --watch: stop after N refreshes")
+    ls = sub.add_parser("list", help="list tasks (filter by status, queue, name, age)")
+    ls.add_argument("--status", choices=["waiting", "running", "success", "error", "timeout",
+                                         "cancelled"])
+    ls.add_argument("--queue")
+    ls.add_argument("--name", help="task name; %% and _ are LIKE wildcards")
+    ls.add_argument("--older-than", metavar="AGE", help="created before AGE ago (30s, 15m, 2h, 7d)")
+    ls.add_argument("--newer-than", metavar="AGE", help="created within AGE")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="one task: args, attempts, every error with its traceback")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    retry = sub.add_parser("retry", help="send failed or cancelled tasks back to waiting")
+    retry.add_argument("ids", type=int, nargs="*")
+    retry.add_argument("--failed", action="store_true", help="every task in error or timeout")
+    retry.add_argument("--json", action="store_true")
+    cancel = sub.add_parser("cancel", help="cancel waiting tasks; kill running ones")
+    cancel.add_argument("ids", type=int, nargs="+")
+    cancel.add_argument("--json", action="store_true")
+    purge = sub.add_parser("purge", help="delete finished tasks older than an age")
+    purge.add_argument("--older-than", metavar="AGE", required=True, help="e.g. 7d, 12h, 30m")
+    purge.add_argument("--json", action="store_true")
+    for verb in ("pause", "resume"):
+        q = sub.add_parser(verb, help=f"{verb} a queue on every node")
+        q.add_argument("queue")
+        q.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="the tutorial's counter producer and consumers")
     demo.add_argument("which", choices=["counter"])
     demo.add_argument("--consumers", type=int, default=2)
@@ -65,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format, "main", settings.node_name)
     try:
         handler = {"run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema,
-                   "enqueue": cmd_enqueue, "status": cmd_status, "demo": cmd_demo}[command]
+                   "enqueue": cmd_enqueue, "status": cmd_status, "demo": cmd_demo,
+                   "list": cmd_list, "show": cmd_show, "retry": cmd_retry, "cancel": cmd_cancel,
+                   "purge": cmd_purge, "pause": cmd_pause, "resume": cmd_pause}[command]
         return handler(settings, args)
     except SchemaMissing as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
         return EXIT_SCHEMA
-    except (ConfigError, StagerunnerError) as exc:
+    except (ConfigError, StagerunnerError, ValueError) as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -164,32 +195,102 @@ def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(settings: Any, args: argparse.Namespace) -> int:
-    import json
-
+def _connect(settings: Any) -> Any:
     from stagerunner import database, store
 
     db = database.open_database(settings)
-    with store.connect(db.dsn) as conn:
-        store.check_schema(conn)
-        counts = store.count_tasks(conn)
-        nodes = store.live_nodes(conn, expiry_s=settings.node_expiry)
-    totals: dict[str, int] = {}
-    for row in counts:
-        totals[row["status"]] = totals.get(row["status"], 0) + row["n"]
-    oldest = max((r["oldest_waiting_s"] or 0.0 for r in counts), default=0.0)
-    report = {"statuses": totals, "queues": counts, "nodes_alive": len(nodes), "nodes": nodes,
-              "oldest_waiting_s": round(oldest, 3)}
-    if args.json:
-        print(json.dumps(report, default=str))
-        return EXIT_OK
-    statuses = ["waiting", "running", "success", "error", "timeout", "cancelled"]
-    print("  ".join(f"{s}={totals.get(s, 0)}" for s in statuses))
-    print(f"nodes alive: {len(nodes)}  oldest waiting: {oldest:.1f}s")
-    for node in nodes:
-        print(f"  {node['owner']}  queues={node['queues']}  pid={node['pid']}  "
-              f"beat {node['beat_age_s']:.1f}s ago")
+    conn = store.connect(db.dsn)
+    store.check_schema(conn)
+    return conn
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> int:
+    import json
+
+    print(json.dumps(data, default=str) if getattr(args, "json", False) else text)
     return EXIT_OK
+
+
+def cmd_status(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import admin
+
+    if args.watch:
+        admin.watch(lambda: _connect(settings), settings.node_expiry, interval=args.interval,
+                    count=args.count, as_json=args.json)
+        return EXIT_OK
+    with _connect(settings) as conn:
+        report = admin.status_report(conn, settings.node_expiry)
+    return _emit(args, report, admin.format_status(report))
+
+
+def cmd_list(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import admin, store
+    from stagerunner.config import parse_duration
+
+    older = parse_duration(args.older_than) if args.older_than else None
+    newer = parse_duration(args.newer_than) if args.newer_than else None
+    with _connect(settings) as conn:
+        rows = store.list_tasks(conn, status=args.status, queue=args.queue, name=args.name,
+                                older_s=older, newer_s=newer, limit=args.limit)
+    columns = ["id", "status", "name", "queue", "attempts", "created_at", "error_head"]
+    return _emit(args, rows, admin.table(rows, columns))
+
+
+def cmd_show(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import admin, store
+
+    with _connect(settings) as conn:
+        task = store.get_task(conn, task_id=args.id)
+    if task is None:
+        print(f"stagerunner: no task {args.id}", file=sys.stderr)
+        return EXIT_FAILED
+    return _emit(args, task, admin.format_task(task))
+
+
+def cmd_retry(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import store
+
+    if not args.ids and not args.failed:
+        print("stagerunner: retry needs task ids or --failed", file=sys.stderr)
+        return EXIT_USAGE
+    with _connect(settings) as conn:
+        ids = store.retry_tasks(conn, ids=args.ids, failed=args.failed)
+    return _emit(args, {"retried": ids}, f"{len(ids)} task(s) back to waiting: "
+                                         + " ".join(map(str, ids)))
+
+
+def cmd_cancel(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import store
+
+    with _connect(settings) as conn:
+        changed = dict(store.cancel_tasks(conn, ids=args.ids))
+    missing = [i for i in args.ids if i not in changed]
+    lines = [f"{i}: {'cancelled' if st == 'cancelled' else 'cancel requested (running)'}"
+             for i, st in changed.items()]
+    lines += [f"{i}: not waiting or running; unchanged" for i in missing]
+    return _emit(args, {"cancelled": changed, "unchanged": missing}, "\n".join(lines))
+
+
+def cmd_purge(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import store
+    from stagerunner.config import parse_duration
+
+    older = parse_duration(args.older_than)
+    deleted = 0
+    with _connect(settings) as conn:
+        while (n := store.purge_tasks(conn, older_s=older, batch=1000)) > 0:
+            deleted += n
+    return _emit(args, {"deleted": deleted}, f"{deleted} finished task(s) deleted")
+
+
+def cmd_pause(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import store
+
+    paused = args.command == "pause"
+    with _connect(settings) as conn:
+        store.pause_queue(conn, queue=args.queue, paused=paused)
+    state = "paused" if paused else "resumed"
+    return _emit(args, {"queue": args.queue, "paused": paused}, f"queue {args.queue} {state}")
 
 
 def cmd_demo(settings: Any, args: argparse.Namespace) -> int:

@@ -64,6 +64,13 @@ def enqueue_many(items: Iterable[tuple[Any, Any]], /, **options: Any) -> list[in
     return store.insert_tasks(_connection(), rows)
 
 
+def cancel(ids: Iterable[int], /, *, conn: psycopg.Connection[Any] | None = None
+           ) -> dict[int, str]:
+    """Cancel tasks: waiting ones end ``cancelled`` at once; running ones are killed by
+    their node and end ``cancelled``. Returns {id: status now}; finished tasks are left out."""
+    return dict(store.cancel_tasks(conn or _connection(), ids=list(ids)))
+
+
 def _new_task(name: str, args: Any, options: dict[str, Any]) -> store.NewTask:
     spec = registry.lookup(name)
     delay = options.get("delay")

@@ -70,12 +70,20 @@ class Settings(BaseSettings):
     max_restarts: int = Field(default=MAX_RESTARTS_DEFAULT, ge=0)
     restart_window: float = Field(default=RESTART_WINDOW_DEFAULT, gt=0)
     process_library: Literal["multiprocess", "multiprocessing"] = "multiprocess"
+    retention: float = Field(default=7 * 86400, ge=0)  # seconds; 0 keeps finished tasks forever
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     fault: str = ""  # test-only: "stage:point" makes that stage SIGKILL itself there
 
     @field_validator("log_level", "log_format", "process_library", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("task_modules", mode="before")
     @classmethod
@@ -138,6 +146,23 @@ class Settings(BaseSettings):
     def job_environment(self) -> dict[str, str]:
         """The environment a job child runs with: ours minus every STAGERUNNER_* variable."""
         return {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '2h', '7d', '1w' -> seconds."""
+    value = str(text).strip().lower()
+    unit = _UNITS.get(value[-1:], None)
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 15m, 2h, 7d)") from None
+    if seconds < 0:
+        raise ValueError(f"{text!r}: a duration cannot be negative")
+    return seconds
 
 
 def normalize_dsn(dsn: str, variable: str) -> str:

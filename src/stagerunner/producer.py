@@ -5,7 +5,8 @@
                  <── Replace             <── Demand, Outcome, Bye
                                │
                                ├─ work connection: claim, finish, release, beat, rescue
-                               └─ LISTEN connection: NOTIFY stagerunner_tasks wakes us
+                               └─ LISTEN connection: NOTIFY stagerunner_tasks wakes us,
+                                  NOTIFY stagerunner_cancel names tasks to kill
 
 One ``step`` blocks in one ``wait`` over the control pipe, the consumer pipes and the
 LISTEN socket, with a timeout from the earliest timer (fallback poll, next scheduled
@@ -29,9 +30,11 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import faults, logs, store
+from stagerunner import faults, logs, metrics, store
 from stagerunner.completer import Completer
 from stagerunner.demand import Ledger
+from stagerunner.pruner import Pruner
+from stagerunner.scheduler import Periodic, Scheduler
 from stagerunner.procs import Connection, recv_handle, wait
 from stagerunner.protocol import (Attach, Batch, Bye, Cancel, Demand, Outcome, ProtocolError,
                                   Replace, Status, Stop, Task, decode, encode)
@@ -55,6 +58,11 @@ class ProducerConfig:
     node_expiry: float
     max_job_timeout: float
     replaces: tuple[str, ...] = ()
+    retention_s: float = 0.0
+    periodic: tuple[Periodic, ...] = ()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    producer_restarts: int = 0
     log_level: str = "info"
     log_format: str = "text"
     fault: str = ""
@@ -74,6 +82,13 @@ class Producer:
         self.completer = Completer(config.owner)
         self.rescuer = Rescuer(config.owner, config.node, ",".join(config.queues),
                                config.heartbeat_interval, config.node_expiry)
+        self.scheduler = Scheduler(config.periodic)
+        self.pruner = Pruner(config.retention_s)
+        self.metrics = metrics.Metrics()
+        self.metrics.restarts["producer"] = config.producer_restarts
+        self.metrics_server = (metrics.listen(config.metrics_host, config.metrics_port)
+                               if config.metrics_port else None)
+        self.table_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self.pipes: dict[int, Any] = {}
         self.meta: dict[int, Meta] = {}
         self.releases: list[Task] = []
@@ -109,6 +124,8 @@ class Producer:
                 self._read_control()
             elif self.listen is not None and source is self.listen.pgconn.socket:
                 self._drain_notifies()
+            elif source is self.metrics_server:
+                self._serve_metrics(now)
             else:
                 self._read_consumer(source, now)
         if now >= self.next_poll:
@@ -126,12 +143,18 @@ class Producer:
         sources: list[Any] = [self.control, *self.pipes.values()]
         if self.listen is not None:
             sources.append(self.listen.pgconn.socket)
+        if self.metrics_server is not None:
+            sources.append(self.metrics_server)
         return sources
 
     def _timeout(self, now: float) -> float:
         if self.wanted and self.conn is not None and self._hungry() and not self.stopping:
             return 0.0
         timers = [self.next_poll, self.rescuer.next_at]
+        if self.scheduler.entries:
+            timers.append(self.scheduler.next_at)
+        if self.pruner.retention_s > 0:
+            timers.append(self.pruner.next_at)
         if self.next_due is not None:
             timers.append(self.next_due)
         if self.conn is None:
@@ -158,8 +181,6 @@ class Producer:
                 self._attach(slot, queue, Connection(fd), pid)
             case Stop():
                 self._begin_stop()
-            case Cancel(task_id=task_id):
-                self._cancel(task_id)
             case _:
                 log.error("unexpected control message", extra={"event": "producer.protocol_error",
                                                                "message": repr(message)})
@@ -199,6 +220,7 @@ class Producer:
                     log.error("outcome for a task this consumer does not hold", extra={
                         "event": "producer.excess_outcome", "slot": slot, "task_id": o.task_id})
                     return
+                self.metrics.observe(task.queue, o.status, o.runtime_ms)
                 self._complete(o)
             case Bye(unstarted=ids):
                 self.releases += self.ledger.take_back(slot, ids)
@@ -223,6 +245,7 @@ class Producer:
                                    error=f"lost: its consumer died while running it ({why})",
                                    lost=True))
         if not self.stopping:
+            self.metrics.restarts["consumer"] += 1
             log.warning("consumer died; its tasks are handed back", extra={
                 "event": "consumer.died", "slot": slot, "released": len(unstarted),
                 "lost": int(running is not None)})
@@ -236,6 +259,10 @@ class Producer:
         assert self.listen is not None
         try:
             for note in self.listen.notifies(timeout=0):
+                if note.channel == "stagerunner_cancel":
+                    for task_id in note.payload.split(","):
+                        self._cancel(int(task_id))
+                    continue
                 self.wanted.update(q for q in note.payload.split(",") if q in self.config.queues)
                 self.paused_checked = False
         except psycopg.Error as exc:
@@ -249,8 +276,12 @@ class Producer:
         try:
             self._write_back()
             if self.rescuer.due(now):
-                self.rescuer.step(self.conn, now)
+                self.metrics.rescued += len(self.rescuer.step(self.conn, now))
             if not self.stopping:
+                if self.scheduler.due(now) and self.scheduler.step(self.conn, now):
+                    self.wanted = set(self.config.queues)
+                if self.pruner.due(now):
+                    self.pruner.step(self.conn, now)
                 self._claim(now)
         except psycopg.Error as exc:
             self._disconnected(exc)
@@ -334,9 +365,10 @@ class Producer:
         log.info("database connected", extra={"event": "db.connected", "owner": self.config.owner})
 
     def _connect(self) -> None:
-        conn = store.connect(self.config.dsn, connect_timeout=5)
-        listen = store.connect(self.config.dsn, connect_timeout=5)
+        conn = store.connect_guarded(self.config.dsn)
+        listen = store.connect_guarded(self.config.dsn)
         listen.execute("LISTEN stagerunner_tasks")
+        listen.execute("LISTEN stagerunner_cancel")
         self.conn, self.listen = conn, listen
         self.rescuer.next_at = 0.0
         if self.config.replaces and not self.retired:
@@ -360,11 +392,25 @@ class Producer:
                 except Exception:
                     pass
         self.conn = self.listen = None
+        self.metrics.reconnects += 1
         self.reconnect_at = time.monotonic() + self.backoff
         log.warning("database unavailable; retrying", extra={
             "event": "db.disconnected", "error": str(exc).strip()[:300],
             "retry_in_s": round(self.backoff, 2), "buffered": len(self.completer.pending)})
         self.backoff = min(self.backoff * 2, 5.0)
+
+    def _serve_metrics(self, now: float) -> None:
+        assert self.metrics_server is not None
+        cached_at, table = self.table_cache
+        if now - cached_at > 1.0 and self.conn is not None:
+            try:
+                table = store.count_tasks(self.conn)
+                self.table_cache = (now, table)
+            except psycopg.Error as exc:
+                self._disconnected(exc)
+        body = self.metrics.render(table=table, credits=self.ledger.credits(),
+                                   consumers=len(self.pipes))
+        metrics.answer(self.metrics_server, body)
 
     # Silence, stop -------------------------------------------------------------------
 

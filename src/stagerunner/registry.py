@@ -34,6 +34,7 @@ class Spec:
     queue: str = "default"
     priority: int = 0
     signature: inspect.Signature | None = field(default=None, compare=False)
+    cron: str | None = None
 
 
 _REGISTRY: dict[str, Spec] = {}
@@ -69,11 +70,13 @@ class TaskFunction:
 
 def task(func: Callable[..., Any] | None = None, *, name: str | None = None,
          max_attempts: int | None = None, timeout: float | None = None,
-         queue: str = "default", priority: int = 0) -> Any:
+         queue: str = "default", priority: int = 0, cron: str | None = None) -> Any:
     """Register a function as a task, with or without options.
 
     The stable name defaults to ``module:function``; pass ``name=`` to keep it stable
-    across refactors. ``timeout`` (seconds) may only lower the node's hard cap.
+    across refactors. ``timeout`` (seconds) is capped by STAGERUNNER_MAX_JOB_TIMEOUT.
+    ``cron`` ("*/5 * * * *", UTC) makes it periodic: each tick is enqueued once across
+    all nodes, with no arguments.
     """
 
     def register(fn: Callable[..., Any]) -> TaskFunction:
@@ -85,8 +88,12 @@ def task(func: Callable[..., Any] | None = None, *, name: str | None = None,
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        if cron is not None:
+            from stagerunner import cron as cron_module
+
+            cron_module.parse(cron)  # a bad expression fails at import, not at the first tick
         spec = Spec(task_name, fn, fn.__module__, max_attempts, timeout, queue, priority,
-                    inspect.signature(fn))
+                    inspect.signature(fn), cron)
         previous = _REGISTRY.get(task_name)
         if previous is not None and previous.func.__qualname__ != fn.__qualname__:
             raise ValueError(f"task name {task_name!r} is already registered by "
@@ -138,3 +145,9 @@ def lookup(name: str) -> Spec | None:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def periodic(modules: Iterable[str]) -> list[Spec]:
+    """Registered tasks with a cron schedule, from the allowed modules."""
+    modules = list(modules)
+    return [s for s in _REGISTRY.values() if s.cron and _allowed(s.module, modules)]

@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
     errors       jsonb NOT NULL DEFAULT '[]',
     claimed_by   text,
     claimed_at   timestamptz,
+    -- Set by `cancel`: a running task ends `cancelled` (its owner kills the job), and a
+    -- retry, release or rescue of it ends `cancelled` instead of going back to waiting.
+    cancel_requested_at timestamptz,
     finished_at  timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT tasks_name_not_blank CHECK (length(name) BETWEEN 1 AND 255),
@@ -45,6 +48,8 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
     CONSTRAINT tasks_timeout_positive CHECK (timeout_s IS NULL OR timeout_s > 0),
     CONSTRAINT tasks_running_has_owner CHECK (status <> 'running' OR claimed_by IS NOT NULL)
 );
+
+ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
 
 -- The claim's shape: one queue, due rows, highest priority then oldest first.
 CREATE INDEX IF NOT EXISTS tasks_claim_idx
@@ -122,6 +127,13 @@ CREATE TRIGGER queues_notify_changed
     AFTER INSERT OR UPDATE ON stagerunner.queues
     FOR EACH ROW
     EXECUTE FUNCTION stagerunner.notify_queue_changed();
+
+-- Periodic (cron) tasks: the last tick enqueued per task name, so each tick runs once
+-- across all nodes.
+CREATE TABLE IF NOT EXISTS stagerunner.periodic (
+    name      text PRIMARY KEY,
+    last_tick timestamptz NOT NULL
+);
 
 -- Bumped when the layout changes; `run` refuses a database whose version differs.
 CREATE TABLE IF NOT EXISTS stagerunner.schema_version (

@@ -56,6 +56,18 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=True, application_name="stagerunner", **kwargs)
 
 
+# A peer that stops answering must surface as an error within seconds, not hang the
+# producer: TCP keepalives, a TCP user timeout, and a statement timeout.
+GUARDS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+          "keepalives_count": 3, "tcp_user_timeout": 10_000,
+          "options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
+
+
+def connect_guarded(dsn: str) -> psycopg.Connection[Any]:
+    """A connection for long-lived stages (the producer)."""
+    return connect(dsn, **GUARDS)
+
+
 # Schema ------------------------------------------------------------------------------
 
 def install_schema(conn: psycopg.Connection[Any]) -> None:
@@ -207,10 +219,60 @@ def paused_queues(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> se
     return {r["name"] for r in _run(conn, "paused_queues", {"queues": list(queues)})}
 
 
-# Inspection ----------------------------------------------------------------------------
+def enqueue_periodic(conn: psycopg.Connection[Any], *, name: str, tick: datetime, queue: str,
+                     priority: int, max_attempts: int, timeout_s: float | None) -> int | None:
+    """(new) -> waiting for one cron tick, unless another node already enqueued it."""
+    rows = _run(conn, "enqueue_periodic", {"name": name, "tick": tick, "queue": queue,
+                                           "priority": priority, "max_attempts": max_attempts,
+                                           "timeout": timeout_s})
+    return rows[0]["id"] if rows else None
+
+
+# Inspection and repair ------------------------------------------------------------------
+
+def list_tasks(conn: psycopg.Connection[Any], *, status: str | None = None, queue: str | None = None,
+               name: str | None = None, older_s: float | None = None, newer_s: float | None = None,
+               limit: int = 50) -> list[dict[str, Any]]:
+    return _run(conn, "list_tasks", {"status": status, "queue": queue, "name": name,
+                                     "older_s": older_s, "newer_s": newer_s, "limit": limit})
+
+
+def get_task(conn: psycopg.Connection[Any], *, task_id: int) -> dict[str, Any] | None:
+    rows = _run(conn, "get_task", {"id": task_id})
+    return rows[0] if rows else None
+
+
+def retry_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int] = (), failed: bool = False
+                ) -> list[int]:
+    """error | timeout | cancelled -> waiting (by id, or all failed ones)."""
+    return sorted(r["id"] for r in _run(conn, "retry_tasks", {"ids": list(ids), "failed": failed}))
+
+
+def purge_tasks(conn: psycopg.Connection[Any], *, older_s: float, batch: int = 1000,
+                exclusive: bool = False) -> int:
+    """Delete up to `batch` finished tasks older than `older_s`; returns how many."""
+    return len(_run(conn, "purge_tasks", {"older_s": older_s, "batch": batch, "exclusive": exclusive}))
+
+
+def pause_queue(conn: psycopg.Connection[Any], *, queue: str, paused: bool) -> None:
+    _run(conn, "pause_queue", {"queue": queue, "paused": paused})
+
+
+def list_queues(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _run(conn, "list_queues")
+
+
+def count_finished_since(conn: psycopg.Connection[Any], *, seconds: float) -> int:
+    return int(_run(conn, "count_finished_since", {"seconds": seconds})[0]["n"])
+
 
 def count_tasks(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     return _run(conn, "count_tasks")
+
+
+def cancel_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int]) -> list[tuple[int, str]]:
+    """waiting -> cancelled; running -> cancel requested (its owner kills it). (id, status)."""
+    return [(r["id"], r["status"]) for r in _run(conn, "cancel_tasks", {"ids": list(ids)})]
 
 
 def live_nodes(conn: psycopg.Connection[Any], *, expiry_s: float) -> list[dict[str, Any]]:

@@ -27,12 +27,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, logs, procs, producer
-from stagerunner.config import Settings
+from stagerunner import consumer, logs, procs, producer, registry
+from stagerunner.config import MAX_ATTEMPTS_DEFAULT, Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
 from stagerunner.producer import EXIT_FENCED, ProducerConfig
-from stagerunner.protocol import Attach, Cancel, ProtocolError, Replace, Stop, decode, encode
+from stagerunner.protocol import Attach, ProtocolError, Replace, Stop, decode, encode
+from stagerunner.scheduler import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.signal_r, self.signal_w = socket.socketpair()
         self.exit_code: int | None = None
+        self.producer_restarts = 0
+        self.periodic = tuple(
+            Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
+                     spec.max_attempts or MAX_ATTEMPTS_DEFAULT, spec.timeout)
+            for spec in registry.periodic(settings.task_modules))
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -119,7 +125,9 @@ class Supervisor:
             dsn=self.dsn, owner=self.owner, node=s.node_name,
             queues=tuple(sorted(s.queue_consumers())), poll_interval=s.poll_interval,
             heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
-            max_job_timeout=s.max_job_timeout, replaces=replaces, log_level=s.log_level,
+            max_job_timeout=s.max_job_timeout, replaces=replaces, retention_s=s.retention,
+            periodic=self.periodic, metrics_host=s.metrics_host, metrics_port=s.metrics_port,
+            producer_restarts=self.producer_restarts, log_level=s.log_level,
             log_format=s.log_format, fault=s.fault)
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
@@ -208,6 +216,7 @@ class Supervisor:
             return
         if not self._may_restart(now):
             return
+        self.producer_restarts += 1
         self._start_producer(replaces=(old,))
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -249,10 +258,6 @@ class Supervisor:
             self.control.send_bytes(encode(Stop()))
         except OSError:
             pass
-
-    def cancel(self, task_id: int) -> None:
-        self.control.send_bytes(encode(Cancel(task_id)))
-
 
 def _slot_queues(counts: dict[str, int]) -> list[str]:
     return [queue for queue, n in sorted(counts.items()) for _ in range(n)]

@@ -16,7 +16,8 @@ orphans AS (
 ),
 rescued AS (
     UPDATE stagerunner.tasks AS t
-    SET status = CASE WHEN t.lost + 1 >= %(lost_limit)s THEN 'error'::stagerunner.task_status
+    SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'::stagerunner.task_status
+                      WHEN t.lost + 1 >= %(lost_limit)s THEN 'error'
                       ELSE 'waiting' END,
         lost = t.lost + 1,
         last_error = 'lost: its node (' || t.claimed_by || ') stopped heartbeating while it ran',
@@ -24,9 +25,12 @@ rescued AS (
             'attempt', t.attempts, 'status', 'lost', 'at', now(),
             'error', 'its node (' || t.claimed_by || ') stopped heartbeating while it ran')),
         run_at = now(),
-        claimed_by = CASE WHEN t.lost + 1 >= %(lost_limit)s THEN t.claimed_by END,
-        claimed_at = CASE WHEN t.lost + 1 >= %(lost_limit)s THEN t.claimed_at END,
-        finished_at = CASE WHEN t.lost + 1 >= %(lost_limit)s THEN now() END
+        claimed_by = CASE WHEN t.lost + 1 >= %(lost_limit)s OR t.cancel_requested_at IS NOT NULL
+                          THEN t.claimed_by END,
+        claimed_at = CASE WHEN t.lost + 1 >= %(lost_limit)s OR t.cancel_requested_at IS NOT NULL
+                          THEN t.claimed_at END,
+        finished_at = CASE WHEN t.lost + 1 >= %(lost_limit)s OR t.cancel_requested_at IS NOT NULL
+                           THEN now() END
     FROM orphans
     WHERE t.id = orphans.id
     RETURNING t.id, t.status

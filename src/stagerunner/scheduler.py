@@ -1,0 +1,73 @@
+"""Periodic tasks on the producer's timer: at each cron tick every live node tries to
+enqueue the task, and the guarded insert lets exactly one succeed (none lost while any
+node is up). At start the most recent tick of the last day is tried too, so a tick that
+fell while every node was down runs once when one comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import psycopg
+
+from stagerunner import cron, store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    name: str
+    expr: str
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+
+
+@dataclass
+class Scheduler:
+    entries: tuple[Periodic, ...]
+    due_ticks: dict[str, datetime] = field(default_factory=dict)
+    crons: dict[str, cron.Cron] = field(default_factory=dict)
+    next_at: float = 0.0  # monotonic
+
+    def __post_init__(self) -> None:
+        now = datetime.now(timezone.utc)
+        for p in self.entries:
+            parsed = self.crons[p.name] = cron.parse(p.expr)
+            self.due_ticks[p.name] = parsed.last_at_or_before(now) or parsed.next_after(now)
+        self._plan(time.monotonic())
+
+    def due(self, now: float) -> bool:
+        return bool(self.entries) and now >= self.next_at
+
+    def step(self, conn: psycopg.Connection, now: float) -> list[int]:
+        wall = datetime.now(timezone.utc)
+        made = []
+        for p in self.entries:
+            tick = self.due_ticks[p.name]
+            if tick > wall:
+                continue
+            task_id = store.enqueue_periodic(conn, name=p.name, tick=tick, queue=p.queue,
+                                             priority=p.priority, max_attempts=p.max_attempts,
+                                             timeout_s=p.timeout_s)
+            if task_id is not None:
+                made.append(task_id)
+                log.info("periodic task enqueued", extra={"event": "task.scheduled",
+                                                          "task_id": task_id, "task": p.name,
+                                                          "tick": tick.isoformat()})
+            self.due_ticks[p.name] = self.crons[p.name].next_after(tick)
+        self._plan(now)
+        return made
+
+    def _plan(self, now: float) -> None:
+        if not self.due_ticks:
+            self.next_at = float("inf")
+            return
+        soonest = min(self.due_ticks.values())
+        wait = (soonest - datetime.now(timezone.utc)).total_seconds()
+        self.next_at = now + max(wait, 0.0)

@@ -1,0 +1,20 @@
+-- purge_tasks: finished (success | error | timeout | cancelled) older than %(older_s)s -> deleted,
+-- at most %(batch)s rows per statement. With %(exclusive)s, only while holding the prune
+-- lock, so that one node at a time prunes.
+WITH lock AS (
+    SELECT NOT %(exclusive)s OR pg_try_advisory_xact_lock(hashtext('stagerunner.prune')) AS held
+),
+doomed AS (
+    SELECT id
+    FROM stagerunner.tasks
+    WHERE finished_at < now() - make_interval(secs => %(older_s)s)
+      AND status IN ('success', 'error', 'timeout', 'cancelled')
+      AND (SELECT held FROM lock)
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM stagerunner.tasks AS t
+USING doomed
+WHERE t.id = doomed.id
+RETURNING t.id;
