@@ -155,3 +155,111 @@ def blocked_in_c() -> None:
     libc = ctypes.CDLL(None)
     libc.pause()  # blocks in C, ignoring Python signal handling
 
+
+
+@task
+def note(path: str, key: str, seconds: float = 0.0) -> str:
+    """Append `key` to `path` when the job starts (order checks), then sleep."""
+    with open(path, "a") as f:
+        f.write(key + "\n")
+    time.sleep(seconds)
+    return key
+
+
+# Tasks of the fault-injection tests (tests/fault) ---------------------------------------
+
+def _append_line(path: str, doc: dict[str, Any]) -> None:
+    """One write(2) per line on an O_APPEND file: lines of concurrent runs never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(doc) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@task
+def record(path: str, key: str, seconds: float = 0.0, tick: float = 0.05) -> int:
+    """Like record_run, but keyed by the caller's `key` (one per task), with a "tick" line
+    every `tick` seconds while it runs: a run killed midway still shows how long it was
+    alive, so a test can tell whether two runs of one task ever overlapped."""
+    def mark(event: str) -> None:
+        _append_line(path, {"key": key, "pid": os.getpid(), "event": event, "t": time.time()})
+
+    mark("start")
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(tick, left))
+        mark("tick")
+    mark("end")
+    return os.getpid()
+
+
+@task
+def posonly(a: int, b: int, /) -> int:
+    return a + b
+
+
+@task
+def misbehave(kind: str, pidfile: str, amount: int = 0) -> Any:
+    """Write this job's pid (then any grandchild's) to `pidfile`, one a line, and misbehave."""
+    def note(pid: int) -> None:
+        with open(pidfile, "a") as f:
+            f.write(f"{pid}\n")
+
+    note(os.getpid())
+    sleeper = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    if kind == "grandchildren":
+        for _ in range(2):
+            note(subprocess.Popen(sleeper).pid)
+        time.sleep(3600)
+    elif kind == "escaped":
+        note(subprocess.Popen(sleeper, start_new_session=True).pid)
+        time.sleep(3600)
+    elif kind == "ignore_sigterm":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(3600)
+    elif kind == "blocked_in_c":
+        import ctypes
+
+        ctypes.CDLL(None).pause()
+    elif kind == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # a real SIGSEGV, not a signal sent by hand
+    elif kind == "exit_zero":
+        os._exit(0)
+    elif kind == "memory":
+        return len(bytearray(amount << 20))
+    elif kind == "flood":
+        for i in range(amount):
+            print("flood out", i)
+            print("flood err", i, file=sys.stderr)
+        return amount
+    elif kind == "huge":
+        return "x" * amount
+    elif kind == "unencodable":
+        return {"a set": {1, 2, 3}}
+    elif kind == "kill_consumer":
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(5)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+@task
+def inheritance() -> dict[str, Any]:
+    """What a job child inherited: socket fds, STAGERUNNER_* names in os.environ and in the
+    environment block the kernel shows for it (/proc/self/environ)."""
+    targets = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    with open("/proc/self/environ", "rb") as f:
+        block = [e.decode(errors="replace") for e in f.read().split(b"\0") if e]
+    return {
+        "fds": targets,
+        "sockets": sorted(t for t in targets.values() if t.startswith("socket:")),
+        "environ": sorted(k for k in os.environ if k.startswith("STAGERUNNER_")),
+        "proc_environ": sorted(e.split("=", 1)[0] for e in block if e.startswith("STAGERUNNER_")),
+    }

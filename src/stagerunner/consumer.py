@@ -60,6 +60,8 @@ class Consumer:
         self.running: Running | None = None
         self.stopping = False
         self.done = False
+        self.resolve = _resolve_for_child(self.limits.modules)
+        self.child_title = f"stagerunner: job of consumer {config.slot} node={config.node}"
 
     # The loop -------------------------------------------------------------------
 
@@ -201,7 +203,7 @@ class Consumer:
         executor.kill_strays(set())
 
     def _fork(self) -> Child:
-        return Child.fork(self.limits, _resolve_for_child(self.limits.modules))
+        return Child.fork(self.limits, self.resolve, title=self.child_title)
 
     def _send(self, message: Demand | Outcome | Bye) -> None:
         try:

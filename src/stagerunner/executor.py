@@ -116,10 +116,15 @@ def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[An
     return ["ok", text]
 
 
-def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver) -> None:
+def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
+                title: str) -> None:
     os.setpgrp()
     die_with_parent(parent)
     _std_streams_on_fds()
+    if title:
+        from stagerunner.logs import set_title
+
+        set_title(title)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if limits.memory_mb:
@@ -178,7 +183,8 @@ class Child:
         self.status: int | None = None
 
     @classmethod
-    def fork(cls, limits: Limits, resolve: Resolver, keep_fds: Sequence[int] = ()) -> Child:
+    def fork(cls, limits: Limits, resolve: Resolver, keep_fds: Sequence[int] = (),
+             title: str = "") -> Child:
         job_r, job_w = os.pipe()
         result_r, result_w = os.pipe()
         parent = os.getpid()
@@ -187,7 +193,7 @@ class Child:
             code = 0
             try:
                 _close_fds_except({0, 1, 2, job_r, result_w, *keep_fds})
-                _child_main(job_r, result_w, parent, limits, resolve)
+                _child_main(job_r, result_w, parent, limits, resolve, title)
             except BaseException:
                 code = 70
             finally:
