@@ -233,3 +233,44 @@ def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
                 pass
 
 
+
+
+# Leak guard ------------------------------------------------------------------------------
+
+_GRANDCHILD = b"import time; time.sleep(3600)"  # what tests.tasks' grandchildren run
+
+
+def _sleeping_grandchildren() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if _GRANDCHILD in f.read().replace(b"\0", b" "):
+                        found.add(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_job_processes() -> Iterator[None]:
+    """Every test must leave no grandchild of a job alive (killed groups, sessions, strays)."""
+    before = _sleeping_grandchildren()
+    yield
+    leaked: set[int] = set()
+
+    def gone() -> bool:
+        nonlocal leaked
+        leaked = _sleeping_grandchildren() - before
+        return not leaked
+
+    try:
+        eventually(gone, timeout=5)
+    except AssertionError:
+        for pid in leaked:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"job grandchildren left alive: {sorted(leaked)}") from None

@@ -249,7 +249,11 @@ def _check_arguments(spec: registry.Spec, args_text: str) -> None:
 def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, str]) -> None:
     """Entry point of a consumer process (spawned by the supervisor)."""
     os.setsid()  # our job children stay in this session, where the supervisor can find them
-    executor.die_with_parent(parent)
+    # No PDEATHSIG here: when the supervisor dies the producer dies with it, our pipe
+    # closes, and we kill our job's whole group on the way out (a SIGKILL would orphan
+    # the job's grandchildren).
+    if os.getppid() != parent:
+        os._exit(1)
     # before the environment is replaced: setproctitle needs the original environ block
     logs.set_title(f"stagerunner: consumer {config.slot} queue={config.queue} node={config.node}")
     executor.become_subreaper()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stagerunner import consumer
+from stagerunner import consumer, supervisor
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
 from stagerunner.protocol import Batch, Bye, Cancel, Demand, Outcome, Status, Stop, Task, decode, encode
@@ -122,8 +122,12 @@ def test_when_the_consumer_dies_its_job_children_die_with_it(scripted, tmp_path)
     assert job_children
     c.process.kill()
     c.process.join(5)
-    # the job child dies with its parent (PDEATHSIG); the supervisor kills the session's rest
-    eventually(lambda: not any(pid_alive(p) for p in job_children if p != int(pidfile.read_text())))
+    # the job child dies with its parent (PDEATHSIG) ...
+    grandchild = int(pidfile.read_text())
+    eventually(lambda: not any(pid_alive(p) for p in job_children if p != grandchild))
+    # ... and the rest of the consumer's session is what the supervisor kills when it reaps it
+    supervisor._kill_tree(c.process.pid)
+    eventually(lambda: not pid_alive(grandchild))
 
 
 def test_a_consumer_whose_producer_vanishes_exits(scripted):
