@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     child_reuse: int = Field(default=1, ge=1, le=1_000_000)
+    prefetch: int = Field(default=1, ge=0, le=1000)
     job_memory_mb: int | None = Field(default=None, ge=16)
     result_max_bytes: int = Field(default=RESULT_MAX_BYTES_DEFAULT, ge=1024)
     max_restarts: int = Field(default=MAX_RESTARTS_DEFAULT, ge=0)

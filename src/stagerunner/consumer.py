@@ -39,7 +39,7 @@ class ConsumerConfig:
     log_level: str = "info"
     log_format: str = "text"
     fault: str = ""
-    window: int = 1  # tasks held at once: the running one plus any prefetched
+    window: int = 2  # tasks held at once: the running one plus one prefetched
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ class Consumer:
         self.stopping = False
         self.done = False
         self.resolve = _resolve_for_child(self.limits.modules)
-        self.child_title = f"stagerunner: job of consumer {config.slot} node={config.node}"
+        self.child_title = f"sr-job-c{config.slot}"
 
     # The loop -------------------------------------------------------------------
 

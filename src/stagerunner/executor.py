@@ -34,6 +34,7 @@ from stagerunner.protocol import Outcome, Status, Task
 _HEADER = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NAME = 15
 _libc: Any = None
 
 
@@ -121,10 +122,8 @@ def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve:
     os.setpgrp()
     die_with_parent(parent)
     _std_streams_on_fds()
-    if title:
-        from stagerunner.logs import set_title
-
-        set_title(title)
+    if title:  # comm only (what `top` and `ps -o comm` show): setproctitle costs ~0.7 ms a fork
+        _libc.prctl(_PR_SET_NAME, title.encode()[:15], 0, 0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if limits.memory_mb:

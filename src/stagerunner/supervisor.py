@@ -143,7 +143,8 @@ class Supervisor:
                         modules=tuple(s.task_modules), child_reuse=s.child_reuse,
                         memory_mb=s.job_memory_mb, result_max_bytes=s.result_max_bytes)
         config = ConsumerConfig(slot=slot, queue=queue, limits=limits, node=s.node_name,
-                                log_level=s.log_level, log_format=s.log_format, fault=s.fault)
+                                log_level=s.log_level, log_format=s.log_format, fault=s.fault,
+                                window=1 + s.prefetch)
         theirs, producer_end = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=consumer.main,
                                    args=(theirs, config, os.getpid(), s.job_environment()),

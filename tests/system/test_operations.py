@@ -148,7 +148,7 @@ def test_prometheus_metrics(conn, start_node):
     body = eventually(lambda: "stagerunner_outcomes_total" in scrape() and scrape(), timeout=5)
     assert 'stagerunner_tasks{queue="default",status="success"} 3' in body
     assert 'stagerunner_job_runtime_seconds_count{queue="default"} 3' in body
-    assert "stagerunner_credits_outstanding 2" in body
+    assert "stagerunner_credits_outstanding 4" in body  # 2 consumers x (1 running + 1 prefetched)
 
 
 def test_ps_shows_each_stage_role_and_node(start_node):
@@ -160,12 +160,21 @@ def test_ps_shows_each_stage_role_and_node(start_node):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     found.append(f.read().replace(b"\0", b" ").decode().strip())
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+                if comm.startswith("sr-job-c"):
+                    found[-1] = "job " + comm
             except OSError:
                 pass
         return found
 
-    eventually(lambda: sum(t.startswith("stagerunner: consumer") and "node=web-1" in t
-                           for t in titles()) == 2, timeout=10)
+    # job children inherit their consumer's command line; `comm` names them sr-job-c<slot>
+    def settled():
+        found = titles()
+        return (sum(t.startswith("stagerunner: consumer") and "node=web-1" in t for t in found) == 2
+                and sum(t.startswith("job sr-job-c") for t in found) == 2)
+
+    eventually(settled, timeout=10)
     assert any(t.startswith("stagerunner: producer node=web-1") for t in titles())
     with open(f"/proc/{node.proc.pid}/cmdline", "rb") as f:
         assert f.read().startswith(b"stagerunner: supervisor node=web-1")
