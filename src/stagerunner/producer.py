@@ -102,6 +102,7 @@ class Producer:
         self.paused_checked = False  # re-read pauses after (re)connecting or a queue NOTIFY
         self.next_poll = 0.0
         self.next_due: float | None = None
+        self.due_unknown = True  # something may have added scheduled rows since next_run_at
         self.replacing: set[int] = set()
         self.stopping = False
         self.stop_deadline = 0.0
@@ -131,9 +132,11 @@ class Producer:
         if now >= self.next_poll:
             self.wanted = set(self.config.queues)
             self.next_poll = now + self.config.poll_interval
+            self.due_unknown = True
         if self.next_due is not None and now >= self.next_due:
             self.wanted = set(self.config.queues)
             self.next_due = None
+            self.due_unknown = True
         self._database_work(now)
         self._watch_silence(now)
         if self.stopping:
@@ -232,7 +235,9 @@ class Producer:
 
     def _complete(self, outcome: Outcome) -> None:
         meta = self.meta.pop(outcome.task_id, Meta(0, 1))
-        self.completer.add(outcome, lost=meta.lost, max_attempts=meta.max_attempts)
+        finish = self.completer.add(outcome, lost=meta.lost, max_attempts=meta.max_attempts)
+        if finish.status == Status.WAITING:  # a retry: we know when it will be due
+            self._wake_at(time.monotonic() + finish.delay_s)
 
     def _consumer_gone(self, slot: int, why: str) -> None:
         pipe = self.pipes.pop(slot, None)
@@ -265,6 +270,7 @@ class Producer:
                     continue
                 self.wanted.update(q for q in note.payload.split(",") if q in self.config.queues)
                 self.paused_checked = False
+                self.due_unknown = True
         except psycopg.Error as exc:
             self._disconnected(exc)
 
@@ -314,7 +320,8 @@ class Producer:
             self._dispatch(queue, claimed, now)
             if len(claimed) < limit:
                 self.wanted.discard(queue)  # drained for now; NOTIFY, poll or timer wakes it
-                self._schedule_next_due(now)
+                if self.due_unknown:
+                    self._schedule_next_due(now)
             if claimed:
                 faults.hit(self.config.fault, "producer", "after_dispatch")
 
@@ -332,9 +339,12 @@ class Producer:
     def _schedule_next_due(self, now: float) -> None:
         assert self.conn is not None
         seconds = store.next_run_at(self.conn, queues=self.config.queues)
+        self.due_unknown = False
         if seconds is not None:
-            due = now + max(seconds, 0.0) + 0.001
-            self.next_due = due if self.next_due is None else min(self.next_due, due)
+            self._wake_at(now + max(seconds, 0.0) + 0.001)
+
+    def _wake_at(self, due: float) -> None:
+        self.next_due = due if self.next_due is None else min(self.next_due, due)
 
     def _send(self, slot: int, message: Batch | Stop | Cancel) -> None:
         pipe = self.pipes.get(slot)

@@ -56,6 +56,11 @@ CREATE INDEX IF NOT EXISTS tasks_claim_idx
     ON stagerunner.tasks (queue, priority DESC, run_at, id)
     WHERE status = 'waiting';
 
+-- The producer's wake-up timer: the earliest future run_at of a queue.
+CREATE INDEX IF NOT EXISTS tasks_scheduled_idx
+    ON stagerunner.tasks (queue, run_at)
+    WHERE status = 'waiting';
+
 -- Rescue and release look up running rows by owner.
 CREATE INDEX IF NOT EXISTS tasks_running_owner_idx
     ON stagerunner.tasks (claimed_by)
