@@ -263,3 +263,18 @@ def inheritance() -> dict[str, Any]:
         "environ": sorted(k for k in os.environ if k.startswith("STAGERUNNER_")),
         "proc_environ": sorted(e.split("=", 1)[0] for e in block if e.startswith("STAGERUNNER_")),
     }
+
+
+@task
+def nan_result() -> float:
+    return float("nan")
+
+
+@task
+def nul_result() -> str:
+    return "a\x00b"
+
+
+@task
+def nul_error() -> None:
+    raise ValueError("bad\x00byte")

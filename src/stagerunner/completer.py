@@ -14,7 +14,7 @@ arguments that do not fit the signature) is final: retrying cannot help.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -68,11 +68,18 @@ class Completer:
         return finish
 
     def flush(self, conn: psycopg.Connection) -> int:
-        """Write everything pending; raises psycopg errors with the buffer intact."""
+        """Write everything pending. Connection errors propagate with the buffer intact;
+        a row the database refuses (bad data) is isolated and ends in error instead of
+        blocking every outcome behind it."""
         if not self.pending:
             return 0
         batch = self.pending
-        written = store.finish_tasks(conn, owner=self.owner, finishes=batch)
+        try:
+            written = store.finish_tasks(conn, owner=self.owner, finishes=batch)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.DatabaseError:
+            written = self._one_by_one(conn, batch)
         self.pending = []
         for f in batch:
             if f.task_id not in written:
@@ -82,6 +89,23 @@ class Completer:
             else:
                 _log_finish(f)
         return len(written)
+
+
+    def _one_by_one(self, conn: psycopg.Connection, batch: list[Finish]) -> set[int]:
+        written: set[int] = set()
+        for f in batch:
+            try:
+                written |= store.finish_tasks(conn, owner=self.owner, finishes=[f])
+            except psycopg.OperationalError:
+                raise
+            except psycopg.DatabaseError as exc:
+                log.error("outcome refused by the database; the task ends in error",
+                          extra={"event": "task.unstorable", "task_id": f.task_id,
+                                 "error": str(exc).strip()[:300]})
+                refused = replace(f, status=Status.ERROR, result=None, delay_s=0.0,
+                                  error=f"outcome could not be stored: {str(exc).strip()[:500]}")
+                written |= store.finish_tasks(conn, owner=self.owner, finishes=[refused])
+        return written
 
 
 def _log_finish(f: Finish) -> None:

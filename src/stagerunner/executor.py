@@ -107,11 +107,13 @@ def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[An
         args = json.loads(args_text)
         value = func(*args) if isinstance(args, list) else func(**args)
     except BaseException as exc:  # the job's failure is data, whatever it was
-        return ["error", "".join(traceback.format_exception(exc))]
+        return ["error", "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")]
     try:
-        text = json.dumps(value)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         return ["error", f"result is not JSON-encodable: {exc}"]
+    if "\\u0000" in text:  # valid JSON, but PostgreSQL's jsonb cannot store it
+        return ["error", "result is not storable: it contains a NUL character (\\u0000)"]
     if len(text) > max_bytes:
         return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
     return ["ok", text]

@@ -138,3 +138,17 @@ def test_a_reused_child_runs_up_to_k_jobs():
     assert pids == {str(child.pid)}
     eventually(child.exited)  # after K jobs the child leaves on its own
     child.kill()
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("tests.tasks:nan_result", "not JSON-encodable"),
+    ("tests.tasks:nul_result", "NUL character"),
+])
+def test_results_postgres_cannot_store_are_errors_in_the_child(name, reason):
+    outcome = run(name)
+    assert outcome.status is Status.ERROR and reason in outcome.error
+
+
+def test_a_traceback_with_a_nul_byte_is_made_storable():
+    outcome = run("tests.tasks:nul_error")
+    assert "\x00" not in outcome.error and "bad\\x00byte" in outcome.error
