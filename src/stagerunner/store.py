@@ -112,6 +112,8 @@ def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> lis
     """
     if not tasks:
         return []
+    if all(t.unique_key is None for t in tasks):
+        return _insert_plain(conn, tasks)
     rows = _run(conn, "insert_tasks", {
         "names": [t.name for t in tasks], "args": [t.args for t in tasks],
         "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
@@ -124,6 +126,22 @@ def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> lis
         winners = {r["unique_key"]: r["id"] for r in _run(conn, "find_unique_tasks", {"keys": raced})}
         return [winners.get(r["unique_key"], r["id"]) if r["lost_race"] else r["id"] for r in rows]
     return [r["id"] for r in rows]
+
+
+def _insert_plain(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
+    if len(tasks) == 1:
+        t = tasks[0]
+        return [_run(conn, "insert_task", {
+            "name": t.name, "args": t.args, "queue": t.queue, "priority": t.priority,
+            "max_attempts": t.max_attempts, "timeout": t.timeout_s, "delay": t.delay_s,
+            "run_at": t.run_at})[0]["id"]]
+    rows = _run(conn, "insert_tasks_plain", {
+        "names": [t.name for t in tasks], "args": [t.args for t in tasks],
+        "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
+        "max_attempts": [t.max_attempts for t in tasks], "timeouts": [t.timeout_s for t in tasks],
+        "delays": [t.delay_s for t in tasks], "run_ats": [t.run_at for t in tasks],
+    })
+    return sorted(r["id"] for r in rows)
 
 
 # The producer's transitions -----------------------------------------------------------

@@ -56,7 +56,7 @@ def test_bulk_enqueue_is_one_statement_and_keeps_input_order(conn, get_task, mon
     real = store._run
     monkeypatch.setattr(store, "_run", lambda c, name, p=None: calls.append(name) or real(c, name, p))
     ids = stagerunner.enqueue_many([("tests.tasks:add", [i, i]) for i in range(500)], conn=conn)
-    assert calls == ["insert_tasks"]
+    assert calls == ["insert_tasks_plain"]
     assert len(ids) == 500 and [get_task(ids[7])["args"]] == [[7, 7]]
 
 
