@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(verb, help=f"{verb} a queue on every node")
         q.add_argument("queue")
         q.add_argument("--json", action="store_true")
+    bench = sub.add_parser("bench", add_help=False,
+                           help="benchmark this machine (same as bin/bench; --help for its options)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
     demo = sub.add_parser("demo", help="the tutorial's counter producer and consumers")
     demo.add_argument("which", choices=["counter"])
     demo.add_argument("--consumers", type=int, default=2)
@@ -83,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
+    if command == "bench":  # it builds its own database and nodes; no settings needed
+        from stagerunner import bench
+
+        return bench.main(args.rest)
     from stagerunner import config, logs
     from stagerunner.errors import ConfigError, SchemaMissing, StagerunnerError
 
