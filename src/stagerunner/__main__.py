@@ -84,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    command = args.command or "run"
-    if command == "bench":  # it builds its own database and nodes; no settings needed
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # it builds its own database and nodes; no settings needed
         from stagerunner import bench
 
-        return bench.main(args.rest)
+        return bench.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
     from stagerunner import config, logs
     from stagerunner.errors import ConfigError, SchemaMissing, StagerunnerError
 
