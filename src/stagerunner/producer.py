@@ -92,7 +92,6 @@ class Producer:
         self.pipes: dict[int, Any] = {}
         self.meta: dict[int, Meta] = {}
         self.releases: list[Task] = []
-        self.lost_runs: list[Outcome] = []
         self.conn: psycopg.Connection[Any] | None = None
         self.listen: psycopg.Connection[Any] | None = None
         self.reconnect_at = 0.0
@@ -108,6 +107,7 @@ class Producer:
         self.stop_deadline = 0.0
         self.done = False
         self.retired = False
+        self.control_open = True
 
     # The loop -----------------------------------------------------------------------
 
@@ -143,7 +143,9 @@ class Producer:
             self._maybe_finish_stop(now)
 
     def _waitables(self) -> list[Any]:
-        sources: list[Any] = [self.control, *self.pipes.values()]
+        sources: list[Any] = [*self.pipes.values()]
+        if self.control_open:
+            sources.append(self.control)
         if self.listen is not None:
             sources.append(self.listen.pgconn.socket)
         if self.metrics_server is not None:
@@ -176,6 +178,7 @@ class Producer:
             message = decode(self.control.recv_bytes())
         except (EOFError, OSError):
             log.error("supervisor went away; stopping", extra={"event": "producer.orphaned"})
+            self.control_open = False  # EOF stays readable: stop waiting on it
             self._begin_stop()
             return
         match message:
@@ -228,7 +231,8 @@ class Producer:
             case Bye(unstarted=ids):
                 self.releases += self.ledger.take_back(slot, ids)
                 self.pipes.pop(slot).close()
-                self.ledger.drop(slot)
+                running, rest = self.ledger.drop(slot)  # empty unless the consumer misbehaved
+                self.releases += ([running] if running else []) + rest
             case _:
                 log.error("unexpected message from consumer", extra={
                     "event": "producer.protocol_error", "slot": slot, "message": repr(message)})
@@ -268,8 +272,9 @@ class Producer:
                     for task_id in note.payload.split(","):
                         self._cancel(int(task_id))
                     continue
+                if note.channel == "stagerunner_queues":
+                    self.paused_checked = False
                 self.wanted.update(q for q in note.payload.split(",") if q in self.config.queues)
-                self.paused_checked = False
                 self.due_unknown = True
         except psycopg.Error as exc:
             self._disconnected(exc)
@@ -294,9 +299,6 @@ class Producer:
 
     def _write_back(self) -> None:
         assert self.conn is not None
-        for outcome in self.lost_runs:
-            self._complete(outcome)
-        self.lost_runs = []
         if self.releases:
             store.release_tasks(self.conn, owner=self.config.owner, tasks=self.releases)
             for task in self.releases:
@@ -316,7 +318,8 @@ class Producer:
             if queue in self.paused or limit <= 0:
                 continue
             claimed = store.claim_tasks(self.conn, owner=self.config.owner, queue=queue, limit=limit)
-            faults.hit(self.config.fault, "producer", "after_claim")
+            if claimed:
+                faults.hit(self.config.fault, "producer", "after_claim")
             self._dispatch(queue, claimed, now)
             if len(claimed) < limit:
                 self.wanted.discard(queue)  # drained for now; NOTIFY, poll or timer wakes it
@@ -379,6 +382,7 @@ class Producer:
         listen = store.connect_guarded(self.config.dsn)
         listen.execute("LISTEN stagerunner_tasks")
         listen.execute("LISTEN stagerunner_cancel")
+        listen.execute("LISTEN stagerunner_queues")
         self.conn, self.listen = conn, listen
         self.rescuer.next_at = 0.0
         if self.config.replaces and not self.retired:
@@ -456,7 +460,7 @@ class Producer:
                 self.reconnect_at = 0.0  # no backoff left to honour: we are leaving
                 self._ensure_connected(time.monotonic())
                 if self.conn is None:
-                    wait([self.control], timeout=0.1)
+                    time.sleep(0.1)  # bounded by the 10 s deadline; nothing else to wait for
                 continue
             try:
                 self._write_back()

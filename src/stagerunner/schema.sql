@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS stagerunner.queues (
 CREATE OR REPLACE FUNCTION stagerunner.notify_queue_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('stagerunner_tasks', NEW.name);
+    PERFORM pg_notify('stagerunner_queues', NEW.name);
     RETURN NULL;
 END
 $$;

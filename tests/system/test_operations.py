@@ -172,10 +172,10 @@ def test_ps_shows_each_stage_role_and_node(start_node):
     def settled():
         found = titles()
         return (sum(t.startswith("stagerunner: consumer") and "node=web-1" in t for t in found) == 2
-                and sum(t.startswith("job sr-job-c") for t in found) == 2)
+                and sum(t.startswith("job sr-job-c") for t in found) == 2
+                and any(t.startswith("stagerunner: producer node=web-1") for t in found))
 
     eventually(settled, timeout=10)
-    assert any(t.startswith("stagerunner: producer node=web-1") for t in titles())
     with open(f"/proc/{node.proc.pid}/cmdline", "rb") as f:
         assert f.read().startswith(b"stagerunner: supervisor node=web-1")
 
