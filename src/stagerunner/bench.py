@@ -28,11 +28,21 @@ Measurements (``--only`` takes the names in brackets):
    reported separately as Popen -> first claim). Modes: default (a fresh job child per
    job) with each process library (STAGERUNNER_PROCESS_LIBRARY=multiprocess, the
    default, and multiprocessing), and child reuse (STAGERUNNER_CHILD_REUSE=100, with
-   multiprocess).
+   multiprocess). For the default and reuse modes the CPU spent per task is split by
+   role: once the node is claiming, the CPU time of the supervisor, the producer, the
+   consumers and the node's PostgreSQL backends (pg_stat_activity, application_name
+   'stagerunner') is read (own time from /proc/PID/schedstat in ns, plus reaped
+   children's cutime+cstime from /proc/PID/stat, which is where the consumers' job
+   children land), and again when the last task is done, divided by the tasks finished
+   in between. PostgreSQL's background writers are not counted. The machine
+   has 2 cores, so 2000 / total CPU ms per task bounds the rate from CPU alone.
 4. [fork] The fork ceiling: C processes spawned with the default library's spawn
    context (multiprocess), each having imported stagerunner.consumer and loaded the
    bench task module first, so their RSS (reported) is close to a consumer's, fork bare
-   children flat out for ~2 s (child: ``os._exit(0)``; parent: ``waitpid``). Reported:
+   children flat out for ~2 s (child: ``os._exit(0)``; parent: ``waitpid``). A fork's
+   cost grows with the parent's RSS (here ~5 % per extra MiB), so the probers import
+   nothing else: their target is the builtin ``exec`` of a source string, and this
+   module hides itself from the spawn preparation when run as __main__. Reported:
    total children/s (sum of each prober's count / its own elapsed time) and, per run,
    drain(default, multiprocess) / fork ceiling (issue target: >= 0.85) and the same
    ratio for child reuse.
@@ -44,14 +54,17 @@ Measurements (``--only`` takes the names in brackets):
    forever (max_attempts=1), so every consumer is busy and each task is killed at its
    deadline. The consumer records each attempt's measured runtime in the ``errors``
    jsonb (``runtime_ms``); overshoot = runtime_ms - 200. p50/p99 ms.
-7. [rss] VmRSS (from /proc/PID/status) per role, sampled during the default-mode
-   drain (when [drain] runs) and on the idle node. Roles: the supervisor is the pid we
-   started; the producer is the pid it writes into stagerunner.nodes (``beat_node``
-   runs in the producer) and must be a child of the supervisor; a supervisor child
-   whose cmdline names ``resource_tracker`` is the library's resource tracker (ignored);
-   every other supervisor child is a consumer (cross-checked: each has a pre-forked job
-   child soon after start); the consumers' children are job children. Consumer and
-   job values are medians over those processes; each metric is the median over samples.
+7. [rss] VmRSS (from /proc/PID/status) per role, sampled every 0.5 s during the
+   default-mode drains (when [drain] runs; multiprocess for every role, multiprocessing
+   for the consumers) and once on the idle node. Roles, without relying on process
+   titles (setproctitle is optional): the supervisor is the pid we started; the
+   producer is the pid written into stagerunner.nodes (``beat_node`` runs in the
+   producer), checked to be a child of the supervisor; a supervisor child whose cmdline
+   names ``resource_tracker`` is the library's resource tracker (ignored); every other
+   supervisor child is a consumer (the idle node's readiness check requires exactly C of
+   them, each with its pre-forked job child); the consumers' descendants are job
+   children. Consumer and job values are medians over those processes; each metric is
+   the median over samples.
 8. [pickle] Process-library cost, in this process: 100k small messages (an
    ``Outcome``) through a duplex ``Pipe`` of each library's spawn context, sent and
    received in batches of 64 in one thread: (a) ``Connection.send``/``recv`` (pickled
@@ -59,10 +72,12 @@ Measurements (``--only`` takes the names in brackets):
    ``protocol.encode(outcome)`` and ``protocol.decode(recv_bytes())`` (what the runner
    does). µs per message, encode+send+receive+decode. Plus VmRSS of a freshly spawned,
    idle process of each library (the target only waits on its pipe).
-9. [idle] A node with no work (after start-up settles) for ~3 s: CPU seconds of the
-   whole node tree (utime+stime+cutime+cstime from /proc/PID/stat, so reaped children
-   count once, in their reaper) over wall time, in percent of one core. The CPU of the
-   node's PostgreSQL backends (application_name 'stagerunner') is reported beside it.
+9. [idle] A node with no work (after start-up settles) for ~3 s: CPU time of every
+   process of the node tree (supervisor, producer, consumers, pre-forked job children,
+   resource tracker) over wall time, in percent of one core. CPU time comes from
+   /proc/PID/schedstat (nanoseconds; /proc/PID/stat's 10 ms ticks would read an idle
+   node as 0). The CPU of the node's PostgreSQL backends (application_name
+   'stagerunner') is reported beside it.
 
 ``--quick`` shrinks everything (N=2000, 500 to drain, one run) for a smoke test.
 """
@@ -83,10 +98,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Kept to cheap imports at module level: spawned fork probers and idle processes import
-# this module as their __mp_main__, and their RSS should stay close to a consumer's
-# (whose __mp_main__ is stagerunner.__main__). subprocess, tempfile, platform, pathlib
-# and psycopg are imported where they are used.
+# Module-level imports stay stdlib-only and cheap; psycopg, the runner's modules,
+# subprocess, tempfile, platform and pathlib are imported where they are used.
 
 TASK_MODULE = "stagerunner.bench_tasks"
 NOOP = f"{TASK_MODULE}:noop"
@@ -103,6 +116,7 @@ DRAIN_MODES = (  # (label, extra node environment)
     ("reuse100_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess",
                                "STAGERUNNER_CHILD_REUSE": "100"}),
 )
+CPU_MODES = {"default_multiprocess": "default", "reuse100_multiprocess": "reuse"}
 FORK_CAP = 2_000_000  # upper bound on forks per prober, whatever the clock says
 DEADLINE_S = 0.2
 RATIO_TARGET = 0.85
@@ -115,6 +129,16 @@ METRICS: dict[str, tuple[str, str]] = {
     "drain_default_multiprocessing": ("tasks/s", "drain, fresh child per job, multiprocessing"),
     "drain_reuse100_multiprocess": ("tasks/s", "drain, CHILD_REUSE=100, multiprocess"),
     "drain_startup_s": ("s", "node Popen -> first claim (default mode)"),
+    "cpu_ms_per_task_default_supervisor": ("CPU ms/task", "drain default: supervisor"),
+    "cpu_ms_per_task_default_producer": ("CPU ms/task", "drain default: producer"),
+    "cpu_ms_per_task_default_consumers": ("CPU ms/task", "drain default: consumers + their jobs"),
+    "cpu_ms_per_task_default_postgres": ("CPU ms/task", "drain default: the node's PG backends"),
+    "cpu_ms_per_task_default_total": ("CPU ms/task", "drain default: all of the above"),
+    "cpu_ms_per_task_reuse_supervisor": ("CPU ms/task", "drain reuse100: supervisor"),
+    "cpu_ms_per_task_reuse_producer": ("CPU ms/task", "drain reuse100: producer"),
+    "cpu_ms_per_task_reuse_consumers": ("CPU ms/task", "drain reuse100: consumers + their jobs"),
+    "cpu_ms_per_task_reuse_postgres": ("CPU ms/task", "drain reuse100: the node's PG backends"),
+    "cpu_ms_per_task_reuse_total": ("CPU ms/task", "drain reuse100: all of the above"),
     "fork_ceiling": ("children/s", "C probers forking bare children"),
     "fork_probe_rss_mib": ("MiB", "VmRSS of one fork prober (median)"),
     "drain_over_fork": ("ratio", f"drain default / fork ceiling (target >= {RATIO_TARGET})"),
@@ -128,6 +152,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "rss_producer_drain_mib": ("MiB", "producer VmRSS while draining"),
     "rss_consumer_drain_mib": ("MiB", "consumer VmRSS while draining (median)"),
     "rss_job_drain_mib": ("MiB", "job child VmRSS while draining (median)"),
+    "rss_consumer_drain_multiprocessing_mib": ("MiB", "consumer VmRSS, PROCESS_LIBRARY="
+                                                      "multiprocessing"),
     "rss_supervisor_idle_mib": ("MiB", "supervisor VmRSS, idle node"),
     "rss_producer_idle_mib": ("MiB", "producer VmRSS, idle node"),
     "rss_consumer_idle_mib": ("MiB", "consumer VmRSS, idle node (median)"),
@@ -219,6 +245,7 @@ class Stat:
     ppid: int
     session: int
     cpu_ticks: int  # utime + stime + cutime + cstime
+    child_ticks: int  # cutime + cstime: the reaped children's share of cpu_ticks
 
 
 def parse_stat(text: str) -> Stat:
@@ -229,7 +256,12 @@ def parse_stat(text: str) -> Stat:
     # fields[0] is field 3 (state): ppid=4, session=6, utime..cstime=14..17
     ppid, session = int(fields[1]), int(fields[3])
     cpu = sum(int(x) for x in fields[11:15])
-    return Stat(pid, ppid, session, cpu)
+    return Stat(pid, ppid, session, cpu, int(fields[13]) + int(fields[14]))
+
+
+def parse_schedstat_ns(text: str) -> int:
+    """Nanoseconds on CPU from /proc/PID/schedstat ("run_ns wait_ns timeslices")."""
+    return int(text.split()[0])
 
 
 def kib_to_mib(kib: float) -> float:
@@ -362,7 +394,7 @@ class BenchDB:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     def reset(self) -> None:
-        """Empty tables (call only while no node runs) and refresh planner statistics."""
+        """Empty the task, node and queue tables (only while no node runs)."""
         self.conn.execute("TRUNCATE stagerunner.tasks, stagerunner.nodes, stagerunner.queues")
 
     def analyze(self) -> None:
@@ -561,18 +593,91 @@ def role_rss_mib(roles: Roles) -> dict[str, float]:
     return out
 
 
-def tree_cpu_ticks(pids: Iterable[int]) -> dict[int, int]:
-    return {p: st.cpu_ticks for p in pids if (st := read_stat(p)) is not None}
+def cpu_ns(pids: Iterable[int]) -> dict[int, int]:
+    """Nanoseconds on CPU of each live process (own time only; precise, unlike ticks)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                out[pid] = parse_schedstat_ns(f.read())
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
-# Spawned helpers (targets of the process library; keep this module's imports stdlib) ------
+def cpu_with_children_ns(pids: Iterable[int]) -> dict[int, int]:
+    """Own CPU (schedstat, ns) plus that of reaped children (stat cutime+cstime, ticks)."""
+    ns_per_tick = 1e9 / os.sysconf("SC_CLK_TCK")
+    own = cpu_ns(pids)
+    return {p: own[p] + int(st.child_ticks * ns_per_tick) for p in own
+            if (st := read_stat(p)) is not None}
 
-def _probe_main(conn: Any, seconds: float) -> None:
-    """A fork prober: as heavy as a consumer, then forks bare children flat out."""
-    import stagerunner.consumer  # noqa: F401  the consumer's imports, hence its RSS
-    from stagerunner import registry
 
-    registry.load([TASK_MODULE])
+class DrainWatch:
+    """Called between completion polls of a drain: samples RSS per role every 0.5 s and,
+    once the node is claiming, snapshots CPU ticks per role (node processes and the
+    node's PostgreSQL backends) so CPU per task can be computed at the end."""
+
+    def __init__(self, db: BenchDB, node: Node, tasks: int, rss: bool, cpu: bool) -> None:
+        self.db, self.node, self.tasks = db, node, tasks
+        self.rss, self.cpu = rss, cpu
+        self.producer: int | None = None
+        self.next_rss = time.monotonic() + 0.5
+        self.rss_samples: list[dict[str, float]] = []
+        self.pids: dict[str, list[int]] = {}
+        self.start_ns: dict[int, int] = {}
+        self.done_at_start = 0
+
+    def step(self) -> None:
+        if not (self.rss or (self.cpu and not self.pids)):
+            return
+        self.producer = self.producer or self.node.producer_pid()
+        if self.producer is None:
+            return
+        roles = self.node.roles(self.producer)
+        if len(roles.consumers) != self.node.consumers:
+            return  # still starting
+        if self.cpu and not self.pids:
+            backends = [int(p) for (p,) in self.db.rows(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                "AND application_name = 'stagerunner'", (self.db.name,))]
+            self.pids = {"supervisor": [roles.supervisor], "producer": [self.producer],
+                         "consumers": roles.consumers, "postgres": backends}
+            self.done_at_start = self.tasks - self.db.unfinished()
+            self.start_ns = cpu_with_children_ns(p for ps in self.pids.values() for p in ps)
+        if self.rss and len(self.rss_samples) < 10 and time.monotonic() >= self.next_rss:
+            self.rss_samples.append(role_rss_mib(roles))
+            self.next_rss = time.monotonic() + 0.5
+
+    def cpu_per_task(self) -> dict[str, float]:
+        """CPU ms per task by role since the snapshot (consumers include reaped jobs)."""
+        if not self.pids:
+            return {}
+        done = self.tasks - self.done_at_start
+        if done <= 0:
+            return {}
+        end = cpu_with_children_ns(p for ps in self.pids.values() for p in ps)
+        out = {role: sum(end.get(p, 0) - self.start_ns.get(p, 0) for p in pids) / 1e6 / done
+               for role, pids in self.pids.items()}
+        out["total"] = sum(out.values())
+        return out
+
+
+# Spawned helpers -----------------------------------------------------------------------
+#
+# A spawned process imports the module of its target. Were the targets functions of this
+# module, every prober would carry this whole module (~1.2 MiB more than a consumer, and
+# a fork here gets ~5 % slower per extra MiB of RSS). So the target is the builtin
+# ``exec`` running the source below: the prober imports what a consumer imports (the
+# process library's bootstrap, stagerunner.consumer, the task module) and nothing else.
+
+PROBE_SOURCE = """
+import json, os, time
+import stagerunner.consumer
+from stagerunner import registry
+
+def probe(conn, seconds, cap, modules):
+    registry.load(modules)
     conn.send_bytes(b"ready")
     if not conn.poll(60):
         os._exit(2)
@@ -580,21 +685,26 @@ def _probe_main(conn: Any, seconds: float) -> None:
     count = 0
     start = time.monotonic()
     end = start + seconds
-    while count < FORK_CAP and time.monotonic() < end:
+    while count < cap and time.monotonic() < end:
         pid = os.fork()
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
         count += 1
     elapsed = time.monotonic() - start
-    conn.send_bytes(json.dumps([count, elapsed, read_rss_kib(os.getpid())]).encode())
+    with open("/proc/self/status") as f:
+        rss = [int(line.split()[1]) for line in f if line.startswith("VmRSS:")]
+    conn.send_bytes(json.dumps([count, elapsed, rss[0] if rss else None]).encode())
     conn.poll(10)
 
+probe(conn, seconds, cap, modules)
+"""
 
-def _idle_main(conn: Any) -> None:
-    """Does nothing but wait: the RSS of a freshly spawned process of a library."""
-    conn.send_bytes(b"ready")
-    conn.poll(60)
+# A freshly spawned process that only says it is up and waits (imports nothing more).
+IDLE_SOURCE = """
+conn.send_bytes(b"ready")
+conn.poll(60)
+"""
 
 
 def _wait_message(conn: Any, timeout: float, what: str) -> bytes:
@@ -681,26 +791,21 @@ class Bench:
             self.db.reset()
             stagerunner.enqueue_many([(NOOP, [])] * self.o.drain_tasks, conn=self.db.conn)
             self.db.analyze()
-            sample = label == "default_multiprocess" and "rss" in self.o.only
             node = Node(self.db, self.o.consumers, env, self.workdir, f"drain-{label}")
+            watch = DrainWatch(self.db, node, self.o.drain_tasks,
+                               rss=label.startswith("default_") and "rss" in self.o.only,
+                               cpu=label in CPU_MODES)
             with node:
-                next_sample = [time.monotonic() + 0.5]
-                producer: list[int | None] = [None]
-
-                def during() -> None:
-                    if not sample or len(rss_samples) >= 10 or time.monotonic() < next_sample[0]:
-                        return
-                    producer[0] = producer[0] or node.producer_pid()
-                    if producer[0] is None:
-                        return
-                    roles = node.roles(producer[0])
-                    if roles.consumers:
-                        rss_samples.append(role_rss_mib(roles))
-                    next_sample[0] = time.monotonic() + 0.5
-
                 limit = 60 + self.o.drain_tasks / 20  # far above any plausible rate
-                if not self.db.wait_finished(limit, node, during=during):
+                if not self.db.wait_finished(limit, node, during=watch.step):
                     raise BenchError(f"drain ({label}) did not finish within {limit:g} s")
+                cpu = watch.cpu_per_task()  # before the stop: the same processes, still alive
+            if label == "default_multiprocess":
+                rss_samples += watch.rss_samples
+            elif watch.rss_samples:  # the library's share of a consumer's RSS
+                values = [x["consumer"] for x in watch.rss_samples if "consumer" in x]
+                if values:
+                    out["rss_consumer_drain_multiprocessing_mib"] = median(values)
             counts = self.db.status_counts()
             first, last, ok = self.db.rows(
                 "SELECT extract(epoch FROM min(claimed_at)), extract(epoch FROM max(finished_at)), "
@@ -710,6 +815,9 @@ class Bench:
             out[f"drain_{label}"] = rate(int(ok), float(last) - float(first))
             if label == "default_multiprocess":
                 out["drain_startup_s"] = float(first) - node.started_wall
+            short = CPU_MODES.get(label)
+            for role, ms in cpu.items():
+                out[f"cpu_ms_per_task_{short}_{role}"] = ms
             for line in node.log_problems()[:3]:
                 self.note(f"node log (drain {label}): {line[:300]}")
         if rss_samples:
@@ -727,7 +835,9 @@ class Bench:
         try:
             for _ in range(self.o.consumers):
                 ours, theirs = ctx.Pipe(duplex=True)
-                process = ctx.Process(target=_probe_main, args=(theirs, self.o.fork_seconds),
+                scope = {"conn": theirs, "seconds": self.o.fork_seconds, "cap": FORK_CAP,
+                         "modules": [TASK_MODULE]}
+                process = ctx.Process(target=exec, args=(PROBE_SOURCE, scope),
                                       name="stagerunner-bench-fork-probe", daemon=True)
                 process.start()
                 theirs.close()
@@ -763,21 +873,20 @@ class Bench:
                 backends = [int(p) for (p,) in self.db.rows(
                     "SELECT pid FROM pg_stat_activity WHERE datname = %s "
                     "AND application_name = 'stagerunner'", (self.db.name,))]
-                before, db_before = tree_cpu_ticks(pids), tree_cpu_ticks(backends)
+                before, db_before = cpu_ns(pids), cpu_ns(backends)
                 started = time.monotonic()
                 time.sleep(self.o.idle_seconds)
                 wall = time.monotonic() - started
                 after_pids = node.tree()
-                after, db_after = tree_cpu_ticks(after_pids), tree_cpu_ticks(backends)
-                hz = os.sysconf("SC_CLK_TCK")
-                ticks = sum(after[p] - before.get(p, 0) for p in after)
-                db_ticks = sum(db_after[p] - db_before.get(p, 0) for p in db_after)
-                out["idle_cpu_percent"] = cpu_percent(ticks / hz, wall)
-                out["idle_db_cpu_percent"] = cpu_percent(db_ticks / hz, wall)
+                after, db_after = cpu_ns(after_pids), cpu_ns(backends)
+                ns = sum(after[p] - before.get(p, 0) for p in after)
+                db_ns = sum(db_after[p] - db_before.get(p, 0) for p in db_after)
+                out["idle_cpu_percent"] = cpu_percent(ns / 1e9, wall)
+                out["idle_db_cpu_percent"] = cpu_percent(db_ns / 1e9, wall)
                 gone = set(before) - set(after)
                 if gone:
-                    self.note(f"idle: {len(gone)} process(es) exited during the idle window; "
-                              "their CPU counts only if a tree member reaped them")
+                    self.note(f"idle: {len(gone)} process(es) of the node exited during the "
+                              "idle window; their CPU in it is not counted")
             if "rss" in self.o.only:
                 rss = role_rss_mib(node.roles(roles.producer))
                 for role, mib in rss.items():
@@ -887,7 +996,8 @@ def _pipe_cost(n: int, send: Callable[[], Any], recv: Callable[[], Any], batch: 
 
 def _spawned_idle_rss_mib(ctx: Any) -> float:
     ours, theirs = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=_idle_main, args=(theirs,), name="stagerunner-bench-idle",
+    process = ctx.Process(target=exec, args=(IDLE_SOURCE, {"conn": theirs}),
+                          name="stagerunner-bench-idle",
                           daemon=True)
     process.start()
     theirs.close()
@@ -930,7 +1040,12 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
         out: dict[str, float] = {}
         for name, step in steps:
             started = time.monotonic()
-            step(out, run)
+            try:
+                step(out, run)
+            except BenchError as exc:  # its node is already killed; the other steps go on
+                bench.note(f"run {run + 1} {name} FAILED: {exc}")
+                log(f"run {run + 1}/{options.runs}: {name} FAILED: {exc}")
+                continue
             log(f"run {run + 1}/{options.runs}: {name} done in {time.monotonic() - started:.1f} s")
         if "drain_default_multiprocess" in out and "fork_ceiling" in out:
             out["drain_over_fork"] = ratio(out["drain_default_multiprocess"], out["fork_ceiling"])
@@ -955,10 +1070,11 @@ def summarize_runs(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, Any]
 
 
 def render_table(summary: dict[str, dict[str, Any]]) -> str:
-    header = f"{'metric':<36} {'unit':<10} {'min':>10} {'median':>10} {'max':>10} {'n':>3}  description"
+    w = max([len("metric"), *map(len, summary)])
+    header = f"{'metric':<{w}} {'unit':<11} {'min':>10} {'median':>10} {'max':>10} {'n':>3}  description"
     lines = [header, "-" * len(header)]
     for name, s in summary.items():
-        lines.append(f"{name:<36} {s['unit']:<10} {format_value(s['min']):>10} "
+        lines.append(f"{name:<{w}} {s['unit']:<11} {format_value(s['min']):>10} "
                      f"{format_value(s['median']):>10} {format_value(s['max']):>10} "
                      f"{s['n']:>3}  {s['description']}")
     return "\n".join(lines)
@@ -1022,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     started = time.monotonic()
+    load_start = os.getloadavg()
     db = BenchDB(args.dsn)
     workdir = Path(tempfile.mkdtemp(prefix="stagerunner-bench-"))
     runs: list[dict[str, float]] = []
@@ -1051,6 +1168,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(), "cpus": os.cpu_count(),
         "options": {k: v for k, v in vars(options).items()},
         "elapsed_s": round(time.monotonic() - started, 1), "node_logs": str(workdir),
+        "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
     report = {"meta": meta, "summary": summary, "runs": runs, "notes": notes}
     path = args.json or Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -1059,7 +1177,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stagerunner bench: runs={options.runs} consumers={options.consumers} "
           f"tasks={options.tasks} drain_tasks={options.drain_tasks} "
           f"python {platform.python_version()} cpus={os.cpu_count()} "
-          f"elapsed {meta['elapsed_s']} s")
+          f"elapsed {meta['elapsed_s']} s; load average (1/5/15 min) at start "
+          f"{'/'.join(f'{x:.2f}' for x in load_start)}, at end "
+          f"{'/'.join(f'{x:.2f}' for x in meta['loadavg_end'])}")
     print(render_table(summary))
     for text in notes:
         print(f"note: {text}")
@@ -1068,8 +1188,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run under the module's real name, so spawned probers unpickle their targets by
-    # reference (dill would pickle functions of __main__ by value).
+    # Hide this file from the spawn preparation (no spec, no file): otherwise every
+    # spawned prober would run it again as its __mp_main__ (+1.2 MiB of RSS, and a fork
+    # gets ~5 % slower per MiB here). A consumer's __main__ (stagerunner.__main__) is
+    # skipped by the library the same way, by its name. Then run under the real name.
+    globals()["__spec__"] = None
+    globals().pop("__file__", None)
     from stagerunner import bench as _bench
 
     sys.exit(_bench.main())

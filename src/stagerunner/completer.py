@@ -14,6 +14,7 @@ arguments that do not fit the signature) is final: retrying cannot help.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -61,11 +62,18 @@ class Completer:
 
     owner: str
     pending: list[Finish] = field(default_factory=list)
+    since: float = 0.0  # monotonic time the oldest pending outcome arrived
 
     def add(self, outcome: Outcome, *, lost: int, max_attempts: int) -> Finish:
         finish = decide(outcome, lost=lost, max_attempts=max_attempts)
+        if not self.pending:
+            self.since = time.monotonic()
         self.pending.append(finish)
         return finish
+
+    def due(self, now: float, max_age: float, max_batch: int) -> bool:
+        """Time to write: the batch is full or its oldest outcome waited long enough."""
+        return bool(self.pending) and (len(self.pending) >= max_batch or now - self.since >= max_age)
 
     def flush(self, conn: psycopg.Connection) -> int:
         """Write everything pending. Connection errors propagate with the buffer intact;

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     result_max_bytes: int = Field(default=RESULT_MAX_BYTES_DEFAULT, ge=1024)
     max_restarts: int = Field(default=MAX_RESTARTS_DEFAULT, ge=0)
     restart_window: float = Field(default=RESTART_WINDOW_DEFAULT, gt=0)
-    process_library: Literal["multiprocess", "multiprocessing"] = "multiprocess"
+    process_library: Literal["multiprocess", "multiprocessing"] = "multiprocessing"
     retention: float = Field(default=7 * 86400, ge=0)  # seconds; 0 keeps finished tasks forever
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -57,6 +57,7 @@ class Consumer:
         self.limits = config.limits
         self.queue: deque[Task] = deque()
         self.spare: Child | None = None
+        self.dying: list[Child] = []  # killed, not yet reaped
         self.running: Running | None = None
         self.stopping = False
         self.done = False
@@ -74,6 +75,8 @@ class Consumer:
         return 0
 
     def step(self, now: float) -> None:
+        if self.dying:
+            self.dying = [c for c in self.dying if not c.reap()]
         if self.running is None and not self.stopping:
             self._start_next(now)
         if self.running is None and self.stopping:
@@ -166,16 +169,17 @@ class Consumer:
         if reply is None and child.pidfd in ready:
             reply = child.drain_result()
             if reply is None:
-                status = child.kill()
+                status = child.kill()  # it is dead already: reap it for its exit status
+                self.spare = None
                 self._finish(Outcome(run.task.id, run.task.attempt, Status.ERROR, self._ms(run),
-                                     error=executor.describe_exit(status)), recycle=True)
+                                     error=executor.describe_exit(status or 0)), recycle=False)
                 return
         if reply is not None:
             outcome = executor.outcome_from_reply(run.task, reply, self._ms(run))
             recycle = child.jobs_sent >= self.limits.child_reuse
             self._finish(outcome, recycle=recycle)
         elif time.monotonic() >= run.deadline:
-            self._retire_child()  # kill first: the outcome must describe a dead job
+            self._retire_child(wait=False)  # the group is SIGKILLed before we report
             self._finish(Outcome(run.task.id, run.task.attempt, Status.TIMEOUT, self._ms(run),
                                  error=f"killed at its deadline of {run.timeout:g} s"), recycle=False)
 
@@ -183,8 +187,10 @@ class Consumer:
         self.running = None
         self._report(outcome)
         if recycle:
-            self._retire_child()
-        keep = {self.spare.pid} if self.spare is not None else set()
+            self._retire_child(wait=False)
+        keep = {c.pid for c in self.dying}
+        if self.spare is not None:
+            keep.add(self.spare.pid)
         executor.kill_strays(keep)
         if self.spare is None and not self.stopping:
             self.spare = self._fork()  # paid now, while the next task is on its way
@@ -193,13 +199,18 @@ class Consumer:
         demand = 0 if self.stopping else 1
         self._send(dataclasses.replace(outcome, demand=demand))
 
-    def _retire_child(self) -> None:
+    def _retire_child(self, wait: bool = True) -> None:
         if self.spare is not None:
-            self.spare.kill()
+            self.spare.kill(wait=wait)
+            if not wait:
+                self.dying.append(self.spare)
             self.spare = None
 
     def _discard_spare(self) -> None:
         self._retire_child()
+        for child in self.dying:
+            child.reap(block=True)
+        self.dying = []
         executor.kill_strays(set())
 
     def _fork(self) -> Child:

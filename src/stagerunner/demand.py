@@ -48,6 +48,18 @@ class Ledger:
     def unmet(self, queue: str) -> int:
         return sum(s.credits for s in self.slots.values() if s.queue == queue)
 
+    def worth_claiming(self, queue: str) -> bool:
+        """Claim now, or wait to batch? Now when a consumer of the queue has nothing left to
+        run, or half of the queue's window is free (GenStage's min_demand)."""
+        slots = [s for s in self.slots.values() if s.queue == queue]
+        unmet = sum(s.credits for s in slots)
+        if unmet == 0:
+            return False
+        if any(s.credits and not s.held for s in slots):
+            return True
+        capacity = sum(s.credits + len(s.held) for s in slots)
+        return unmet * 2 >= capacity
+
     def queues(self) -> set[str]:
         return {s.queue for s in self.slots.values()}
 

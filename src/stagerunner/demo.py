@@ -39,7 +39,7 @@ def consumer_main(conn: Any, max_demand: int) -> None:
 
 
 def run_counter(*, consumers: int, broadcast: bool, events: int, start: int, max_demand: int,
-                library: str = "multiprocess") -> int:
+                library: str = "multiprocessing") -> int:
     if consumers < 1 or max_demand < 1:
         print("stagerunner: --consumers and --max-demand must be at least 1", file=sys.stderr)
         return 2

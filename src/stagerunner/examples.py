@@ -28,3 +28,9 @@ def sleep(seconds: float) -> float:
     """Sleeps; anything past the deadline (1 s by default) ends in timeout."""
     time.sleep(seconds)
     return seconds
+
+
+@task
+def now() -> float:
+    """Returns the wall-clock time at which the job started (latency measurements)."""
+    return time.time()

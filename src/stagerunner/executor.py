@@ -249,22 +249,43 @@ class Child:
     def exited(self) -> bool:
         return bool(select.select([self.pidfd], [], [], 0)[0])
 
-    def kill(self) -> int:
-        """SIGKILL the whole group, reap the child, close its pipes; returns the wait status."""
+    def kill(self, wait: bool = True) -> int | None:
+        """SIGKILL the whole group and close the pipes. With `wait`, reap the child and
+        return its wait status; without, the caller reaps it later (``reap``), so the
+        consumer does not sit in waitpid while the kernel tears the child down."""
+        if self.status is not None:
+            return self.status  # reaped: its pid may belong to someone else by now
         for target in (lambda: os.killpg(self.pid, signal.SIGKILL),
                        lambda: os.kill(self.pid, signal.SIGKILL)):
             try:
                 target()  # the group; then the child itself, in case it died before setpgrp
             except (ProcessLookupError, PermissionError):
                 pass
-        if self.status is None:
-            self.status = os.waitpid(self.pid, 0)[1]
-        for fd in (self.job_w, self.result_r, self.pidfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for fd in (self.job_w, self.result_r):
+            _close(fd)
+        self.job_w = self.result_r = -1
+        if wait:
+            self.reap(block=True)
         return self.status
+
+    def reap(self, block: bool = False) -> bool:
+        """Collect the child's exit status once it is dead; True when it has been reaped."""
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid == 0:
+                return False
+            self.status = status
+            _close(self.pidfd)
+            self.pidfd = -1
+        return True
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _close_fds_except(keep: set[int]) -> None:

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 EXIT_FENCED = 75  # could not heartbeat for too long: restart us and our consumers
 SILENCE_GRACE_S = 2.0
+FLUSH_AFTER_S = 0.02  # outcomes wait at most this long for a batch to fill
+FLUSH_BATCH = 64
 STOP_GRACE_S = 5.0
 
 
@@ -164,12 +166,14 @@ class Producer:
             timers.append(self.next_due)
         if self.conn is None:
             timers.append(self.reconnect_at)
+        elif self.completer.pending:
+            timers.append(self.completer.since + FLUSH_AFTER_S)
         if self.stopping:
             timers.append(now + 0.1)
         return max(0.0, min(timers) - now)
 
     def _hungry(self) -> bool:
-        return any(self.ledger.unmet(q) > 0 for q in self.wanted if q not in self.paused)
+        return any(self.ledger.worth_claiming(q) for q in self.wanted if q not in self.paused)
 
     # Messages -------------------------------------------------------------------------
 
@@ -285,7 +289,11 @@ class Producer:
         if self.conn is None:
             return
         try:
-            self._write_back()
+            # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
+            claimed = False
+            if not self.stopping:
+                claimed = self._claim(now)
+            self._write_back(now, force=self.stopping or claimed)
             if self.rescuer.due(now):
                 self.metrics.rescued += len(self.rescuer.step(self.conn, now))
             if not self.stopping:
@@ -293,11 +301,10 @@ class Producer:
                     self.wanted = set(self.config.queues)
                 if self.pruner.due(now):
                     self.pruner.step(self.conn, now)
-                self._claim(now)
         except psycopg.Error as exc:
             self._disconnected(exc)
 
-    def _write_back(self) -> None:
+    def _write_back(self, now: float, force: bool = False) -> None:
         assert self.conn is not None
         if self.releases:
             store.release_tasks(self.conn, owner=self.config.owner, tasks=self.releases)
@@ -306,18 +313,22 @@ class Producer:
             log.info("unstarted tasks handed back", extra={"event": "task.released",
                                                            "count": len(self.releases)})
             self.releases = []
-        self.completer.flush(self.conn)
+        if force or self.completer.due(now, FLUSH_AFTER_S, FLUSH_BATCH):
+            self.completer.flush(self.conn)
 
-    def _claim(self, now: float) -> None:
+    def _claim(self, now: float) -> bool:
+        """Claim for every queue worth claiming for; True if a claim statement ran."""
         assert self.conn is not None
+        ran = False
         if self.wanted and not self.paused_checked:
             self.paused = store.paused_queues(self.conn, queues=self.config.queues)
             self.paused_checked = True
         for queue in sorted(self.wanted):
             limit = self.ledger.unmet(queue)
-            if queue in self.paused or limit <= 0:
+            if queue in self.paused or not self.ledger.worth_claiming(queue):
                 continue
             claimed = store.claim_tasks(self.conn, owner=self.config.owner, queue=queue, limit=limit)
+            ran = True
             if claimed:
                 faults.hit(self.config.fault, "producer", "after_claim")
             self._dispatch(queue, claimed, now)
@@ -327,6 +338,7 @@ class Producer:
                     self._schedule_next_due(now)
             if claimed:
                 faults.hit(self.config.fault, "producer", "after_dispatch")
+        return ran
 
     def _dispatch(self, queue: str, claimed: list[store.Claimed], now: float) -> None:
         for c in claimed:
@@ -463,7 +475,7 @@ class Producer:
                     time.sleep(0.1)  # bounded by the 10 s deadline; nothing else to wait for
                 continue
             try:
-                self._write_back()
+                self._write_back(time.monotonic(), force=True)
                 store.delete_node(self.conn, owner=self.config.owner)
                 return
             except psycopg.Error as exc:

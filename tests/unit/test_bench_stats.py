@@ -77,7 +77,7 @@ def test_parse_stat_survives_odd_comm() -> None:
     fields = ["S", "100", "200", "300", "0", "-1", "4194304", "0", "0", "0", "0",
               "11", "22", "33", "44", "20", "0", "1", "0", "5"]
     st = bench.parse_stat("4242 ((a) b)) " + " ".join(fields))
-    assert st == bench.Stat(pid=4242, ppid=100, session=300, cpu_ticks=110)
+    assert st == bench.Stat(pid=4242, ppid=100, session=300, cpu_ticks=110, child_ticks=77)
 
 
 def test_parse_stat_of_this_process() -> None:
@@ -118,3 +118,9 @@ def test_quick_options_are_small_and_bounded() -> None:
     assert full.runs == 3 and full.tasks == 20000 and full.only == bench.MEASUREMENTS
     with pytest.raises(ValueError):
         bench.options_from(bench.build_parser().parse_args(["--runs", "0"]))
+
+
+def test_parse_schedstat() -> None:
+    assert bench.parse_schedstat_ns("123456789 4242 17\n") == 123456789
+    with open("/proc/self/schedstat") as f:
+        assert bench.parse_schedstat_ns(f.read()) > 0

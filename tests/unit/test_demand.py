@@ -105,3 +105,32 @@ def test_broadcast_emits_only_what_every_consumer_can_take():
     assert fanout.unmet() == 1
     assert fanout.assign([10, 11, 12]) == {1: [10], 2: [10]}
     assert fanout.credits == {1: 2, 2: 0}
+
+
+def test_claims_wait_to_batch_until_a_consumer_starves_or_half_the_window_is_free():
+    ledger = Ledger()
+    for slot in (1, 2):
+        ledger.add(slot, "default")
+        ledger.ask(slot, 2)
+    assert ledger.worth_claiming("default")  # everyone is idle
+    ledger.assign("default", [task(1), task(2), task(3), task(4)])
+    assert not ledger.worth_claiming("default")  # nothing asked for
+    first, second = ledger.slots[1].held
+    ledger.finished(1, first.id, 1)
+    ledger.ask(1, 1)
+    assert not ledger.worth_claiming("default")  # slot 1 still has a task to run: batch up
+    ledger.finished(2, ledger.slots[2].held[0].id, 1)
+    ledger.ask(2, 1)
+    assert ledger.worth_claiming("default")  # half of the window is free
+
+
+def test_a_starving_consumer_is_served_at_once():
+    ledger = Ledger()
+    for slot in (1, 2, 3, 4):
+        ledger.add(slot, "default")
+        ledger.ask(slot, 2)
+    ledger.assign("default", [task(i) for i in range(8)])
+    for held in list(ledger.slots[1].held):
+        ledger.finished(1, held.id, 1)
+    ledger.ask(1, 2)  # slot 1 has nothing left to run: 2 of 8 free is enough
+    assert ledger.worth_claiming("default")
