@@ -25,10 +25,10 @@ Measurements (``--only`` takes the names in brackets):
    started (STAGERUNNER_CONSUMERS=C, default = cores; task module
    ``stagerunner.bench_tasks``; log level warning). Rate = successes / (max(finished_at)
    - min(claimed_at)), both database timestamps, so node start-up is excluded (it is
-   reported separately as Popen -> first claim). Modes: default (a fresh job child per
-   job) with each process library (STAGERUNNER_PROCESS_LIBRARY=multiprocess, the
-   default, and multiprocessing), and child reuse (STAGERUNNER_CHILD_REUSE=100, with
-   multiprocess). For the default and reuse modes the CPU spent per task is split by
+   reported separately as Popen -> first claim). Modes: default (what ships: a fresh
+   job child per job, stdlib multiprocessing, prefetch 1), the same with
+   STAGERUNNER_PROCESS_LIBRARY=multiprocess, and child reuse
+   (STAGERUNNER_CHILD_REUSE=100, whose default prefetch is 32). For the default and reuse modes the CPU spent per task is split by
    role: once the node is claiming, the CPU time of the supervisor, the producer, the
    consumers and the node's PostgreSQL backends (pg_stat_activity, application_name
    'stagerunner') is read (own time from /proc/PID/schedstat in ns, plus reaped
@@ -37,14 +37,14 @@ Measurements (``--only`` takes the names in brackets):
    in between. PostgreSQL's background writers are not counted. The machine
    has 2 cores, so 2000 / total CPU ms per task bounds the rate from CPU alone.
 4. [fork] The fork ceiling: C processes spawned with the default library's spawn
-   context (multiprocess), each having imported stagerunner.consumer and loaded the
+   context (stdlib multiprocessing), each having imported stagerunner.consumer and loaded the
    bench task module first, so their RSS (reported) is close to a consumer's, fork bare
    children flat out for ~2 s (child: ``os._exit(0)``; parent: ``waitpid``). A fork's
    cost grows with the parent's RSS (here ~5 % per extra MiB), so the probers import
    nothing else: their target is the builtin ``exec`` of a source string, and this
    module hides itself from the spawn preparation when run as __main__. Reported:
    total children/s (sum of each prober's count / its own elapsed time) and, per run,
-   drain(default, multiprocess) / fork ceiling (issue target: >= 0.85) and the same
+   drain(default) / fork ceiling (issue target: >= 0.85) and the same
    ratio for child reuse.
 5. [latency] With a default-mode node running and idle, one task at a time is
    enqueued at 200/s for ~5 s (single-row insert + commit each, paced on the monotonic
@@ -55,8 +55,8 @@ Measurements (``--only`` takes the names in brackets):
    deadline. The consumer records each attempt's measured runtime in the ``errors``
    jsonb (``runtime_ms``); overshoot = runtime_ms - 200. p50/p99 ms.
 7. [rss] VmRSS (from /proc/PID/status) per role, sampled every 0.5 s during the
-   default-mode drains (when [drain] runs; multiprocess for every role, multiprocessing
-   for the consumers) and once on the idle node. Roles, without relying on process
+   default-mode drains (when [drain] runs; the default library for every role, and
+   multiprocess for the consumers) and once on the idle node. Roles, without relying on process
    titles (setproctitle is optional): the supervisor is the pid we started; the
    producer is the pid written into stagerunner.nodes (``beat_node`` runs in the
    producer), checked to be a child of the supervisor; a supervisor child whose cmdline
@@ -110,13 +110,12 @@ BENCH_APP = "stagerunner-bench"  # application_name of the bench's own connectio
 LIBRARIES = ("multiprocess", "multiprocessing")
 MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline",
                 "rss", "pickle", "idle")
-DRAIN_MODES = (  # (label, extra node environment)
+DRAIN_MODES = (  # (label, extra node environment); "default" is what ships
+    ("default", {}),
     ("default_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess"}),
-    ("default_multiprocessing", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocessing"}),
-    ("reuse100_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess",
-                               "STAGERUNNER_CHILD_REUSE": "100"}),
+    ("reuse100", {"STAGERUNNER_CHILD_REUSE": "100"}),
 )
-CPU_MODES = {"default_multiprocess": "default", "reuse100_multiprocess": "reuse"}
+CPU_MODES = {"default": "default", "reuse100": "reuse"}
 FORK_CAP = 2_000_000  # upper bound on forks per prober, whatever the clock says
 DEADLINE_S = 0.2
 RATIO_TARGET = 0.85
@@ -125,9 +124,9 @@ RATIO_TARGET = 0.85
 METRICS: dict[str, tuple[str, str]] = {
     "enqueue_bulk_rate": ("tasks/s", "enqueue_many of N tasks, one call"),
     "enqueue_single_rate": ("tasks/s", "enqueue one at a time, autocommit"),
+    "drain_default": ("tasks/s", "drain, fresh child per job (defaults: multiprocessing)"),
     "drain_default_multiprocess": ("tasks/s", "drain, fresh child per job, multiprocess"),
-    "drain_default_multiprocessing": ("tasks/s", "drain, fresh child per job, multiprocessing"),
-    "drain_reuse100_multiprocess": ("tasks/s", "drain, CHILD_REUSE=100, multiprocess"),
+    "drain_reuse100": ("tasks/s", "drain, CHILD_REUSE=100 (default prefetch 32)"),
     "drain_startup_s": ("s", "node Popen -> first claim (default mode)"),
     "cpu_ms_per_task_default_supervisor": ("CPU ms/task", "drain default: supervisor"),
     "cpu_ms_per_task_default_producer": ("CPU ms/task", "drain default: producer"),
@@ -152,8 +151,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "rss_producer_drain_mib": ("MiB", "producer VmRSS while draining"),
     "rss_consumer_drain_mib": ("MiB", "consumer VmRSS while draining (median)"),
     "rss_job_drain_mib": ("MiB", "job child VmRSS while draining (median)"),
-    "rss_consumer_drain_multiprocessing_mib": ("MiB", "consumer VmRSS, PROCESS_LIBRARY="
-                                                      "multiprocessing"),
+    "rss_consumer_drain_multiprocess_mib": ("MiB", "consumer VmRSS, PROCESS_LIBRARY="
+                                                   "multiprocess"),
     "rss_supervisor_idle_mib": ("MiB", "supervisor VmRSS, idle node"),
     "rss_producer_idle_mib": ("MiB", "producer VmRSS, idle node"),
     "rss_consumer_idle_mib": ("MiB", "consumer VmRSS, idle node (median)"),
@@ -793,19 +792,19 @@ class Bench:
             self.db.analyze()
             node = Node(self.db, self.o.consumers, env, self.workdir, f"drain-{label}")
             watch = DrainWatch(self.db, node, self.o.drain_tasks,
-                               rss=label.startswith("default_") and "rss" in self.o.only,
+                               rss=label.startswith("default") and "rss" in self.o.only,
                                cpu=label in CPU_MODES)
             with node:
                 limit = 60 + self.o.drain_tasks / 20  # far above any plausible rate
                 if not self.db.wait_finished(limit, node, during=watch.step):
                     raise BenchError(f"drain ({label}) did not finish within {limit:g} s")
                 cpu = watch.cpu_per_task()  # before the stop: the same processes, still alive
-            if label == "default_multiprocess":
+            if label == "default":
                 rss_samples += watch.rss_samples
             elif watch.rss_samples:  # the library's share of a consumer's RSS
                 values = [x["consumer"] for x in watch.rss_samples if "consumer" in x]
                 if values:
-                    out["rss_consumer_drain_multiprocessing_mib"] = median(values)
+                    out["rss_consumer_drain_multiprocess_mib"] = median(values)
             counts = self.db.status_counts()
             first, last, ok = self.db.rows(
                 "SELECT extract(epoch FROM min(claimed_at)), extract(epoch FROM max(finished_at)), "
@@ -813,7 +812,7 @@ class Bench:
             if ok != self.o.drain_tasks:
                 self.note(f"drain {label}: only {ok} of {self.o.drain_tasks} succeeded: {counts}")
             out[f"drain_{label}"] = rate(int(ok), float(last) - float(first))
-            if label == "default_multiprocess":
+            if label == "default":
                 out["drain_startup_s"] = float(first) - node.started_wall
             short = CPU_MODES.get(label)
             for role, ms in cpu.items():
@@ -830,7 +829,7 @@ class Bench:
     def fork(self, out: dict[str, float]) -> None:
         from stagerunner import procs
 
-        ctx = procs.context("multiprocess")
+        ctx = procs.context()  # the shipped default, like the consumers it stands for
         probers = []
         try:
             for _ in range(self.o.consumers):
@@ -1047,10 +1046,10 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
                 log(f"run {run + 1}/{options.runs}: {name} FAILED: {exc}")
                 continue
             log(f"run {run + 1}/{options.runs}: {name} done in {time.monotonic() - started:.1f} s")
-        if "drain_default_multiprocess" in out and "fork_ceiling" in out:
-            out["drain_over_fork"] = ratio(out["drain_default_multiprocess"], out["fork_ceiling"])
-        if "drain_reuse100_multiprocess" in out and "fork_ceiling" in out:
-            out["drain_reuse_over_fork"] = ratio(out["drain_reuse100_multiprocess"],
+        if "drain_default" in out and "fork_ceiling" in out:
+            out["drain_over_fork"] = ratio(out["drain_default"], out["fork_ceiling"])
+        if "drain_reuse100" in out and "fork_ceiling" in out:
+            out["drain_reuse_over_fork"] = ratio(out["drain_reuse100"],
                                                  out["fork_ceiling"])
         runs.append(out)
     return runs, bench

@@ -31,6 +31,8 @@ NODE_EXPIRY_DEFAULT = 3.0
 MAX_RESTARTS_DEFAULT = 10
 RESTART_WINDOW_DEFAULT = 10.0
 RESULT_MAX_BYTES_DEFAULT = 1 << 20
+PREFETCH_DEFAULT = 1
+PREFETCH_REUSE_DEFAULT = 32
 # Variables that belong to the test suite, not to the runner.
 NOT_SETTINGS = ("STAGERUNNER_TEST_",)
 
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     child_reuse: int = Field(default=1, ge=1, le=1_000_000)
-    prefetch: int = Field(default=1, ge=0, le=1000)
+    prefetch: int | None = Field(default=None, ge=0, le=1000)
     job_memory_mb: int | None = Field(default=None, ge=16)
     result_max_bytes: int = Field(default=RESULT_MAX_BYTES_DEFAULT, ge=1024)
     max_restarts: int = Field(default=MAX_RESTARTS_DEFAULT, ge=0)
@@ -122,6 +124,14 @@ class Settings(BaseSettings):
         if any(n is not None and n < 1 for n in self.queues.values()):
             raise ValueError("every queue in STAGERUNNER_QUEUES needs at least 1 consumer")
         return self
+
+    def window(self) -> int:
+        """Tasks a consumer holds at once: the one it runs plus those prefetched. By default
+        one prefetched task for fresh children; 32 with child reuse, where jobs are tiny and
+        the producer's round trip would otherwise dominate (bin/bench: 2.2k -> 6.2k/s)."""
+        if self.prefetch is not None:
+            return 1 + self.prefetch
+        return 1 + (PREFETCH_DEFAULT if self.child_reuse == 1 else PREFETCH_REUSE_DEFAULT)
 
     def queue_consumers(self) -> dict[str, int]:
         """Consumers per queue this node serves."""

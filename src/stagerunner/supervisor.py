@@ -144,7 +144,7 @@ class Supervisor:
                         memory_mb=s.job_memory_mb, result_max_bytes=s.result_max_bytes)
         config = ConsumerConfig(slot=slot, queue=queue, limits=limits, node=s.node_name,
                                 log_level=s.log_level, log_format=s.log_format, fault=s.fault,
-                                window=1 + s.prefetch)
+                                window=s.window())
         theirs, producer_end = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=consumer.main,
                                    args=(theirs, config, os.getpid(), s.job_environment()),
