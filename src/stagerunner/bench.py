@@ -72,6 +72,11 @@ Measurements (``--only`` takes the names in brackets):
    ``protocol.encode(outcome)`` and ``protocol.decode(recv_bytes())`` (what the runner
    does). µs per message, encode+send+receive+decode. Plus VmRSS of a freshly spawned,
    idle process of each library (the target only waits on its pipe).
+10. [scale] (listed here out of order) K tasks (15,000) are drained in child-reuse mode
+   from a 20,000-row backlog and from a --scale-rows (1,000,000) backlog inserted with
+   generate_series; rates from database timestamps, their ratio (target >= 0.9), the
+   producer's RSS growth across the large drain, and EXPLAIN ANALYZE of the claim on
+   the large table (in a rolled-back transaction), printed as a note.
 9. [idle] A node with no work (after start-up settles) for ~3 s: CPU time of every
    process of the node tree (supervisor, producer, consumers, pre-forked job children,
    resource tracker) over wall time, in percent of one core. CPU time comes from
@@ -109,7 +114,7 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_APP = "stagerunner-bench"  # application_name of the bench's own connections
 LIBRARIES = ("multiprocess", "multiprocessing")
 MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline",
-                "rss", "pickle", "idle")
+                "rss", "pickle", "idle", "scale")
 DRAIN_MODES = (  # (label, extra node environment); "default" is what ships
     ("default", {}),
     ("default_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess"}),
@@ -127,6 +132,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "drain_default": ("tasks/s", "drain, fresh child per job (defaults: multiprocessing)"),
     "drain_default_multiprocess": ("tasks/s", "drain, fresh child per job, multiprocess"),
     "drain_reuse100": ("tasks/s", "drain, CHILD_REUSE=100 (default prefetch 32)"),
+    "scale_drain_small": ("tasks/s", "reuse drain, first K tasks of a 20,000-row backlog"),
+    "scale_drain_large": ("tasks/s", "reuse drain, first K tasks of a --scale-rows backlog"),
+    "scale_large_over_small": ("ratio", "large / small backlog drain (target >= 0.9)"),
+    "scale_producer_rss_growth_mib": ("MiB", "producer VmRSS max - min, large-backlog drain"),
     "drain_startup_s": ("s", "node Popen -> first claim (default mode)"),
     "cpu_ms_per_task_default_supervisor": ("CPU ms/task", "drain default: supervisor"),
     "cpu_ms_per_task_default_producer": ("CPU ms/task", "drain default: producer"),
@@ -737,6 +746,8 @@ class Options:
     deadline_tasks: int
     pickle_messages: int
     quick: bool
+    scale_rows: int = 1_000_000
+    scale_tasks: int = 15_000
 
 
 class Bench:
@@ -826,6 +837,63 @@ class Bench:
                     out[f"rss_{role}_drain_mib"] = median(values)
 
     # 4
+    def scale(self, out: dict[str, float], run: int) -> None:
+        """Drain rate over the first K tasks with a 20,000-row backlog and with a large one,
+        in child-reuse mode (where the claim, not the fork, is the per-task cost), plus the
+        claim's plan on the large table and the producer's RSS across that drain."""
+        backlogs = [("small", 20_000), ("large", self.o.scale_rows)]
+        if run % 2:
+            backlogs.reverse()  # interleave
+        for label, rows in backlogs:
+            self.db.reset()
+            with self.db.connect() as conn:
+                conn.execute("INSERT INTO stagerunner.tasks (name, args) "
+                             "SELECT %s, '[]' FROM generate_series(1, %s)", (NOOP, rows))
+            self.db.analyze()
+            if label == "large" and run == 0:
+                self._claim_plan()
+            node = Node(self.db, self.o.consumers, {"STAGERUNNER_CHILD_REUSE": "100"},
+                        self.workdir, f"scale-{label}")
+            rss: list[float] = []
+            with node:
+                deadline = time.monotonic() + 60 + self.o.scale_tasks / 100
+                done = 0
+                while time.monotonic() < deadline:
+                    done = int(self.db.scalar("SELECT count(*) FROM stagerunner.tasks "
+                                              "WHERE finished_at IS NOT NULL"))
+                    producer = node.producer_pid()
+                    kib = read_rss_kib(producer) if producer else None
+                    if kib:
+                        rss.append(kib_to_mib(kib))
+                    if done >= self.o.scale_tasks:
+                        break
+                    time.sleep(0.25)
+                if done < self.o.scale_tasks:
+                    raise BenchError(f"scale ({label}): only {done} tasks finished in time")
+                first, last, n = self.db.rows(
+                    "SELECT extract(epoch FROM min(claimed_at)), extract(epoch FROM max(finished_at)),"
+                    " count(*) FROM stagerunner.tasks WHERE finished_at IS NOT NULL")[0]
+            out[f"scale_drain_{label}"] = rate(int(n), float(last) - float(first))
+            if label == "large" and rss:
+                out["scale_producer_rss_growth_mib"] = max(rss) - min(rss)
+        if "scale_drain_small" in out and "scale_drain_large" in out:
+            out["scale_large_over_small"] = ratio(out["scale_drain_large"], out["scale_drain_small"])
+
+    def _claim_plan(self) -> None:
+        from stagerunner import store
+
+        sql = store._sql("claim_tasks")
+        with self.db.connect() as conn:
+            conn.autocommit = False
+            plan = conn.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) " + sql,
+                                {"owner": "bench/plan", "queue": "default", "limit": 64}).fetchall()
+            conn.rollback()  # the plan's claim is not kept
+        text = "\n".join(r[0] for r in plan)
+        self.details.append({"claim_plan": text})
+        used = "tasks_claim_idx" in text
+        self.note(f"scale: the claim on {self.o.scale_rows:,} waiting rows "
+                  f"{'uses' if used else 'does NOT use'} tasks_claim_idx; plan:\n" + text)
+
     def fork(self, out: dict[str, float]) -> None:
         from stagerunner import procs
 
@@ -1035,6 +1103,8 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
         steps.append(("deadline", lambda out, r: bench.deadline(out)))
     if "pickle" in only:
         steps.append(("pickle", lambda out, r: bench.pickle(out)))
+    if "scale" in only:
+        steps.append(("scale", bench.scale))
     for run in range(options.runs):
         out: dict[str, float] = {}
         for name, step in steps:
@@ -1091,6 +1161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-tasks", type=int, help="tasks per drain run (default 5000)")
     p.add_argument("--consumers", type=int, default=os.cpu_count() or 1,
                    help="STAGERUNNER_CONSUMERS and fork probers (default: cores)")
+    p.add_argument("--scale-rows", type=int,
+                   help="waiting rows of the large backlog in [scale] (default 1000000)")
     p.add_argument("--only", help="comma-separated subset of: " + ",".join(MEASUREMENTS))
     p.add_argument("--json", type=Path, help="write results here "
                    "(default bench-results/bench-<timestamp>.json)")
@@ -1113,7 +1185,9 @@ def options_from(args: argparse.Namespace) -> Options:
         fork_seconds=0.5 if quick else 2.0, latency_rate=200.0,
         latency_seconds=1.0 if quick else 5.0, idle_seconds=1.0 if quick else 3.0,
         deadline_tasks=(3 if quick else 10) * args.consumers,
-        pickle_messages=10_000 if quick else 100_000, quick=quick)
+        pickle_messages=10_000 if quick else 100_000, quick=quick,
+        scale_rows=args.scale_rows if args.scale_rows else (100_000 if quick else 1_000_000),
+        scale_tasks=2_000 if quick else 15_000)
 
 
 def main(argv: list[str] | None = None) -> int:
