@@ -255,12 +255,7 @@ class Child:
         consumer does not sit in waitpid while the kernel tears the child down."""
         if self.status is not None:
             return self.status  # reaped: its pid may belong to someone else by now
-        for target in (lambda: os.killpg(self.pid, signal.SIGKILL),
-                       lambda: os.kill(self.pid, signal.SIGKILL)):
-            try:
-                target()  # the group; then the child itself, in case it died before setpgrp
-            except (ProcessLookupError, PermissionError):
-                pass
+        sigkill_group(self.pid)
         for fd in (self.job_w, self.result_r):
             _close(fd)
         self.job_w = self.result_r = -1
@@ -278,6 +273,16 @@ class Child:
             _close(self.pidfd)
             self.pidfd = -1
         return True
+
+
+def sigkill_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid`, then `pid` itself (in case it died or was
+    killed before it could call setpgrp)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _close(fd: int) -> None:
@@ -362,11 +367,7 @@ def kill_strays(keep: set[int]) -> int:
     for pid in pids:
         if pid in keep:
             continue
-        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-            try:
-                target()
-            except (ProcessLookupError, PermissionError):
-                pass
+        sigkill_group(pid)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
