@@ -111,6 +111,11 @@ class Consumer:
     def _handle(self, message: object) -> None:
         match message:
             case Batch(tasks=tasks):
+                held = len(self.queue) + (self.running is not None) + len(tasks)
+                if held > self.config.window:
+                    log.error("producer sent more tasks than asked for; running them anyway",
+                              extra={"event": "consumer.excess_tasks", "held": held,
+                                     "window": self.config.window})
                 self.queue.extend(tasks)
                 faults.hit(self.config.fault, "consumer", "after_batch")
             case Stop():
@@ -124,9 +129,9 @@ class Consumer:
     def _cancel(self, task_id: int) -> None:
         if self.running is not None and self.running.task.id == task_id:
             run = self.running
-            self._retire_child()
-            self._report(Outcome(task_id, run.task.attempt, Status.CANCELLED,
-                                 self._ms(run), error="cancelled while running"))
+            self._retire_child(wait=False)  # the group is SIGKILLed before we report
+            self._finish(Outcome(task_id, run.task.attempt, Status.CANCELLED, self._ms(run),
+                                 error="cancelled while running"), recycle=False)
             return
         for task in list(self.queue):
             if task.id == task_id:

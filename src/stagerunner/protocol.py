@@ -5,7 +5,8 @@ Rules (GenStage's demand protocol, written for OS processes):
 - A consumer MUST announce how many tasks it can take with ``Demand(n)``; an
   ``Outcome`` MAY carry more demand so that one message per finished job is enough.
 - The producer MUST NOT send a consumer more tasks than its outstanding credits; a
-  consumer that receives more logs an error and hands the excess back unstarted.
+  consumer that receives more logs an error (``consumer.excess_tasks``) and still runs
+  them in order: they are claimed, and dropping them would lose them.
 - A consumer MUST run the tasks it holds in the order received and report exactly one
   ``Outcome`` per task, echoing the task's attempt so stale reports can be recognised.
 - On ``Stop`` a consumer MUST finish the job it is running (within its deadline), then

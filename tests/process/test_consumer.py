@@ -89,6 +89,8 @@ def test_cancel_kills_the_running_job_at_once(scripted):
     c.send(Cancel(1))
     outcome = c.recv()
     assert outcome.status is Status.CANCELLED and time.monotonic() - started < 1.0
+    c.send(Batch((task(2),)))  # the consumer carries on with a fresh child
+    assert c.recv().status is Status.SUCCESS and c.process.is_alive()
 
 
 def test_stop_lets_the_running_job_finish_and_returns_the_rest_unstarted(scripted):

@@ -75,7 +75,7 @@ def test_each_cron_tick_is_enqueued_once_across_several_nodes(db, conn, start_no
 
 
 def test_cancel_a_waiting_and_a_running_task(db, conn, start_node, tmp_path):
-    start_node(consumers=1, max_job_timeout=60)
+    node = start_node(consumers=1, max_job_timeout=60)
     pidfile = tmp_path / "pid"
     running = add(conn, "tests.tasks:spawn_grandchild_then_sleep", [str(pidfile)], timeout=60)
     waiting = add(conn, "tests.tasks:ok", [], delay=3600)
@@ -86,6 +86,9 @@ def test_cancel_a_waiting_and_a_running_task(db, conn, start_node, tmp_path):
     eventually(lambda: not pid_alive(int(pidfile.read_text())), timeout=5)
     time.sleep(1.5)
     assert status_of(conn, running) == "cancelled"  # never retried
+    assert "stage.restarted" not in node.log()  # cancelling is not a crash
+    after = add(conn, "tests.tasks:ok", [])
+    eventually(lambda: status_of(conn, after) == "success", timeout=5)
 
 
 def test_cancel_through_the_python_api(conn):
