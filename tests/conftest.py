@@ -221,6 +221,9 @@ def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
         return node
 
     yield _start
+    crashes = [line for node in nodes for line in node.log().splitlines()
+               if "event=producer.crashed" in line or "event=consumer.crashed" in line
+               or '"event": "producer.crashed"' in line or '"event": "consumer.crashed"' in line]
     for node in nodes:
         leftovers = node.tree()
         if node.proc.poll() is None:
@@ -231,8 +234,8 @@ def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
+    # A stage that raised is a bug even when its restart hid it from the test.
+    assert not crashes, "a stage crashed:\n" + "\n".join(crashes)
 
 
 # Leak guard ------------------------------------------------------------------------------
