@@ -158,6 +158,10 @@ class Consumer:
                 self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, error=str(exc),
                                      final=True))
                 continue
+            except Exception as exc:  # a row must never take the consumer down
+                self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, final=True,
+                                     error=f"task refused: {type(exc).__name__}: {exc}"[:2000]))
+                continue
             if self.spare is None:
                 self.spare = self._fork()
             timeout = self.limits.deadline_for(task, spec.timeout)
@@ -245,8 +249,9 @@ def _check_arguments(spec: registry.Spec, args_text: str) -> None:
 
     try:
         args = json.loads(args_text)
-    except ValueError as exc:
-        raise BadArguments(f"arguments for {spec.name} are not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadArguments(f"arguments for {spec.name} cannot be decoded: "
+                           f"{type(exc).__name__}: {exc}") from None
     if spec.signature is None:
         return
     try:

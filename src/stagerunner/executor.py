@@ -69,8 +69,12 @@ class Limits:
     result_max_bytes: int = 1 << 20
 
     def deadline_for(self, task: Task, spec_timeout: float | None) -> float:
-        wanted = task.timeout_s or spec_timeout or self.job_timeout
-        return min(wanted, self.max_job_timeout)
+        """The task's own timeout, else its @task timeout, else the node default; never
+        above the hard cap. A NaN, infinite or non-positive value counts as unset."""
+        for wanted in (task.timeout_s, spec_timeout):
+            if isinstance(wanted, (int, float)) and 0 < wanted < float("inf"):
+                return min(float(wanted), self.max_job_timeout)
+        return min(self.job_timeout, self.max_job_timeout)
 
 
 # Framing ---------------------------------------------------------------------------
@@ -355,16 +359,19 @@ def execute(task: Task, timeout: float, limits: Limits, resolve: Resolver,
         kill_strays(set())
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct children of a single-threaded process (Linux /proc children list)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 def kill_strays(keep: set[int]) -> int:
     """Kill and reap every child of ours except `keep` (escaped grandchildren of jobs)."""
-    me = os.getpid()
-    try:
-        with open(f"/proc/{me}/task/{me}/children") as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return 0
     killed = 0
-    for pid in pids:
+    for pid in children_of(os.getpid()):
         if pid in keep:
             continue
         sigkill_group(pid)

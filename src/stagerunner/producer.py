@@ -401,6 +401,9 @@ class Producer:
             store.retire_nodes(conn, owners=self.config.replaces)
             self.retired = True
         self.rescuer.step(conn, time.monotonic())
+        # Outcomes buffered through the outage first: those tasks are no longer held, and
+        # handing them back before their outcome is written would run them again.
+        self._write_back(time.monotonic(), force=True)
         released = store.release_unheld(conn, owner=self.config.owner,
                                         held=[t.id for t in self.ledger.held()])
         if released:

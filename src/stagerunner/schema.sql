@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
     CONSTRAINT tasks_queue_not_blank CHECK (length(queue) BETWEEN 1 AND 128),
     CONSTRAINT tasks_attempts_non_negative CHECK (attempts >= 0 AND lost >= 0),
     CONSTRAINT tasks_max_attempts_positive CHECK (max_attempts >= 1),
-    CONSTRAINT tasks_timeout_positive CHECK (timeout_s IS NULL OR timeout_s > 0),
+    CONSTRAINT tasks_timeout_positive CHECK (timeout_s IS NULL OR (timeout_s > 0 AND timeout_s <> 'NaN')),
     CONSTRAINT tasks_running_has_owner CHECK (status <> 'running' OR claimed_by IS NOT NULL)
 );
 

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, logs, procs, producer, registry
+from stagerunner import consumer, executor, logs, procs, producer, registry
 from stagerunner.config import MAX_ATTEMPTS_DEFAULT, Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
+SWEEP_S = 2.0
 
 
 class RestartIntensity:
@@ -78,6 +79,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.signal_r, self.signal_w = socket.socketpair()
         self.exit_code: int | None = None
+        self.sweep_until = 0.0  # after a stage died: look for orphans until then
         self.producer_restarts = 0
         self.periodic = tuple(
             Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
@@ -88,6 +90,9 @@ class Supervisor:
 
     def run(self) -> int:
         logs.set_title(f"stagerunner: supervisor node={self.settings.node_name}")
+        # A job's grandchild that escaped its group (setsid) and outlived its consumer is
+        # reparented to us rather than to init, so _sweep_orphans can kill it.
+        executor.become_subreaper()
         self._install_signals()
         self._start_producer(replaces=())
         for slot, queue in self.slots:
@@ -102,12 +107,15 @@ class Supervisor:
     def step(self, now: float) -> None:
         waitables: list[Any] = [self.signal_r, self.control]
         waitables += [s.process.sentinel for s in self._stages()]
-        ready = procs.wait(waitables, timeout=1.0 if self.stopping else None)
+        sweeping = now < self.sweep_until
+        ready = procs.wait(waitables, timeout=0.2 if sweeping else 1.0 if self.stopping else None)
         if self.signal_r in ready:
             self._on_signal()
         if self.control in ready:
             self._read_control()
         self._reap(now)
+        if sweeping:
+            self._sweep_orphans()
         if self.stopping and time.monotonic() > self.stop_deadline:
             log.error("stages did not stop in time; killing them", extra={"event": "node.stop_timeout"})
             self._kill_all()
@@ -187,6 +195,7 @@ class Supervisor:
                 stage.process.join()
                 del self.consumers[slot]
                 _kill_tree(stage.process.pid)  # its job children and their groups
+                self.sweep_until = now + SWEEP_S
                 self._consumer_exited(stage, now)
 
     def _consumer_exited(self, stage: Stage, now: float) -> None:
@@ -207,6 +216,7 @@ class Supervisor:
             self.exit_code = EXIT_OK
             log.info("node stopped", extra={"event": "node.stopped"})
             return
+        self.sweep_until = now + SWEEP_S
         reason = "fenced: lost the database" if code == EXIT_FENCED else f"exit code {code}"
         log.warning("producer died; restarting it and its consumers", extra={
             "event": "stage.restarted", "stage": "producer", "reason": reason})
@@ -221,6 +231,22 @@ class Supervisor:
         self._start_producer(replaces=(old,))
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
+
+    def _sweep_orphans(self) -> None:
+        """Kill and reap children of ours that are not stages and left our session: jobs'
+        grandchildren that escaped with setsid and were reparented to us."""
+        stages = {s.process.pid for s in self._stages()}
+        own_session = os.getsid(0)
+        for pid in executor.children_of(os.getpid()):
+            if pid in stages or _session_of(pid) in (own_session, None):
+                continue  # a stage, or the process library's own helper (our session)
+            executor.sigkill_group(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            log.warning("killed a job's escaped grandchild", extra={
+                "event": "job.orphan_killed", "orphan_pid": pid})
 
     def _may_restart(self, now: float) -> bool:
         if self.intensity.allow(now):
@@ -271,6 +297,13 @@ def _kill_tree(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def _session_members(sid: int) -> list[int]:
