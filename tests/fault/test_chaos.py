@@ -1,0 +1,29 @@
+"""bin/chaos, short: 20 seconds of random stage kills and terminated connections must PASS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
+
+
+def test_twenty_seconds_of_chaos_pass(pg_admin_dsn):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    out = subprocess.run([str(ROOT / "bin" / "chaos"), "--seconds", "20", "--dsn", pg_admin_dsn],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=220)
+    verdict = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    print(verdict)
+    print(out.stderr[-3000:], file=sys.stderr)
+    assert verdict.startswith("chaos: PASS 20s "), verdict + "\n" + out.stderr[-3000:]
+    assert out.returncode == 0
+    fields = dict(f.split("=", 1) for f in verdict.split() if "=" in f)
+    assert fields["overlaps"] == "0" and fields["leaked"] == "0" and fields["running"] == "0"
+    assert int(fields["tasks"]) > 100
+    assert fields["kills"] != "consumer:0,producer:0" and int(fields["terminations"]) > 0

@@ -1,0 +1,137 @@
+"""Database trouble, on a PostgreSQL server of our own (see conftest.private_pg): restart
+it under load (-m fast and -m immediate), stop it for longer than the node expiry, and
+pg_terminate_backend the producer's connections over and over."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from tests.fault.conftest import (TERMINAL, assert_no_job_leftovers, check_alive, check_rows,
+                                  connect_retrying,
+                                  dbname_of, events, terminate_node_connections)
+from tests.helpers import eventually
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
+
+
+
+@pytest.fixture
+def db(private_db: str) -> str:
+    """start_node's database: on the private server, which these tests restart."""
+    return private_db
+
+
+def finished(dsn: str, ids: Sequence[int]) -> int:
+    try:
+        with connect_retrying(dsn, timeout=5) as c:
+            return c.execute("SELECT count(*) FROM stagerunner.tasks WHERE id = ANY(%s) "
+                             "AND status::text = ANY(%s)", [list(ids), list(TERMINAL)]).fetchone()[0]
+    except Exception:  # the server is restarting
+        return -1
+
+
+def wait_finished(dsn: str, ids: Sequence[int], node: Any, timeout: float = 90) -> None:
+    def done() -> bool:
+        check_alive(node)
+        return finished(dsn, ids) == len(ids)
+
+    eventually(done, timeout=timeout, interval=0.2)
+
+
+def runs_per_key(recorder) -> dict[str, int]:
+    return {k: len(v) for k, v in recorder.runs().items()}
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_database_restart_under_load_loses_no_outcome(private_pg, db, start_node, recorder, mode):
+    node = start_node(consumers=2, node_expiry=10)
+    with connect_retrying(db) as conn:  # short jobs: outcomes keep arriving during the outage
+        ids = recorder.enqueue(conn, 80, 0.1, timeout_s=5)
+    eventually(lambda: finished(db, ids) >= 4, timeout=30)
+
+    outage = private_pg.restart(mode)
+    assert outage < 8, f"the restart took {outage:.1f}s, longer than the node expiry allows"
+
+    wait_finished(db, ids, node)
+    with connect_retrying(db) as conn:
+        found = check_rows(conn, ids)
+        assert {r["status"] for r in found.values()} == {"success"}
+        runs = recorder.check(conn, ids)
+    assert events(node, "db.disconnected") and len(events(node, "db.connected")) >= 2
+    assert not events(node, "producer.fenced"), "an outage shorter than the expiry fenced the producer"
+    # the outage was far shorter than the node expiry: every outcome buffered meanwhile is
+    # written, so no task ran twice
+    twice = {k: [(r.start, r.ended) for r in v] for k, v in runs.items() if len(v) > 1}
+    assert not twice, f"tasks re-run after a {outage:.1f}s outage: {twice}"
+    assert {(r["attempts"], r["lost"]) for r in found.values()} == {(1, 0)}
+    assert not events(node, "task.stale_outcome")
+    assert_no_job_leftovers(node, recorder.pids())
+    assert node.proc.poll() is None
+
+
+def test_an_outage_longer_than_the_expiry_fences_the_producer_and_all_tasks_still_finish(
+        private_pg, db, start_node, recorder):
+    node = start_node(consumers=2, node_expiry=2, heartbeat_interval=0.5)
+    with connect_retrying(db) as conn:  # jobs that outlast the fence (80% of the expiry)
+        ids = recorder.enqueue(conn, 8, 4.0, timeout_s=10)
+    eventually(lambda: len(recorder.running_now()) == 2, timeout=30, interval=0.02)
+    private_pg.stop("immediate")
+    try:
+        # it cannot heartbeat for 80% of the expiry: it exits so its jobs die before a rescue
+        eventually(lambda: events(node, "producer.fenced"), timeout=15, interval=0.1)
+        assert node.proc.poll() is None
+    finally:
+        private_pg.start()
+
+    wait_finished(db, ids, node)
+    with connect_retrying(db) as conn:
+        found = check_rows(conn, ids)
+        assert {r["status"] for r in found.values()} == {"success"}
+        recorder.check(conn, ids)
+    assert events(node, "stage.restarted")
+    assert_no_job_leftovers(node, recorder.pids())
+    assert node.proc.poll() is None
+
+
+def test_terminating_the_producers_connections_over_and_over(private_pg, db, start_node, recorder):
+    node = start_node(consumers=2, node_expiry=10)
+    rng = random.Random(7)
+    with connect_retrying(db) as conn:  # mixed lengths: the consumers do not finish in step
+        ids = [tid for _ in range(60)
+               for tid in recorder.enqueue(conn, 1, rng.uniform(0.05, 0.35), timeout_s=5)]
+    stop = threading.Event()
+    terminated: list[int] = []
+
+    def terminator() -> None:
+        while not stop.is_set():
+            try:
+                with connect_retrying(private_pg.admin_dsn, timeout=5) as admin:
+                    terminated.append(terminate_node_connections(admin, dbname_of(db)))
+            except Exception:
+                pass
+            stop.wait(rng.uniform(0.15, 0.6))  # never in phase with the jobs
+
+    thread = threading.Thread(target=terminator, daemon=True)
+    thread.start()
+    try:
+        wait_finished(db, ids, node, timeout=120)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+    assert sum(terminated) >= 5, f"only {sum(terminated)} connections were terminated"
+    with connect_retrying(db) as conn:
+        found = check_rows(conn, ids)
+        assert {r["status"] for r in found.values()} == {"success"}
+        recorder.check(conn, ids)
+    assert len(events(node, "db.disconnected")) >= 3
+    twice = {k: n for k, n in runs_per_key(recorder).items() if n > 1}
+    assert not twice, f"tasks re-run although their outcomes reached the producer: {twice}"
+    assert not events(node, "task.stale_outcome")
+    assert_no_job_leftovers(node, recorder.pids())
+    assert node.proc.poll() is None

@@ -1,0 +1,75 @@
+"""Jobs that misbehave, each on a running node: it ends in the documented status with a
+useful reason, the node keeps serving other tasks, and no process of that job lives on."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fault.conftest import (alive_since, assert_no_job_leftovers, check_rows, events,
+                                  insert_tasks, pidfile_pids, rows, wait_terminal)
+from tests.helpers import eventually
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
+
+DEADLINE = "killed at its deadline of 1 s"
+
+# kind, amount, row columns, expected status, fragment of last_error (None: no error)
+CASES = {
+    "grandchildren": (0, {}, "timeout", DEADLINE),
+    "escaped": (0, {}, "timeout", DEADLINE),
+    "ignore_sigterm": (0, {}, "timeout", DEADLINE),
+    "blocked_in_c": (0, {}, "timeout", DEADLINE),
+    "segfault": (0, {}, "error", "killed by signal SIGSEGV before sending a result"),
+    "exit_zero": (0, {}, "error", "exited with code 0 without sending a result"),
+    "memory": (1024, {}, "error", "MemoryError"),
+    "flood": (20000, {"timeout_s": 20}, "success", None),
+    "huge": (2_000_000, {}, "error", "result too large: 2000002 bytes of JSON, limit 1048576"),
+    "unencodable": (0, {}, "error", "result is not JSON-encodable"),
+    "kill_consumer": (0, {}, "error", "lost 3 times, giving up"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_a_misbehaving_job_ends_as_documented_and_leaves_nothing_behind(
+        conn, start_node, recorder, tmp_path, kind):
+    amount, cols, status, reason = CASES[kind]
+    node = start_node(consumers=2, job_memory_mb=256)
+    pidfile = tmp_path / "pids"
+    [bad] = insert_tasks(conn, "tests.tasks:misbehave", [[kind, str(pidfile), amount]],
+                         max_attempts=1, **cols)
+    good = recorder.enqueue(conn, 8, 0.1)
+
+    wait_terminal(conn, [bad, *good], timeout=60, node=node)
+    found = check_rows(conn, [bad, *good])
+    row = found[bad]
+    assert row["status"] == status, (row["status"], row["last_error"])
+    if reason is None:
+        assert row["last_error"] is None and row["result"] == amount
+    else:
+        assert reason in row["last_error"], row["last_error"]
+    if status == "timeout":
+        assert row["errors"][-1]["runtime_ms"] < 1500, row["errors"]
+    if kind == "kill_consumer":
+        assert (row["attempts"], row["lost"]) == (3, 3)
+        assert len(events(node, "consumer.died")) == 3
+    else:
+        assert (row["attempts"], row["lost"]) == (1, 0)
+    # the node kept serving everything else
+    assert all(found[i]["status"] == "success" for i in good)
+    recorder.check(conn, good)
+    assert node.proc.poll() is None
+    # nothing of the job lives on: the job itself, its grandchildren (escaped or not)
+    pids = pidfile_pids(pidfile)
+    assert pids
+    eventually(lambda: not any(alive_since(p, t) for p, t in pids.items()), timeout=10)
+    assert_no_job_leftovers(node, {**pids, **recorder.pids()})
+
+
+def test_a_hard_deadline_is_not_stretched_by_a_busy_node(conn, start_node, tmp_path):
+    """Every one of several simultaneous stuck jobs dies at its deadline, none much later."""
+    node = start_node(consumers=2)
+    ids = insert_tasks(conn, "tests.tasks:misbehave",
+                       [["ignore_sigterm", str(tmp_path / f"p{i}")] for i in range(6)], max_attempts=1)
+    wait_terminal(conn, ids, timeout=60, node=node)
+    for r in rows(conn, ids).values():
+        assert r["status"] == "timeout" and r["errors"][-1]["runtime_ms"] < 1500, r["errors"]

@@ -1,0 +1,88 @@
+"""Secrets and inheritance: a DSN password never reaches a log line or a command line, even
+through connection errors; a job child holds no database socket and no STAGERUNNER_* variable."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.fault.conftest import (PASSWORD_ROLE, cmdline, dbname_of, events, insert_tasks, rows,
+                                  terminate_node_connections, wait_terminal)
+from tests.helpers import ROOT, eventually, node_env
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def db(private_db: str) -> str:
+    """On the private server, where PASSWORD_ROLE must give its password (the shared server
+    trusts every local connection, so a wrong password would not even fail there)."""
+    return private_db
+
+
+@pytest.fixture
+def secret_dsn(db, conn):
+    """A DSN of the test database for a role that logs in with a password."""
+    password = f"pw-{secrets.token_hex(8)}"
+    conn.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+    conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}' SUPERUSER")
+    info = conninfo_to_dict(db)
+    info.update(user=PASSWORD_ROLE, password=password, host="127.0.0.1")
+    try:
+        yield make_conninfo(**info), password
+    finally:
+        conn.execute(f"DROP OWNED BY {PASSWORD_ROLE}")
+        conn.execute(f"DROP ROLE {PASSWORD_ROLE}")
+
+
+def test_a_dsn_password_never_appears_in_logs_even_through_connection_errors(
+        conn, start_node, secret_dsn):
+    dsn, password = secret_dsn
+    url = f"postgresql://{conninfo_to_dict(dsn)['user']}:{password}@127.0.0.1:" \
+          f"{conninfo_to_dict(dsn).get('port', 5432)}/{dbname_of(dsn)}"
+    for i, (form, fmt) in enumerate([(dsn, "text"), (url, "json")]):
+        node = start_node(dsn=form, log_level="debug", log_format=fmt, heartbeat_interval=0.3)
+        ids = insert_tasks(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
+        wait_terminal(conn, ids, timeout=30, node=node)
+        # connection errors get logged with their messages: terminate the node's sessions
+        terminate_node_connections(conn, dbname_of(dsn))
+        eventually(lambda: events(node, "db.disconnected") and len(events(node, "db.connected")) >= 2,
+                   timeout=20)
+        ids = insert_tasks(conn, "tests.tasks:add", [[i, 2] for i in range(5)])
+        wait_terminal(conn, ids, timeout=30, node=node)
+        for pid in [node.proc.pid, *node.tree()]:
+            assert password not in cmdline(pid), f"the password is on the command line of {pid}"
+        assert node.stop() == 0
+        log = node.log()
+        assert "db_ms=" in log or '"db_ms"' in log, "debug logging was not on"
+        assert password not in log, f"the password leaked into the {fmt} log"
+
+    # a wrong password: the failure says so without echoing it
+    wrong = f"wrong-{secrets.token_hex(6)}"
+    for form in (dsn.replace(password, wrong), url.replace(password, wrong)):
+        out = subprocess.run([sys.executable, "-m", "stagerunner", "run"], cwd=ROOT,
+                             env=node_env(form, log_level="debug"), capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1, out.stderr
+        assert "cannot connect" in out.stderr and "password authentication failed" in out.stderr
+        assert wrong not in out.stdout + out.stderr and password not in out.stdout + out.stderr
+
+
+def test_a_job_child_inherits_no_database_socket_and_no_stagerunner_variable(conn, start_node):
+    node = start_node(consumers=2, child_reuse=1)
+    ids = insert_tasks(conn, "tests.tasks:inheritance", [[]] * 4)
+    wait_terminal(conn, ids, timeout=30, node=node)
+    for r in rows(conn, ids).values():
+        assert r["status"] == "success", r["last_error"]
+        seen = r["result"]
+        assert seen["sockets"] == [], f"a job inherited sockets: {seen['fds']}"
+        assert seen["environ"] == [], seen["environ"]
+        assert seen["proc_environ"] == [], ("STAGERUNNER_* variables are readable in the job's "
+                                            f"/proc/self/environ: {seen['proc_environ']}")
+        # stdio and its two pipes, nothing else
+        assert len(seen["fds"]) <= 6, seen["fds"]
+        assert all(t.startswith(("pipe:", "/")) for t in seen["fds"].values()), seen["fds"]
