@@ -11,8 +11,8 @@ pytestmark = pytest.mark.db
 
 
 def test_enqueue_by_function_name_and_tutorial_shape(conn, get_task):
-    a = tests.tasks.add.enqueue(1, 2)  # noqa: F841  uses the default connection: see below
     ids = [
+        tests.tasks.add.enqueue(1, 2),  # no conn=: the default connection (STAGERUNNER_DATABASE_URL)
         stagerunner.enqueue("tests.tasks:add", [1, 2], conn=conn),
         stagerunner.enqueue(tests.tasks, "add", [1, 2], conn=conn),
         stagerunner.enqueue(tests.tasks.add, {"a": 1, "b": 2}, conn=conn),
@@ -20,7 +20,7 @@ def test_enqueue_by_function_name_and_tutorial_shape(conn, get_task):
     ]
     rows = [get_task(i) for i in ids]
     assert {r["name"] for r in rows} == {"tests.tasks:add"}
-    assert [r["args"] for r in rows] == [[1, 2], [1, 2], {"a": 1, "b": 2}, {"a": 1, "b": 2}]
+    assert [r["args"] for r in rows] == [[1, 2], [1, 2], [1, 2], {"a": 1, "b": 2}, {"a": 1, "b": 2}]
 
 
 @pytest.fixture(autouse=True)

@@ -130,7 +130,7 @@ def test_a_reused_child_runs_up_to_k_jobs():
     child = Child.fork(limits, resolve)
     pids = set()
     for i in range(3):
-        child.send(Task(i, 1, "tests.tasks:record_run", f'["/dev/null"]'))
+        child.send(Task(i, 1, "tests.tasks:record_run", '["/dev/null"]'))
         reply = None
         while reply is None:
             reply = child.poll_result()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import descendants, eventually, pid_alive, run_cli
+from tests.helpers import descendants, eventually, pid_alive
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
 
