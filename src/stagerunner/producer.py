@@ -36,7 +36,7 @@ from stagerunner.demand import Ledger
 from stagerunner.pruner import Pruner
 from stagerunner.scheduler import Periodic, Scheduler
 from stagerunner.procs import Connection, recv_handle, wait
-from stagerunner.protocol import (Attach, Batch, Bye, Cancel, Demand, Outcome, ProtocolError,
+from stagerunner.protocol import (Alive, Attach, Batch, Bye, Cancel, Demand, Outcome, ProtocolError,
                                   Replace, Status, Stop, Task, decode, encode)
 from stagerunner.rescuer import Rescuer
 
@@ -110,6 +110,7 @@ class Producer:
         self.done = False
         self.retired = False
         self.control_open = True
+        self.next_alive = 0.0
 
     # The loop -----------------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class Producer:
             self.due_unknown = True
         self._database_work(now)
         self._watch_silence(now)
+        self._tell_alive(time.monotonic())
         if self.stopping:
             self._maybe_finish_stop(now)
 
@@ -157,7 +159,7 @@ class Producer:
     def _timeout(self, now: float) -> float:
         if self.wanted and self.conn is not None and self._hungry() and not self.stopping:
             return 0.0
-        timers = [self.next_poll, self.rescuer.next_at]
+        timers = [self.next_poll, self.rescuer.next_at, self.next_alive]
         if self.scheduler.entries:
             timers.append(self.scheduler.next_at)
         if self.pruner.retention_s > 0:
@@ -451,6 +453,15 @@ class Producer:
                 log.warning("consumer stopped answering; asking for its replacement", extra={
                     "event": "consumer.silent", "slot": slot})
                 self.control.send_bytes(encode(Replace(slot, "silent past its job deadline")))
+
+    def _tell_alive(self, now: float) -> None:
+        """The supervisor kills a producer that stops saying this (stuck on a dead socket)."""
+        if now >= self.next_alive and self.control_open:
+            self.next_alive = now + self.config.heartbeat_interval / 2
+            try:
+                self.control.send_bytes(encode(Alive(len(self.ledger.held()))))
+            except OSError:
+                self.control_open = False
 
     def _begin_stop(self) -> None:
         if self.stopping:

@@ -13,7 +13,8 @@ Rules (GenStage's demand protocol, written for OS processes):
   send ``Bye`` listing the tasks it never started, and exit.
 - Between the supervisor and the producer: ``Attach`` announces a (re)started
   consumer, whose pipe follows as a passed file descriptor; ``Replace`` asks the
-  supervisor to kill and restart a consumer that stopped answering.
+  supervisor to kill and restart a consumer that stopped answering; the producer MUST
+  send ``Alive`` from its loop at least every half heartbeat interval, or be killed.
 
 Messages travel as compact JSON bytes (``send_bytes``), never pickled: this keeps the
 per-job path free of the process library's pickler, and nothing read from the
@@ -97,12 +98,17 @@ class Attach:
 
 
 @dataclass(frozen=True, slots=True)
+class Alive:
+    held: int  # tasks the producer's consumers hold right now
+
+
+@dataclass(frozen=True, slots=True)
 class Replace:
     slot: int
     reason: str
 
 
-Message = Demand | Batch | Outcome | Stop | Bye | Cancel | Attach | Replace
+Message = Demand | Batch | Outcome | Stop | Bye | Cancel | Attach | Replace | Alive
 
 
 class ProtocolError(ValueError):
@@ -128,6 +134,8 @@ def encode(message: Message) -> bytes:
             wire = ["A", slot, queue, pid]
         case Replace(slot=slot, reason=reason):
             wire = ["R", slot, reason]
+        case Alive(held=held):
+            wire = ["K", held]
         case _:
             raise ProtocolError(f"cannot encode {message!r}")
     return json.dumps(wire, separators=(",", ":")).encode()
@@ -154,6 +162,8 @@ def decode(data: bytes) -> Message:
                 return Attach(slot, queue, pid)
             case ["R", int(slot), str(reason)]:
                 return Replace(slot, reason)
+            case ["K", int(held)]:
+                return Alive(held)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"undecodable message: {exc}") from None
     raise ProtocolError(f"unknown message: {data[:200]!r}")

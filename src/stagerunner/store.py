@@ -58,7 +58,7 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
 
 # A peer that stops answering must surface as an error within seconds, not hang the
 # producer: TCP keepalives, a TCP user timeout, and a statement timeout.
-GUARDS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+GUARDS = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
           "keepalives_count": 3, "tcp_user_timeout": 10_000,
           "options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
 

@@ -32,7 +32,7 @@ from stagerunner.config import MAX_ATTEMPTS_DEFAULT, Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
 from stagerunner.producer import EXIT_FENCED, ProducerConfig
-from stagerunner.protocol import Attach, ProtocolError, Replace, Stop, decode, encode
+from stagerunner.protocol import Alive, Attach, ProtocolError, Replace, Stop, decode, encode
 from stagerunner.scheduler import Periodic
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
+PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
 
 
 class RestartIntensity:
@@ -80,6 +81,8 @@ class Supervisor:
         self.signal_r, self.signal_w = socket.socketpair()
         self.exit_code: int | None = None
         self.sweep_until = 0.0  # after a stage died: look for orphans until then
+        self.alive_at = 0.0  # when the producer last said Alive
+        self.alive_held = 0
         self.producer_restarts = 0
         self.periodic = tuple(
             Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
@@ -108,12 +111,14 @@ class Supervisor:
         waitables: list[Any] = [self.signal_r, self.control]
         waitables += [s.process.sentinel for s in self._stages()]
         sweeping = now < self.sweep_until
-        ready = procs.wait(waitables, timeout=0.2 if sweeping else 1.0 if self.stopping else None)
+        timeout = 0.2 if sweeping else 1.0 if self.stopping else self.settings.heartbeat_interval
+        ready = procs.wait(waitables, timeout=timeout)
         if self.signal_r in ready:
             self._on_signal()
         if self.control in ready:
             self._read_control()
         self._reap(now)
+        self._watch_producer(time.monotonic())
         if sweeping:
             self._sweep_orphans()
         if self.stopping and time.monotonic() > self.stop_deadline:
@@ -144,6 +149,7 @@ class Supervisor:
         theirs.close()
         self.control = ours
         self.producer = Stage(process)
+        self.alive_at, self.alive_held = time.monotonic(), 0
 
     def _start_consumer(self, slot: int, queue: str) -> None:
         s = self.settings
@@ -177,6 +183,9 @@ class Supervisor:
         except ProtocolError as exc:
             log.error("undecodable message from producer", extra={"event": "node.protocol_error",
                                                                    "error": str(exc)})
+            return
+        if isinstance(message, Alive):
+            self.alive_at, self.alive_held = time.monotonic(), message.held
             return
         if isinstance(message, Replace) and message.slot in self.consumers:
             stage = self.consumers[message.slot]
@@ -231,6 +240,20 @@ class Supervisor:
         self._start_producer(replaces=(old,))
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
+
+    def _watch_producer(self, now: float) -> None:
+        """Kill a producer stuck outside its loop (a database peer that stopped answering
+        never errors on loopback). While it holds tasks, before 80% of the node expiry:
+        its consumers die with it, so no job of ours outlives a rescue elsewhere."""
+        if self.producer is None or self.stopping:
+            return
+        limit = self.settings.node_expiry * 0.8 if self.alive_held else PRODUCER_HANG_S
+        if now - self.alive_at > limit:
+            log.error("producer stopped answering; killing it", extra={
+                "event": "producer.unresponsive", "silent_s": round(now - self.alive_at, 1),
+                "held": self.alive_held})
+            _kill_tree(self.producer.process.pid)
+            self.alive_at = now  # once; its sentinel drives the restart
 
     def _sweep_orphans(self) -> None:
         """Kill and reap children of ours that are not stages and left our session: jobs'

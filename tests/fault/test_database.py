@@ -135,3 +135,42 @@ def test_terminating_the_producers_connections_over_and_over(private_pg, db, sta
     assert not events(node, "task.stale_outcome")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
+
+
+def test_a_database_peer_that_stops_answering_gets_the_producer_replaced(
+        private_pg, db, start_node):
+    """SIGSTOP the node's backends: on loopback the kernel still ACKs, so no socket error
+    ever comes. The supervisor's watchdog must kill the stuck producer (and its consumers)
+    and start a new one on fresh connections."""
+    import os
+    import signal
+
+    import psycopg
+
+    node = start_node(consumers=2)
+    with psycopg.connect(db, autocommit=True) as conn:
+        ids = [conn.execute("INSERT INTO stagerunner.tasks (name, args) VALUES "
+                            "('tests.tasks:sleep_for', '[0.2]') RETURNING id").fetchone()[0]
+               for _ in range(30)]
+    eventually(lambda: finished(db, ids) >= 2, timeout=30)
+    with psycopg.connect(db, autocommit=True) as conn:
+        frozen = [pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = "
+            "'stagerunner' AND pid <> pg_backend_pid()", [dbname_of(db)]).fetchall()]
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        eventually(lambda: events(node, "producer.unresponsive"), timeout=20)
+        eventually(lambda: len(events(node, "db.connected")) >= 2, timeout=20)
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    wait_finished(db, ids, node)
+    assert node.proc.poll() is None
+    with connect_retrying(db) as conn:
+        found = check_rows(conn, ids)
+        assert {r["status"] for r in found.values()} == {"success"}
