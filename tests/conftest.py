@@ -13,6 +13,7 @@ rows, so a rolled-back transaction per test would not do).
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 import json
 import os
 import signal
@@ -85,26 +86,31 @@ def template_db(pg_admin_dsn: str) -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def _fresh_database(admin_dsn: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+    clone = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"{clone}')
+    try:
+        yield _with_db(admin_dsn, name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def db(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """DSN of a fresh database holding the schema and nothing else."""
-    name = f"sr_t_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" STRATEGY FILE_COPY')
-    yield _with_db(pg_admin_dsn, name)
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _fresh_database(pg_admin_dsn, "sr_t", template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 def empty_db(pg_admin_dsn: str) -> Iterator[str]:
     """DSN of a fresh database without the schema."""
-    name = f"sr_e_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield _with_db(pg_admin_dsn, name)
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _fresh_database(pg_admin_dsn, "sr_e") as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -60,9 +60,6 @@ class Ledger:
         capacity = sum(s.credits + len(s.held) for s in slots)
         return unmet * 2 >= capacity
 
-    def queues(self) -> set[str]:
-        return {s.queue for s in self.slots.values()}
-
     def assign(self, queue: str, tasks: Sequence[Task], now: float = 0.0
                ) -> tuple[dict[int, list[Task]], list[Task]]:
         """Give each task to the slot with the most credits left; return (plan, leftover)."""

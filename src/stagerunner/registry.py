@@ -143,10 +143,6 @@ def lookup(name: str) -> Spec | None:
     return _REGISTRY.get(name)
 
 
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def periodic(modules: Iterable[str]) -> list[Spec]:
     """Registered tasks with a cron schedule, from the allowed modules."""
     modules = list(modules)

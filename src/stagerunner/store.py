@@ -114,13 +114,7 @@ def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> lis
         return []
     if all(t.unique_key is None for t in tasks):
         return _insert_plain(conn, tasks)
-    rows = _run(conn, "insert_tasks", {
-        "names": [t.name for t in tasks], "args": [t.args for t in tasks],
-        "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
-        "max_attempts": [t.max_attempts for t in tasks], "timeouts": [t.timeout_s for t in tasks],
-        "delays": [t.delay_s for t in tasks], "run_ats": [t.run_at for t in tasks],
-        "unique_keys": [t.unique_key for t in tasks],
-    })
+    rows = _run(conn, "insert_tasks", _columns(tasks))
     raced = [r["unique_key"] for r in rows if r["lost_race"]]
     if raced:
         winners = {r["unique_key"]: r["id"] for r in _run(conn, "find_unique_tasks", {"keys": raced})}
@@ -135,13 +129,19 @@ def _insert_plain(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> li
             "name": t.name, "args": t.args, "queue": t.queue, "priority": t.priority,
             "max_attempts": t.max_attempts, "timeout": t.timeout_s, "delay": t.delay_s,
             "run_at": t.run_at})[0]["id"]]
-    rows = _run(conn, "insert_tasks_plain", {
+    rows = _run(conn, "insert_tasks_plain", _columns(tasks))
+    return sorted(r["id"] for r in rows)
+
+
+def _columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
+    """The unnest() arrays both bulk inserts take (insert_tasks_plain ignores unique_keys)."""
+    return {
         "names": [t.name for t in tasks], "args": [t.args for t in tasks],
         "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
         "max_attempts": [t.max_attempts for t in tasks], "timeouts": [t.timeout_s for t in tasks],
         "delays": [t.delay_s for t in tasks], "run_ats": [t.run_at for t in tasks],
-    })
-    return sorted(r["id"] for r in rows)
+        "unique_keys": [t.unique_key for t in tasks],
+    }
 
 
 # The producer's transitions -----------------------------------------------------------
