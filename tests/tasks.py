@@ -129,9 +129,15 @@ def open_fds() -> list[int]:
     return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
 
 
+def consumer_pid() -> int:
+    """Our consumer: the parent of our parent (the consumer's fork helper)."""
+    with open(f"/proc/{os.getppid()}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 @task
 def kill_consumer() -> None:
-    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(consumer_pid(), signal.SIGKILL)
     time.sleep(5)
 
 
@@ -240,7 +246,7 @@ def misbehave(kind: str, pidfile: str, amount: int = 0) -> Any:
     elif kind == "unencodable":
         return {"a set": {1, 2, 3}}
     elif kind == "kill_consumer":
-        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(consumer_pid(), signal.SIGKILL)
         time.sleep(5)
     raise ValueError(f"unknown kind {kind!r}")
 

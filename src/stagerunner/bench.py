@@ -30,9 +30,9 @@ Measurements (``--only`` takes the names in brackets):
    STAGERUNNER_PROCESS_LIBRARY=multiprocess, and child reuse
    (STAGERUNNER_CHILD_REUSE=100, whose default prefetch is 32). For the default and reuse modes the CPU spent per task is split by
    role: once the node is claiming, the CPU time of the supervisor, the producer, the
-   consumers and the node's PostgreSQL backends (pg_stat_activity, application_name
+   consumers, their fork helpers and the node's PostgreSQL backends (pg_stat_activity, application_name
    'stagerunner') is read (own time from /proc/PID/schedstat in ns, plus reaped
-   children's cutime+cstime from /proc/PID/stat, which is where the consumers' job
+   children's cutime+cstime from /proc/PID/stat, which is where the fork helpers' job
    children land), and again when the last task is done, divided by the tasks finished
    in between. PostgreSQL's background writers are not counted. The machine
    has 2 cores, so 2000 / total CPU ms per task bounds the rate from CPU alone.
@@ -62,9 +62,10 @@ Measurements (``--only`` takes the names in brackets):
    producer), checked to be a child of the supervisor; a supervisor child whose cmdline
    names ``resource_tracker`` is the library's resource tracker (ignored); every other
    supervisor child is a consumer (the idle node's readiness check requires exactly C of
-   them, each with its pre-forked job child); the consumers' descendants are job
-   children. Consumer and job values are medians over those processes; each metric is
-   the median over samples.
+   them, each with its fork helper holding a pre-forked job child); a consumer's child
+   is its fork helper, and the fork helpers' descendants are job children. Consumer,
+   fork helper and job values are medians over those processes; each metric is the
+   median over samples.
 8. [pickle] Process-library cost, in this process: 100k small messages (an
    ``Outcome``) through a duplex ``Pipe`` of each library's spawn context, sent and
    received in batches of 64 in one thread: (a) ``Connection.send``/``recv`` (pickled
@@ -78,7 +79,7 @@ Measurements (``--only`` takes the names in brackets):
    producer's RSS growth across the large drain, and EXPLAIN ANALYZE of the claim on
    the large table (in a rolled-back transaction), printed as a note.
 9. [idle] A node with no work (after start-up settles) for ~3 s: CPU time of every
-   process of the node tree (supervisor, producer, consumers, pre-forked job children,
+   process of the node tree (supervisor, producer, consumers, fork helpers, pre-forked job children,
    resource tracker) over wall time, in percent of one core. CPU time comes from
    /proc/PID/schedstat (nanoseconds; /proc/PID/stat's 10 ms ticks would read an idle
    node as 0). The CPU of the node's PostgreSQL backends (application_name
@@ -139,12 +140,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "drain_startup_s": ("s", "node Popen -> first claim (default mode)"),
     "cpu_ms_per_task_default_supervisor": ("CPU ms/task", "drain default: supervisor"),
     "cpu_ms_per_task_default_producer": ("CPU ms/task", "drain default: producer"),
-    "cpu_ms_per_task_default_consumers": ("CPU ms/task", "drain default: consumers + their jobs"),
+    "cpu_ms_per_task_default_consumers": ("CPU ms/task", "drain default: consumers"),
+    "cpu_ms_per_task_default_forkers": ("CPU ms/task", "drain default: fork helpers + jobs"),
     "cpu_ms_per_task_default_postgres": ("CPU ms/task", "drain default: the node's PG backends"),
     "cpu_ms_per_task_default_total": ("CPU ms/task", "drain default: all of the above"),
     "cpu_ms_per_task_reuse_supervisor": ("CPU ms/task", "drain reuse100: supervisor"),
     "cpu_ms_per_task_reuse_producer": ("CPU ms/task", "drain reuse100: producer"),
-    "cpu_ms_per_task_reuse_consumers": ("CPU ms/task", "drain reuse100: consumers + their jobs"),
+    "cpu_ms_per_task_reuse_consumers": ("CPU ms/task", "drain reuse100: consumers"),
+    "cpu_ms_per_task_reuse_forkers": ("CPU ms/task", "drain reuse100: fork helpers + jobs"),
     "cpu_ms_per_task_reuse_postgres": ("CPU ms/task", "drain reuse100: the node's PG backends"),
     "cpu_ms_per_task_reuse_total": ("CPU ms/task", "drain reuse100: all of the above"),
     "fork_ceiling": ("children/s", "C probers forking bare children"),
@@ -159,12 +162,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "rss_supervisor_drain_mib": ("MiB", "supervisor VmRSS while draining"),
     "rss_producer_drain_mib": ("MiB", "producer VmRSS while draining"),
     "rss_consumer_drain_mib": ("MiB", "consumer VmRSS while draining (median)"),
+    "rss_forker_drain_mib": ("MiB", "fork helper VmRSS while draining (median)"),
     "rss_job_drain_mib": ("MiB", "job child VmRSS while draining (median)"),
     "rss_consumer_drain_multiprocess_mib": ("MiB", "consumer VmRSS, PROCESS_LIBRARY="
                                                    "multiprocess"),
     "rss_supervisor_idle_mib": ("MiB", "supervisor VmRSS, idle node"),
     "rss_producer_idle_mib": ("MiB", "producer VmRSS, idle node"),
     "rss_consumer_idle_mib": ("MiB", "consumer VmRSS, idle node (median)"),
+    "rss_forker_idle_mib": ("MiB", "fork helper VmRSS, idle node (median)"),
     "rss_job_idle_mib": ("MiB", "pre-forked job child VmRSS, idle (median)"),
     "pickle_send_us_multiprocess": ("us/msg", "Connection.send/recv pickled, multiprocess"),
     "pickle_send_us_multiprocessing": ("us/msg", "Connection.send/recv pickled, multiprocessing"),
@@ -449,6 +454,7 @@ class Roles:
     supervisor: int
     producer: int | None = None
     consumers: list[int] = field(default_factory=list)
+    forkers: list[int] = field(default_factory=list)
     jobs: list[int] = field(default_factory=list)
     other: list[int] = field(default_factory=list)
 
@@ -500,11 +506,14 @@ class Node:
                 roles.other.append(pid)
             else:
                 roles.consumers.append(pid)
-                roles.jobs.extend(descendants(pid, stats))
+                for forker in kids.get(pid, []):  # a consumer's one child: its fork helper
+                    roles.forkers.append(forker)
+                    roles.jobs.extend(descendants(forker, stats))
         return roles
 
     def wait_ready(self, timeout: float = 60.0) -> Roles:
-        """Until the producer has beaten and every consumer has its pre-forked job child."""
+        """Until the producer has beaten and every consumer's fork helper has its
+        pre-forked job child."""
         deadline = time.monotonic() + timeout
         producer = None
         while time.monotonic() < deadline:
@@ -515,7 +524,8 @@ class Node:
                 roles = self.roles(producer)
                 kids = children_of(all_stats())
                 if (roles.producer and len(roles.consumers) == self.consumers
-                        and all(kids.get(c) for c in roles.consumers)):
+                        and all(any(kids.get(f) for f in kids.get(c, []))
+                                for c in roles.consumers)):
                     return roles
             time.sleep(0.05)
         raise BenchError(f"the node was not ready within {timeout:g} s: {self.log_tail()}")
@@ -594,7 +604,8 @@ def role_rss_mib(roles: Roles) -> dict[str, float]:
     out: dict[str, float] = {}
     for role, pids in (("supervisor", [roles.supervisor]),
                        ("producer", [roles.producer] if roles.producer else []),
-                       ("consumer", roles.consumers), ("job", roles.jobs)):
+                       ("consumer", roles.consumers), ("forker", roles.forkers),
+                       ("job", roles.jobs)):
         values = [v for v in (read_rss_kib(p) for p in pids) if v is not None]
         if values:
             out[role] = kib_to_mib(median(values))
@@ -650,7 +661,8 @@ class DrainWatch:
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s "
                 "AND application_name = 'stagerunner'", (self.db.name,))]
             self.pids = {"supervisor": [roles.supervisor], "producer": [self.producer],
-                         "consumers": roles.consumers, "postgres": backends}
+                         "consumers": roles.consumers, "forkers": roles.forkers,
+                         "postgres": backends}
             self.done_at_start = self.tasks - self.db.unfinished()
             self.start_ns = cpu_with_children_ns(p for ps in self.pids.values() for p in ps)
         if self.rss and len(self.rss_samples) < 10 and time.monotonic() >= self.next_rss:
@@ -658,7 +670,8 @@ class DrainWatch:
             self.next_rss = time.monotonic() + 0.5
 
     def cpu_per_task(self) -> dict[str, float]:
-        """CPU ms per task by role since the snapshot (consumers include reaped jobs)."""
+        """CPU ms per task by role since the snapshot (fork helpers include their reaped
+        job children)."""
         if not self.pids:
             return {}
         done = self.tasks - self.done_at_start
@@ -831,7 +844,7 @@ class Bench:
             for line in node.log_problems()[:3]:
                 self.note(f"node log (drain {label}): {line[:300]}")
         if rss_samples:
-            for role in ("supervisor", "producer", "consumer", "job"):
+            for role in ("supervisor", "producer", "consumer", "forker", "job"):
                 values = [s[role] for s in rss_samples if role in s]
                 if values:
                     out[f"rss_{role}_drain_mib"] = median(values)

@@ -10,8 +10,9 @@ it with STAGERUNNER_TASK_MODULES=stagerunner.chaos (the tasks below), and for N 
 - enqueues R tasks a second, a mix of ``ok``, ``flaky`` (raises sometimes), ``sleepy``
   (sleeps past its deadline), ``crash`` (``os._exit``) and, rarely, ``killer`` (SIGKILLs its
   own consumer half of the time);
-- about once a second does one of: SIGKILL a consumer, SIGKILL the producer,
-  pg_terminate_backend the node's connections (only those to its own database).
+- about once a second does one of: SIGKILL a consumer, SIGKILL a consumer's fork
+  helper, SIGKILL the producer, pg_terminate_backend the node's connections (only those
+  to its own database).
 
 Then it lets the node drain, stops it with SIGTERM and checks:
 
@@ -120,7 +121,7 @@ def crash(key: str) -> None:
 def killer(key: str, p: float = 0.5) -> str:
     _mark(key, "start")
     if random.random() < p:
-        os.kill(os.getppid(), signal.SIGKILL)  # our parent is the consumer
+        os.kill(_ppid(os.getppid()), signal.SIGKILL)  # the consumer: our parent is its forker
         _alive_for(key, 5.0)  # dies with it (PR_SET_PDEATHSIG) long before this ends
     _mark(key, "end")
     return key
@@ -137,6 +138,11 @@ def _stat(pid: int) -> list[str] | None:
             return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
 
 
 def _alive(pid: int) -> bool:
@@ -345,10 +351,15 @@ class Chaos:
 
     def strike(self, conn: Any) -> None:
         producers, consumers = self.stages()
-        action = self.rng.choices(["consumer", "producer", "terminate"], [5, 1, 3])[0]
+        action = self.rng.choices(["consumer", "forker", "producer", "terminate"],
+                                  [4, 1, 1, 3])[0]
+        forkers = [f for c in consumers for f in _children(c)]
         if action == "consumer" and consumers:
             os.kill(self.rng.choice(consumers), signal.SIGKILL)
             self.kills["consumer"] += 1
+        elif action == "forker" and forkers:
+            os.kill(self.rng.choice(forkers), signal.SIGKILL)
+            self.kills["forker"] += 1
         elif action == "producer" and producers:
             os.kill(producers[0], signal.SIGKILL)
             self.kills["producer"] += 1
@@ -498,7 +509,8 @@ class Chaos:
         line = (f"chaos: {'PASS' if passed else 'FAIL'} {self.seconds:g}s tasks={result.get('rows', 0)} "
                 f"success={s['success']} error={s['error']} timeout={s['timeout']} "
                 f"waiting={s['waiting']} running={s['running']} "
-                f"kills=consumer:{self.kills['consumer']},producer:{self.kills['producer']} "
+                f"kills=consumer:{self.kills['consumer']},forker:{self.kills['forker']},"
+                f"producer:{self.kills['producer']} "
                 f"terminations={self.terminations} overlaps={result.get('overlaps', 0)} "
                 f"leaked={result.get('leaked', 0)} reruns={result.get('reruns', 0)} "
                 f"wrong={result.get('wrong', 0)} elapsed={time.monotonic() - started:.0f}s")

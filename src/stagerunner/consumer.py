@@ -1,8 +1,12 @@
 """Consumer stage: asks for work, runs each task in a job child under its deadline,
 reports the outcome. Holds no database connection and never imports psycopg.
 
-    producer ══pipe══ consumer ──fork──> job child (one per job; K with child reuse)
-      Batch, Stop, Cancel ──>   <── Demand, Outcome, Bye
+    producer ══pipe══ consumer ══socket══ forker ──fork──> job child (one per job;
+      Batch, Stop, Cancel ──>   <── Demand, Outcome, Bye       K with child reuse)
+
+The job children are forked by the consumer's fork helper (``forker``), which keeps
+their fork cheap; the consumer holds each child's pipes and pidfd and enforces its
+deadline itself.
 
 One ``step`` blocks in one ``select`` over the producer pipe and the running child's
 result pipe and pidfd, with the running job's deadline as the timeout.
@@ -11,6 +15,7 @@ result pipe and pidfd, with the running job's deadline as the timeout.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ from typing import Any
 from stagerunner import executor, faults, logs, registry
 from stagerunner.errors import StagerunnerError
 from stagerunner.executor import Child, Limits
+from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Outcome, ProtocolError, Status, Stop,
                                   Task, decode, encode)
 
@@ -56,27 +62,35 @@ class Consumer:
         self.config = config
         self.limits = config.limits
         self.queue: deque[Task] = deque()
-        self.spare: Child | None = None
-        self.dying: list[Child] = []  # killed, not yet reaped
+        self.spare: Child | None = None  # the child that runs (or will run) the next job
+        self.forker: Forker | None = None
         self.running: Running | None = None
         self.stopping = False
         self.done = False
         self.resolve = _resolve_for_child(self.limits.modules)
-        self.child_title = f"sr-job-c{config.slot}"
 
     # The loop -------------------------------------------------------------------
 
     def run(self) -> int:
-        self._send(Demand(self.config.window))
-        self.spare = self._fork()
-        while not self.done:
-            self.step(time.monotonic())
-        self._discard_spare()
+        c = self.config
+        self.forker = Forker.start(self.limits, self.resolve, f"c{c.slot}",
+                                   f"stagerunner: forker {c.slot} queue={c.queue} node={c.node}")
+        try:
+            self.forker.request()
+            self._send(Demand(self.config.window))
+            while not self.done:
+                self.step(time.monotonic())
+        except ForkerGone as exc:
+            # its job children died with it; the supervisor restarts us and the producer
+            # accounts for what we held, as for a consumer crash
+            log.error("fork helper lost; stopping", extra={"event": "consumer.forker_lost",
+                                                           "error": str(exc)})
+            return 1
+        finally:
+            self._discard_spare()
         return 0
 
     def step(self, now: float) -> None:
-        if self.dying:
-            self.dying = [c for c in self.dying if not c.reap()]
         if self.running is None and not self.stopping:
             self._start_next(now)
         if self.running is None and self.stopping:
@@ -141,7 +155,7 @@ class Consumer:
 
     def _abandon(self) -> None:
         if self.running is not None:
-            self._retire_child()
+            self._retire_child(wait=False)
             self.running = None
         self.queue.clear()
         self.done = True
@@ -196,34 +210,37 @@ class Consumer:
         self.running = None
         self._report(outcome)
         if recycle:
-            self._retire_child(wait=False)
-        keep = {c.pid for c in self.dying}
-        if self.spare is not None:
-            keep.add(self.spare.pid)
-        executor.kill_strays(keep)
+            self._retire_child(wait=False)  # the forker kills strays as it reaps it
+        elif self.spare is not None:
+            self._forker().sweep()  # a reused child lives on: kill what its job left behind
         if self.spare is None and not self.stopping:
-            self.spare = self._fork()  # paid now, while the next task is on its way
+            self._forker().request()  # forked now, while the next task is on its way
 
     def _report(self, outcome: Outcome) -> None:
         demand = 0 if self.stopping else 1
         self._send(dataclasses.replace(outcome, demand=demand))
 
-    def _retire_child(self, wait: bool = True) -> None:
+    def _retire_child(self, wait: bool) -> None:
+        """SIGKILL the child's group now; with `wait`, also learn its wait status."""
         if self.spare is not None:
             self.spare.kill(wait=wait)
-            if not wait:
-                self.dying.append(self.spare)
             self.spare = None
 
     def _discard_spare(self) -> None:
-        self._retire_child()
-        for child in self.dying:
-            child.reap(block=True)
-        self.dying = []
+        try:
+            self._retire_child(wait=False)
+        except ForkerGone:
+            pass
+        if self.forker is not None:
+            self.forker.close()  # it kills and reaps whatever it still has
         executor.kill_strays(set())
 
     def _fork(self) -> Child:
-        return Child.fork(self.limits, self.resolve, title=self.child_title)
+        return self._forker().take()
+
+    def _forker(self) -> Forker:
+        assert self.forker is not None, "run() starts the forker"
+        return self.forker
 
     def _send(self, message: Demand | Outcome | Bye) -> None:
         try:
@@ -288,6 +305,9 @@ def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, 
     except Exception:
         log.exception("could not import task modules", extra={"event": "consumer.import_failed"})
         os._exit(3)
+    # Everything imported so far lives as long as we do: out of the collector's sight, a
+    # full collection in a job child does not write (and so copy) every object's header.
+    gc.freeze()
     try:
         code = Consumer(conn, config).run()
     except Exception:

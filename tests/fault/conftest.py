@@ -7,8 +7,8 @@ Every test injects a fault on this machine, then checks the same invariants:
 - no overlapping runs of one task (``tests.tasks:record`` writes start/tick/end lines
   keyed by a per-task key; two runs of a key overlap when one started before the other's
   last sign of life);
-- no leaked processes (job pids recorded by the tasks are dead; every consumer keeps at
-  most its one spare job child, which has no children of its own);
+- no leaked processes (job pids recorded by the tasks are dead; every consumer keeps its
+  fork helper, which keeps at most one spare job child, with no children of its own);
 - the log event the README promises for that fault (``event=NAME``).
 
 ``private_pg`` starts a PostgreSQL server of our own (initdb + pg_ctl on a free loopback
@@ -86,10 +86,20 @@ def children(pid: int) -> list[int]:
     return [p for p in descendants(pid) if ppid_of(p) == pid]
 
 
+def consumer_of(job: int) -> int | None:
+    """The consumer a job child works for: job child <- fork helper <- consumer."""
+    forker = ppid_of(job)
+    return ppid_of(forker) if forker else None
+
+
+def spares(consumer: int) -> list[int]:
+    """A consumer's job children: the children of its fork helper."""
+    return [kid for forker in children(consumer) for kid in children(forker)]
+
+
 def stages(node: Any) -> tuple[int | None, list[int]]:
     """(producer pid, consumer pids): the supervisor's children, told apart by their titles
-    (a job child is forked from its consumer and carries the consumer's title, so only
-    direct children of the supervisor count)."""
+    (only direct children of the supervisor count)."""
     kids = children(node.proc.pid)
     producer = [p for p in kids if "producer" in cmdline(p)]
     consumers = [p for p in kids if "consumer" in cmdline(p)]
@@ -179,8 +189,8 @@ def kill_node_tree(node: Any) -> list[int]:
 
 def assert_no_job_leftovers(node: Any, seen: dict[int, float] | None = None,
                             timeout: float = 10) -> None:
-    """Job processes we saw (pid -> when) are dead, and each consumer holds at most its
-    spare child, idle."""
+    """Job processes we saw (pid -> when) are dead, and each consumer holds its fork
+    helper, which holds at most one spare child, idle."""
     seen = dict(seen or {})
 
     def clean() -> bool:
@@ -190,8 +200,11 @@ def assert_no_job_leftovers(node: Any, seen: dict[int, float] | None = None,
         for consumer in consumers:
             kids = children(consumer)
             assert len(kids) <= 1, f"consumer {consumer} has children {kids}"
-            for kid in kids:
-                assert not descendants(kid), f"spare child {kid} of {consumer} has children"
+            for forker in kids:
+                jobs = children(forker)
+                assert len(jobs) <= 1, f"fork helper {forker} of {consumer} has children {jobs}"
+                for kid in jobs:
+                    assert not descendants(kid), f"spare child {kid} of {consumer} has children"
         return True
 
     eventually(clean, timeout=timeout, interval=0.1)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.fault.conftest import (WINDOW, alive_since, assert_no_job_leftovers, kill_if_ours,
+from tests.fault.conftest import (WINDOW, cmdline, consumer_of, ppid_of, spares, alive_since, assert_no_job_leftovers, kill_if_ours,
                                   pidfile_pids, seen_now, check_rows, children, events,
-                                  insert_tasks, owners, ppid_of, rows, stages, wait_stages,
+                                  insert_tasks, owners, rows, stages, wait_stages,
                                   wait_terminal)
 from tests.helpers import eventually
 
@@ -35,7 +35,7 @@ def test_sigkill_of_a_consumer_mid_job_loses_one_run_and_nothing_else(conn, star
     node = start_node(consumers=2)
     ids = recorder.enqueue(conn, 10, 1.0, timeout_s=5)
     run = fresh_run(recorder)
-    consumer = ppid_of(run.pid)
+    consumer = consumer_of(run.pid)
     assert consumer in stages(node)[1], "the job's parent is not a consumer"
     os.kill(consumer, signal.SIGKILL)
 
@@ -54,12 +54,36 @@ def test_sigkill_of_a_consumer_mid_job_loses_one_run_and_nothing_else(conn, star
     assert node.proc.poll() is None
 
 
+def test_sigkill_of_a_consumers_fork_helper_mid_job_is_a_consumer_death(conn, start_node,
+                                                                         recorder):
+    """The fork helper's job children die with it; the consumer notices, exits and is
+    restarted, and the run counts as lost, as when the consumer itself dies."""
+    node = start_node(consumers=2)
+    ids = recorder.enqueue(conn, 10, 1.0, timeout_s=5)
+    run = fresh_run(recorder)
+    forker = ppid_of(run.pid)
+    consumer = consumer_of(run.pid)
+    assert consumer in stages(node)[1] and "forker" in cmdline(forker)
+    os.kill(forker, signal.SIGKILL)
+
+    wait_terminal(conn, ids, timeout=60, node=node)
+    found = check_rows(conn, ids)
+    assert {r["status"] for r in found.values()} == {"success"}
+    victim = found[id_of(recorder, run.key)]
+    assert (victim["attempts"], victim["lost"]) == (2, 1), victim
+    runs = recorder.check(conn, ids)
+    assert len(runs[run.key]) == 2 and not runs[run.key][0].ended
+    assert events(node, "consumer.forker_lost") and events(node, "stage.restarted")
+    assert consumer not in wait_stages(node, 2)[1]
+    assert_no_job_leftovers(node, recorder.pids())
+
+
 def test_sigkill_of_an_idle_consumer_holding_credits(conn, start_node, recorder):
     node = start_node(consumers=2)
     _, consumers = wait_stages(node, 2)
-    eventually(lambda: all(children(c) for c in consumers), timeout=10)  # spare forked: demand sent
+    eventually(lambda: all(spares(c) for c in consumers), timeout=10)  # spare forked: demand sent
     victim = consumers[0]
-    spare = seen_now(children(victim))
+    spare = seen_now(spares(victim) + children(victim))
     os.kill(victim, signal.SIGKILL)
     ids = recorder.enqueue(conn, 12, 0.1)  # at once: the producer may still count its credit
 
@@ -137,7 +161,7 @@ def test_a_frozen_consumer_is_detected_replaced_and_its_late_outcome_ignored(
     node = start_node(consumers=2, max_job_timeout=2, job_timeout=2)
     ids = recorder.enqueue(conn, 8, 0.5)
     run = fresh_run(recorder, younger_than=0.2)
-    consumer = ppid_of(run.pid)
+    consumer = consumer_of(run.pid)
     assert consumer in stages(node)[1]
     consumer_seen = time.time()
     os.kill(consumer, signal.SIGSTOP)
@@ -191,7 +215,7 @@ def test_grandchildren_of_a_job_die_with_its_consumer_or_supervisor(conn, start_
     pids = pidfile_pids(pidfile)
     job = next(iter(pids))
     grandchildren = {p: t for p, t in pids.items() if p != job}
-    consumer = ppid_of(job)
+    consumer = consumer_of(job)
     assert consumer in stages(node)[1]
     os.kill(consumer if victim == "consumer" else node.proc.pid, signal.SIGKILL)
 

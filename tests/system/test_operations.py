@@ -171,10 +171,12 @@ def test_ps_shows_each_stage_role_and_node(start_node):
                 pass
         return found
 
-    # job children inherit their consumer's command line; `comm` names them sr-job-c<slot>
+    # job children inherit their fork helper's command line; `comm` names them sr-job-c<slot>
     def settled():
         found = titles()
         return (sum(t.startswith("stagerunner: consumer") and "node=web-1" in t for t in found) == 2
+                and sum(t.startswith("stagerunner: forker") and "node=web-1" in t
+                        for t in found) == 2
                 and sum(t.startswith("job sr-job-c") for t in found) == 2
                 and any(t.startswith("stagerunner: producer node=web-1") for t in found))
 

@@ -1,0 +1,134 @@
+"""The consumer's fork helper for real: it forks, the consumer kills, the helper reaps,
+reports wait statuses, kills strays, and takes its children with it. No database."""
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tests.tasks  # noqa: F401  registers the test tasks
+from stagerunner import registry
+from stagerunner.executor import Limits
+from stagerunner.forker import Forker, ForkerGone
+from stagerunner.protocol import Task
+from tests.helpers import eventually, pid_alive
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
+LIMITS = Limits(modules=("tests.tasks",))
+
+
+def resolve(name):
+    return registry.resolve(name, LIMITS.modules).func
+
+
+def ppid_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture
+def forker():
+    f = Forker.start(LIMITS, resolve, "t0", "stagerunner: forker test")
+    yield f
+    if f.sock.fileno() != -1:
+        f.close()
+
+
+def reply_of(child, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = select.select(child.fds(), [], [], 0.1)[0]
+        if child.result_r in ready and (reply := child.poll_result()) is not None:
+            return reply
+        if child.pidfd in ready:
+            return child.drain_result()
+    raise AssertionError("no reply from the job child")
+
+
+def test_a_child_runs_its_job_in_its_own_group_and_the_forker_reaps_it(forker):
+    child = forker.take()
+    assert ppid_of(child.pid) == forker.pid and os.getpgid(child.pid) == child.pid
+
+    def comm():
+        with open(f"/proc/{child.pid}/comm") as f:
+            return f.read().strip() == "sr-job-t0"
+
+    eventually(comm)  # the child names itself once it runs
+    child.send(Task(1, 1, "tests.tasks:add", "[2, 3]"))
+    assert reply_of(child) == ["ok", "5"]
+    child.kill(wait=False)
+    eventually(lambda: not os.path.exists(f"/proc/{child.pid}"))  # reaped, not a zombie
+
+
+@pytest.mark.parametrize("name, code", [
+    ("tests.tasks:exit_nonzero", 3),
+    ("tests.tasks:abort_self", -signal.SIGSEGV),
+])
+def test_the_wait_status_of_a_child_that_died_without_a_result_comes_back(forker, name, code):
+    child = forker.take()
+    child.send(Task(1, 1, name, "[]"))
+    assert reply_of(child) is None
+    assert os.waitstatus_to_exitcode(child.kill(wait=True)) == code
+
+
+def test_a_grandchild_that_escaped_the_group_is_killed_when_its_job_child_is_released(
+        forker, tmp_path):
+    pidfile = tmp_path / "pid"
+    child = forker.take()
+    child.send(Task(1, 1, "tests.tasks:escape_group_then_sleep", f'["{pidfile}"]'))
+    eventually(lambda: pidfile.exists() and pidfile.read_text())
+    stray = int(pidfile.read_text())
+    child.kill(wait=True)  # what the consumer does at the deadline
+    eventually(lambda: not pid_alive(stray))
+
+
+def test_closing_the_forker_kills_its_children_and_it_exits(forker):
+    waiting = forker.take()
+    busy = forker.take()
+    busy.send(Task(1, 1, "tests.tasks:sleep_forever", "[]"))
+    forker.close()
+    assert not pid_alive(forker.pid)
+    eventually(lambda: not pid_alive(waiting.pid) and not pid_alive(busy.pid))
+
+
+def test_a_dead_forker_takes_its_children_with_it_and_the_consumer_hears_of_it(forker):
+    child = forker.take()
+    child.send(Task(1, 1, "tests.tasks:sleep_forever", "[]"))
+    os.kill(forker.pid, signal.SIGKILL)
+    eventually(lambda: not pid_alive(child.pid))  # PDEATHSIG
+    with pytest.raises(ForkerGone):
+        child.kill(wait=True)
+    with pytest.raises(ForkerGone):
+        forker.take()
+
+
+def test_a_release_naming_a_process_that_is_not_its_child_signals_nothing(forker):
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        forker._send(b"R" + stranger.pid.to_bytes(4, "big"))
+        forker.take()  # a round trip: the release has been handled by now
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_reused_child_keeps_running_jobs_and_a_sweep_leaves_it_alone(tmp_path):
+    limits = Limits(modules=("tests.tasks",), child_reuse=3)
+    forker = Forker.start(limits, resolve, "t1")
+    try:
+        child = forker.take()
+        for i in range(2):
+            child.send(Task(i, 1, "tests.tasks:add", f"[{i}, 1]"))
+            assert reply_of(child) == ["ok", str(i + 1)]
+            forker.sweep()
+        forker.take()  # a round trip after the sweeps
+        assert pid_alive(child.pid)
+        child.kill(wait=False)
+    finally:
+        forker.close()
+    assert not pid_alive(forker.pid)
