@@ -187,6 +187,7 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
     live: set[int] = set()  # forked, not released
     dying: dict[int, bool] = {}  # released, not reaped -> report its status
     fd = sock.fileno()
+    strays = _Strays(me)
     try:
         while True:
             ready = select.select([fd], [], [], _REAP_POLL_S if dying else None)[0]
@@ -195,6 +196,8 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
                 if not message:
                     return
                 _handle(message, sock, me, live, dying, limits, resolve, job_title)
+                if message[:1] != b"F":
+                    strays.kill(live | dying.keys())
             _reap(sock, dying)
     finally:
         for pid in (*live, *dying):
@@ -221,7 +224,6 @@ def _handle(message: bytes, sock: socket.socket, me: int, live: set[int],
         executor.sigkill_group(pid)  # the consumer did; this covers its early exits
         dying[pid] = kind == b"W"
         _reap(sock, dying, wait_for=pid if kind == b"W" else None)  # dead already when W asks
-    executor.kill_strays(set(live) | set(dying))
 
 
 def _fork_child(me: int, sock: socket.socket, limits: Limits, resolve: Resolver,
@@ -265,3 +267,23 @@ def _reap(sock: socket.socket, dying: dict[int, bool], wait_for: int | None = No
         del dying[pid]
         if report:
             sock.send(b"X" + _EXIT.pack(pid, status))
+
+
+class _Strays:
+    """Kills the forker's children that it did not fork. Reads /proc's children list
+    through one fd kept open (pread regenerates it): opening the file per job cost the
+    forker ~60 page faults and ~0.15 ms. A list longer than one read is finished by the
+    next sweep."""
+
+    def __init__(self, me: int) -> None:
+        self.fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
+
+    def kill(self, keep: set[int]) -> None:
+        for pid in map(int, os.pread(self.fd, 8192, 0).split()):
+            if pid not in keep:
+                executor.sigkill_group(pid)
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+
