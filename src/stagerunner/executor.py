@@ -1,18 +1,20 @@
 """Job children: forked ahead of time, one job each (or K with child reuse), killed as a
 process group at the deadline.
 
-    consumer ──fork──> job child (own process group, dies with the consumer)
+    consumer (through its fork helper) ──fork──> job child (own process group)
        │  job pipe   ──>  [len][json: id, name, args]
        │  result pipe <── [len][json: "ok", result] | ["error", text]
        └─ pidfd: tells the consumer the child exited without a result
 
-The consumer forks the next child right after a job ends, so the fork is paid while
-the consumer waits for work rather than between a task's arrival and its start.
+The next child is forked right after a job ends, so the fork is paid while the
+consumer waits for work rather than between a task's arrival and its start. In a node
+the consumer's fork helper (``forker``) forks them with ``fork_child``; ``Child.fork``
+and ``execute`` run the same child from the calling process.
 
 Every path ends in ``Child.kill``: SIGKILL to the child's whole group, then a reap.
 There is no TERM grace period; it would stretch the deadline. Grandchildren that
-left the group (setsid) are reparented to the consumer, which is a child subreaper,
-and are killed by ``kill_strays``.
+left the group (setsid) are reparented to the process that forked the child, a child
+subreaper, and are killed by ``kill_strays``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import signal
 import struct
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +180,31 @@ def _flush_std() -> None:
             pass
 
 
+def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
+    """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
+    read end). The child holds nothing else but fds 0-2."""
+    job_r, job_w = os.pipe()
+    result_r, result_w = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            _close_fds_except({0, 1, 2, job_r, result_w})
+            _child_main(job_r, result_w, parent, limits, resolve, title)
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    try:
+        os.setpgid(pid, pid)  # the child does it too; whichever runs first, its group
+    except OSError:           # exists before anyone can signal it
+        pass
+    os.close(job_r)
+    os.close(result_w)
+    return pid, job_w, result_r
+
+
 # The consumer's handle on a child --------------------------------------------------
 
 class Child:
@@ -193,24 +220,9 @@ class Child:
         self.status: int | None = None
 
     @classmethod
-    def fork(cls, limits: Limits, resolve: Resolver, keep_fds: Sequence[int] = (),
-             title: str = "") -> Child:
-        job_r, job_w = os.pipe()
-        result_r, result_w = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 0
-            try:
-                _close_fds_except({0, 1, 2, job_r, result_w, *keep_fds})
-                _child_main(job_r, result_w, parent, limits, resolve, title)
-            except BaseException:
-                code = 70
-            finally:
-                os._exit(code)
-        os.close(job_r)
-        os.close(result_w)
-        return cls(pid, job_w, result_r)
+    def fork(cls, limits: Limits, resolve: Resolver, title: str = "") -> Child:
+        """A child of this process (the consumer's fork helper makes its own the same way)."""
+        return cls(*fork_child(limits, resolve, title))
 
     def send(self, task: Task) -> None:
         self.jobs_sent += 1

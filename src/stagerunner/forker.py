@@ -110,8 +110,11 @@ class Forker:
 
     def close(self) -> None:
         """Stop the forker (it kills what it still has) and reap it."""
-        for child in self.ready:
-            child.kill(wait=False)
+        try:
+            for child in self.ready:
+                child.kill(wait=False)
+        except ForkerGone:
+            pass  # and so are its children (PDEATHSIG)
         self.ready = []
         self.sock.close()
         deadline = time.monotonic() + _REPLY_TIMEOUT_S
@@ -195,7 +198,7 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
                 message = sock.recv(16)
                 if not message:
                     return
-                _handle(message, sock, me, live, dying, limits, resolve, job_title)
+                _handle(message, sock, live, dying, limits, resolve, job_title)
                 if message[:1] != b"F":
                     strays.kill(live | dying.keys())
             _reap(sock, dying)
@@ -210,11 +213,11 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
         executor.kill_strays(set())
 
 
-def _handle(message: bytes, sock: socket.socket, me: int, live: set[int],
+def _handle(message: bytes, sock: socket.socket, live: set[int],
             dying: dict[int, bool], limits: Limits, resolve: Resolver, job_title: str) -> None:
     kind = message[:1]
     if kind == b"F":
-        live.add(_fork_child(me, sock, limits, resolve, job_title))
+        live.add(_fork_child(sock, limits, resolve, job_title))
         return
     if kind in (b"R", b"W"):
         pid = _PID.unpack_from(message, 1)[0]
@@ -226,26 +229,8 @@ def _handle(message: bytes, sock: socket.socket, me: int, live: set[int],
         _reap(sock, dying, wait_for=pid if kind == b"W" else None)  # dead already when W asks
 
 
-def _fork_child(me: int, sock: socket.socket, limits: Limits, resolve: Resolver,
-                title: str) -> int:
-    job_r, job_w = os.pipe()
-    result_r, result_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            executor._close_fds_except({0, 1, 2, job_r, result_w})
-            executor._child_main(job_r, result_w, me, limits, resolve, title)
-        except BaseException:
-            code = 70
-        finally:
-            os._exit(code)
-    try:
-        os.setpgid(pid, pid)  # the child does it too; whichever runs first, the group
-    except OSError:           # exists before the consumer can signal it
-        pass
-    os.close(job_r)
-    os.close(result_w)
+def _fork_child(sock: socket.socket, limits: Limits, resolve: Resolver, title: str) -> int:
+    pid, job_w, result_r = executor.fork_child(limits, resolve, title)
     try:
         socket.send_fds(sock, [b"C" + _PID.pack(pid)], [job_w, result_r])
     finally:
