@@ -144,7 +144,6 @@ def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve:
 
         size = limits.memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
-    _warm_up()
     for _ in range(limits.child_reuse):
         try:
             header = _read_exact(job_r, _HEADER.size)
@@ -154,18 +153,6 @@ def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve:
         reply = run_job(resolve(name), args_text, limits.result_max_bytes)
         _flush_std()
         _write_all(result_w, _frame(json.dumps(reply).encode()))
-
-
-def _warm_up() -> None:
-    """Walk the job path once on a dummy while the child waits: the pages it writes are
-    copied now rather than after the job arrives."""
-    json.loads(json.dumps([0, "", "[]"]))
-    _frame(json.dumps(run_job(_nothing, "[]", 1 << 10)).encode())
-    _flush_std()
-
-
-def _nothing() -> None:
-    return None
 
 
 def _std_streams_on_fds() -> None:
