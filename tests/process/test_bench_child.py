@@ -1,0 +1,23 @@
+"""bench_child for real: it forks every step's children and reports their CPU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
+
+
+def test_bench_child_reports_every_step_as_json():
+    out = subprocess.run([sys.executable, "-m", "stagerunner.bench_child", "--forks", "100",
+                          "--runs", "1", "--json"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=50, check=True).stdout
+    report = json.loads(out)
+    assert list(report["steps"]) == ["exit", "group", "setup", "read", "job"]
+    steps = report["steps"].values()
+    assert all(v["child_ms"] >= 0 and v["parent_ms"] >= 0 for v in steps)
+    assert sum(v["child_ms"] for v in steps) > 0  # os.times counts in clock ticks
+    assert report["rss_mib"] > 5
