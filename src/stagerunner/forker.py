@@ -6,7 +6,7 @@
 Why a helper: a job child forked straight from the consumer shares every page with it
 while it waits for its job, so each page the consumer's loop writes afterwards (in
 CPython every object it touches, through its refcount) is copied: ~280 page faults and
-~0.8 ms of CPU per job on the development machine. The forker's loop touches ~60 pages
+~0.8 ms of CPU per job on the development machine. The forker's loop touches ~90 pages
 per fork, and the consumer, now sharing pages with no short-lived process, pays none.
 
 The consumer still owns each job's deadline: it gets the child's pipes (SCM_RIGHTS) and
