@@ -75,6 +75,25 @@ def escape_group_then_sleep(pidfile: str) -> None:
 
 
 @task
+def daemonize(pidfile: str) -> int:
+    """Leave a daemon behind (double fork + setsid) and return: it is reparented to the
+    nearest subreaper at once, while this job child lives on."""
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        if os.fork() == 0:
+            Path(pidfile).write_text(str(os.getpid()))
+            time.sleep(3600)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    for _ in range(200):
+        if Path(pidfile).exists() and Path(pidfile).read_text():
+            break
+        time.sleep(0.01)
+    return int(Path(pidfile).read_text())
+
+
+@task
 def ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(3600)

@@ -8,8 +8,9 @@ The job children are forked by the consumer's fork helper (``forker``), which ke
 their fork cheap; the consumer holds each child's pipes and pidfd and enforces its
 deadline itself.
 
-One ``step`` blocks in one ``select`` over the producer pipe and the running child's
-result pipe and pidfd, with the running job's deadline as the timeout.
+One ``step`` blocks in one ``select`` over the producer pipe, the fork helper's socket
+and the running child's result pipe and pidfd, with the running job's deadline as the
+timeout.
 """
 
 from __future__ import annotations
@@ -98,12 +99,15 @@ class Consumer:
             self.queue.clear()
             self.done = True
             return
-        fds = [self.conn.fileno()]
+        forker = self._forker()
+        fds = [self.conn.fileno(), forker.fileno()]
         timeout = None
         if self.running is not None and self.spare is not None:
             fds += self.spare.fds()
             timeout = max(0.0, self.running.deadline - now)
         ready, _, _ = select.select(fds, [], [], timeout)
+        if forker.fileno() in ready:
+            forker.pump()  # the child we asked for; or ForkerGone before we take work
         if self.conn.fileno() in ready:
             self._read_producer()
         if self.running is not None:

@@ -45,6 +45,7 @@ _PID = struct.Struct(">i")
 _EXIT = struct.Struct(">ii")
 _REAP_POLL_S = 0.05  # how often killed children are reaped while some are still dying
 _REPLY_TIMEOUT_S = 10.0  # a forker that does not answer in this long is stuck or gone
+_CHILDREN_READ = 1 << 16  # bytes of /proc's children list read per sweep
 
 
 class ForkerGone(Exception):
@@ -57,6 +58,7 @@ class Forker:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        sock.settimeout(_REPLY_TIMEOUT_S)  # a stopped forker must not block a send forever
         self.requested = False
         self.ready: list[ForkedChild] = []
         self.statuses: dict[int, int] = {}
@@ -107,6 +109,13 @@ class Forker:
 
     def sweep(self) -> None:
         self._send(b"S")
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def pump(self) -> None:
+        """Take in what the forker sent (a child, a status); ForkerGone if it is gone."""
+        self._receive()
 
     def close(self) -> None:
         """Stop the forker (it kills what it still has) and reap it."""
@@ -165,6 +174,10 @@ class ForkedChild(Child):
         """SIGKILL the group, close our ends, release it; with `wait`, its wait status."""
         if self.released:
             return self.status
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # exited already
         executor.sigkill_group(self.pid)  # unreleased, so unreaped: the pid is still ours
         for fd in (self.job_w, self.result_r, self.pidfd):
             executor._close(fd)
@@ -186,6 +199,9 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
     if title:
         logs.set_title(title)
     job_title = f"sr-job-{name}" if name else ""
+    # a task module that ignored SIGCHLD would have the kernel reap unreleased children,
+    # and the consumer signal pids that are free again
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     me = os.getpid()
     live: set[int] = set()  # forked, not released
     dying: dict[int, bool] = {}  # released, not reaped -> report its status
@@ -201,16 +217,18 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
                 _handle(message, sock, live, dying, limits, resolve, job_title)
                 if message[:1] != b"F":
                     strays.kill(live | dying.keys())
-            _reap(sock, dying)
+            if _reap(sock, dying):
+                # a job child's escaped grandchildren are ours only once it has exited
+                strays.kill(live | dying.keys())
     finally:
         for pid in (*live, *dying):
             executor.sigkill_group(pid)
-        for pid in (*live, *dying):
-            try:
+        for pid in dying:  # unreleased ones are left to the consumer (a subreaper), whose
+            try:           # signals must never meet a reused pid
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        executor.kill_strays(set())
+        executor.kill_strays(set(live))
 
 
 def _handle(message: bytes, sock: socket.socket, live: set[int],
@@ -239,9 +257,10 @@ def _fork_child(sock: socket.socket, limits: Limits, resolve: Resolver, title: s
     return pid
 
 
-def _reap(sock: socket.socket, dying: dict[int, bool], wait_for: int | None = None) -> None:
+def _reap(sock: socket.socket, dying: dict[int, bool], wait_for: int | None = None) -> int:
     """Reap the released children that are dead (and `wait_for`, however long it takes);
-    report the statuses that were asked for."""
+    report the statuses that were asked for. How many were reaped."""
+    reaped = 0
     for pid, report in list(dying.items()):
         try:
             done, status = os.waitpid(pid, 0 if pid == wait_for else os.WNOHANG)
@@ -250,21 +269,26 @@ def _reap(sock: socket.socket, dying: dict[int, bool], wait_for: int | None = No
         if done == 0:
             continue
         del dying[pid]
+        reaped += 1
         if report:
             sock.send(b"X" + _EXIT.pack(pid, status))
+    return reaped
 
 
 class _Strays:
     """Kills the forker's children that it did not fork. Reads /proc's children list
     through one fd kept open (pread regenerates it): opening the file per job cost the
-    forker ~60 page faults and ~0.15 ms. A list longer than one read is finished by the
-    next sweep."""
+    forker ~60 page faults and ~0.15 ms. What one read does not hold is left to the next
+    sweep (the ones killed now are gone by then)."""
 
     def __init__(self, me: int) -> None:
         self.fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
 
     def kill(self, keep: set[int]) -> None:
-        for pid in map(int, os.pread(self.fd, 8192, 0).split()):
+        data = os.pread(self.fd, _CHILDREN_READ, 0)
+        if not data.endswith(b" "):  # every entry ends in a space: the last one was cut
+            data = data.rsplit(b" ", 1)[0] if b" " in data else b""  # short; never guess it
+        for pid in map(int, data.split()):
             if pid not in keep:
                 executor.sigkill_group(pid)
                 try:

@@ -73,6 +73,14 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def ppid_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -204,6 +212,7 @@ def assert_no_job_leftovers(node: Any, seen: dict[int, float] | None = None,
                 jobs = children(forker)
                 assert len(jobs) <= 1, f"fork helper {forker} of {consumer} has children {jobs}"
                 for kid in jobs:
+                    assert comm(kid).startswith("sr-job-"), f"{kid} under {forker} is no job child"
                     assert not descendants(kid), f"spare child {kid} of {consumer} has children"
         return True
 

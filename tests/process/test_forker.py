@@ -82,8 +82,8 @@ def test_a_grandchild_that_escaped_the_group_is_killed_when_its_job_child_is_rel
     child.send(Task(1, 1, "tests.tasks:escape_group_then_sleep", f'["{pidfile}"]'))
     eventually(lambda: pidfile.exists() and pidfile.read_text())
     stray = int(pidfile.read_text())
-    child.kill(wait=True)  # what the consumer does at the deadline
-    eventually(lambda: not pid_alive(stray))
+    child.kill(wait=False)  # what the consumer does at the deadline; nothing else follows
+    eventually(lambda: not pid_alive(stray), timeout=5)
 
 
 def test_closing_the_forker_kills_its_children_and_it_exits(forker):
@@ -132,3 +132,21 @@ def test_a_reused_child_keeps_running_jobs_and_a_sweep_leaves_it_alone(tmp_path)
     finally:
         forker.close()
     assert not pid_alive(forker.pid)
+
+
+def test_a_sweep_kills_what_a_job_of_a_reused_child_left_behind(tmp_path):
+    limits = Limits(modules=("tests.tasks",), child_reuse=3)
+    forker = Forker.start(limits, resolve, "t2")
+    pidfile = tmp_path / "daemon"
+    try:
+        child = forker.take()
+        child.send(Task(1, 1, "tests.tasks:daemonize", f'["{pidfile}"]'))
+        reply = reply_of(child)
+        daemon = int(reply[1])
+        assert reply[0] == "ok" and pid_alive(daemon) and ppid_of(daemon) == forker.pid
+        forker.sweep()
+        eventually(lambda: not pid_alive(daemon), timeout=5)
+        assert pid_alive(child.pid)  # the reused child itself is kept
+        child.kill(wait=False)
+    finally:
+        forker.close()
