@@ -27,7 +27,7 @@ import signal
 import struct
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,22 +180,30 @@ def _flush_std() -> None:
             pass
 
 
-def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
-    """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
-    read end). The child holds nothing else but fds 0-2."""
-    job_r, job_w = os.pipe()
-    result_r, result_w = os.pipe()
-    parent = os.getpid()
+def fork_running(keep_fds: set[int], body: Callable[[], object]) -> int:
+    """Fork a process that holds only fds 0-2 and `keep_fds`, runs `body` and exits
+    (0, or 70 if it raised); never returns in the child. The child's pid."""
     pid = os.fork()
-    if pid == 0:  # the child: never returns
+    if pid == 0:
         code = 0
         try:
-            _close_fds_except({0, 1, 2, job_r, result_w})
-            _child_main(job_r, result_w, parent, limits, resolve, title)
+            _close_fds_except({0, 1, 2, *keep_fds})
+            body()
         except BaseException:
             code = 70
         finally:
             os._exit(code)
+    return pid
+
+
+def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
+    """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
+    read end)."""
+    job_r, job_w = os.pipe()
+    result_r, result_w = os.pipe()
+    parent = os.getpid()
+    pid = fork_running({job_r, result_w},
+                       lambda: _child_main(job_r, result_w, parent, limits, resolve, title))
     try:
         os.setpgid(pid, pid)  # the child does it too; whichever runs first, its group
     except OSError:           # exists before anyone can signal it
@@ -385,10 +393,14 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-def kill_strays(keep: set[int]) -> int:
+def kill_strays(keep: set[int]) -> None:
     """Kill and reap every child of ours except `keep` (escaped grandchildren of jobs)."""
-    killed = 0
-    for pid in children_of(os.getpid()):
+    kill_and_reap(children_of(os.getpid()), keep)
+
+
+def kill_and_reap(children: Iterable[int], keep: set[int]) -> None:
+    """SIGKILL each child of ours (and its group) that is not in `keep`, and reap it."""
+    for pid in children:
         if pid in keep:
             continue
         sigkill_group(pid)
@@ -396,5 +408,3 @@ def kill_strays(keep: set[int]) -> int:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        killed += 1
-    return killed

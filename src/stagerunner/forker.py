@@ -69,17 +69,8 @@ class Forker:
         `name` (e.g. "c0") goes into `comm`: sr-job-c0 for its job children."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         consumer = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                ours.close()
-                executor._close_fds_except({0, 1, 2, theirs.fileno()})
-                _serve(theirs, consumer, limits, resolve, name, title)
-            except BaseException:
-                code = 70
-            finally:
-                os._exit(code)
+        pid = executor.fork_running(
+            {theirs.fileno()}, lambda: _serve(theirs, consumer, limits, resolve, name, title))
         theirs.close()
         return cls(pid, ours)
 
@@ -174,10 +165,6 @@ class ForkedChild(Child):
         """SIGKILL the group, close our ends, release it; with `wait`, its wait status."""
         if self.released:
             return self.status
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # exited already
         executor.sigkill_group(self.pid)  # unreleased, so unreaped: the pid is still ours
         for fd in (self.job_w, self.result_r, self.pidfd):
             executor._close(fd)
@@ -215,20 +202,14 @@ def _serve(sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver
                 if not message:
                     return
                 _handle(message, sock, live, dying, limits, resolve, job_title)
-                if message[:1] != b"F":
-                    strays.kill(live | dying.keys())
-            if _reap(sock, dying):
-                # a job child's escaped grandchildren are ours only once it has exited
+            # after a release or sweep, and once a released child is gone: its escaped
+            # grandchildren are reparented to us only when it has exited
+            if _reap(sock, dying) or (ready and message[:1] != b"F"):
                 strays.kill(live | dying.keys())
     finally:
-        for pid in (*live, *dying):
-            executor.sigkill_group(pid)
-        for pid in dying:  # unreleased ones are left to the consumer (a subreaper), whose
-            try:           # signals must never meet a reused pid
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        executor.kill_strays(set(live))
+        for pid in live:  # unreleased: killed, but reaped by the consumer (a subreaper) once
+            executor.sigkill_group(pid)  # we are gone, so its signals never meet a reused pid
+        executor.kill_strays(set(live))  # released children and strays: killed and reaped
 
 
 def _handle(message: bytes, sock: socket.socket, live: set[int],
@@ -241,8 +222,7 @@ def _handle(message: bytes, sock: socket.socket, live: set[int],
         pid = _PID.unpack_from(message, 1)[0]
         if pid not in live:
             return  # not ours: a confused consumer must not make us signal a stranger
-        live.discard(pid)
-        executor.sigkill_group(pid)  # the consumer did; this covers its early exits
+        live.discard(pid)  # the consumer has SIGKILLed its group already
         dying[pid] = kind == b"W"
         _reap(sock, dying, wait_for=pid if kind == b"W" else None)  # dead already when W asks
 
@@ -288,11 +268,5 @@ class _Strays:
         data = os.pread(self.fd, _CHILDREN_READ, 0)
         if not data.endswith(b" "):  # every entry ends in a space: the last one was cut
             data = data.rsplit(b" ", 1)[0] if b" " in data else b""  # short; never guess it
-        for pid in map(int, data.split()):
-            if pid not in keep:
-                executor.sigkill_group(pid)
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+        executor.kill_and_reap(map(int, data.split()), keep)
 

@@ -31,23 +31,31 @@ def id_of(recorder, key: str) -> int:
     return next(i for i, k in recorder.keys.items() if k == key)
 
 
-def test_sigkill_of_a_consumer_mid_job_loses_one_run_and_nothing_else(conn, start_node, recorder):
+def _kill_mid_job(conn, start_node, recorder, victim_of):
+    """Start a node, SIGKILL `victim_of(job pid)` while a fresh run is going, let every task
+    finish; check that all succeeded and that the run was lost once and ran again.
+    (node, consumer of the run, rows, the victim's row, the run)."""
     node = start_node(consumers=2)
     ids = recorder.enqueue(conn, 10, 1.0, timeout_s=5)
     run = fresh_run(recorder)
     consumer = consumer_of(run.pid)
-    assert consumer in stages(node)[1], "the job's parent is not a consumer"
-    os.kill(consumer, signal.SIGKILL)
+    assert consumer in stages(node)[1], "the job's parent is not a consumer's fork helper"
+    os.kill(victim_of(run.pid), signal.SIGKILL)
 
     wait_terminal(conn, ids, timeout=60, node=node)
     found = check_rows(conn, ids)
     assert {r["status"] for r in found.values()} == {"success"}
     victim = found[id_of(recorder, run.key)]
     assert (victim["attempts"], victim["lost"]) == (2, 1), victim
-    assert victim["errors"][0]["status"] == "lost" and "consumer died" in victim["errors"][0]["error"]
-    assert all((r["attempts"], r["lost"]) == (1, 0) for i, r in found.items() if r is not victim)
     runs = recorder.check(conn, ids)
     assert len(runs[run.key]) == 2 and not runs[run.key][0].ended
+    return node, consumer, found, victim, run
+
+
+def test_sigkill_of_a_consumer_mid_job_loses_one_run_and_nothing_else(conn, start_node, recorder):
+    node, _, found, victim, run = _kill_mid_job(conn, start_node, recorder, consumer_of)
+    assert victim["errors"][0]["status"] == "lost" and "consumer died" in victim["errors"][0]["error"]
+    assert all((r["attempts"], r["lost"]) == (1, 0) for i, r in found.items() if r is not victim)
     assert not alive_since(run.pid, run.start)
     assert events(node, "consumer.died") and events(node, "stage.restarted")
     assert_no_job_leftovers(node, recorder.pids())
@@ -58,21 +66,12 @@ def test_sigkill_of_a_consumers_fork_helper_mid_job_is_a_consumer_death(conn, st
                                                                          recorder):
     """The fork helper's job children die with it; the consumer notices, exits and is
     restarted, and the run counts as lost, as when the consumer itself dies."""
-    node = start_node(consumers=2)
-    ids = recorder.enqueue(conn, 10, 1.0, timeout_s=5)
-    run = fresh_run(recorder)
-    forker = ppid_of(run.pid)
-    consumer = consumer_of(run.pid)
-    assert consumer in stages(node)[1] and "forker" in cmdline(forker)
-    os.kill(forker, signal.SIGKILL)
+    def forker_of(job):
+        forker = ppid_of(job)
+        assert "forker" in cmdline(forker)
+        return forker
 
-    wait_terminal(conn, ids, timeout=60, node=node)
-    found = check_rows(conn, ids)
-    assert {r["status"] for r in found.values()} == {"success"}
-    victim = found[id_of(recorder, run.key)]
-    assert (victim["attempts"], victim["lost"]) == (2, 1), victim
-    runs = recorder.check(conn, ids)
-    assert len(runs[run.key]) == 2 and not runs[run.key][0].ended
+    node, consumer, _, _, _ = _kill_mid_job(conn, start_node, recorder, forker_of)
     assert events(node, "consumer.forker_lost") and events(node, "stage.restarted")
     assert consumer not in wait_stages(node, 2)[1]
     assert_no_job_leftovers(node, recorder.pids())
