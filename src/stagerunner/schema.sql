@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
     -- Set by `cancel`: a running task ends `cancelled` (its owner kills the job), and a
     -- retry, release or rescue of it ends `cancelled` instead of going back to waiting.
     cancel_requested_at timestamptz,
+    -- The last run: the consumer slot of its owner that ran it, its effective deadline and
+    -- how long it ran (child start to result or kill).
+    consumer     integer,
+    deadline_s   double precision,
+    runtime_ms   double precision,
     finished_at  timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT tasks_name_not_blank CHECK (length(name) BETWEEN 1 AND 255),
@@ -50,6 +55,9 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
 );
 
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
+ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS consumer integer;
+ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS deadline_s double precision;
+ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS runtime_ms double precision;
 
 -- The claim's shape: one queue, due rows, highest priority then oldest first.
 CREATE INDEX IF NOT EXISTS tasks_claim_idx
@@ -109,8 +117,14 @@ CREATE TABLE IF NOT EXISTS stagerunner.nodes (
     pid          integer NOT NULL,
     queues       text NOT NULL DEFAULT '',
     started_at   timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- consumers of this owner, and what its heartbeat last said about its processes
+    -- (fork helpers, job children running, kills at the deadline, deadline overshoot)
+    consumers    integer,
+    info         jsonb NOT NULL DEFAULT '{}'
 );
+ALTER TABLE stagerunner.nodes ADD COLUMN IF NOT EXISTS consumers integer;
+ALTER TABLE stagerunner.nodes ADD COLUMN IF NOT EXISTS info jsonb NOT NULL DEFAULT '{}';
 
 -- Paused queues: a node does not claim from a queue listed here.
 CREATE TABLE IF NOT EXISTS stagerunner.queues (
