@@ -46,6 +46,13 @@ def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None
     return rows
 
 
+def query(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
+    """Run sql/<name>.sql and return its rows as dicts (for read-only callers outside
+    this module, such as the dashboard, that keep their statements in sql/ too)."""
+    return _run(conn, name, params)
+
+
 def _brief(params: dict[str, Any] | None) -> str:
     text = repr(params or {})
     return text if len(text) <= 400 else text[:397] + "..."
