@@ -12,28 +12,22 @@ rows, so a rolled-back transaction per test would not do).
 
 from __future__ import annotations
 
-import itertools
-from contextlib import contextmanager
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from stagerunner import store
-from tests.helpers import ROOT, descendants, eventually, node_env
-
-_counter = itertools.count()
+from stagerunner.protocol import TERMINAL
+from stagerunner_tools import dbs, procfs
+from stagerunner_tools.nodes import NodeProcess, node_env
+from tests.helpers import eventually
 
 
 def _docker_answers() -> bool:
@@ -67,49 +61,25 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
-def _with_db(dsn: str, dbname: str) -> str:
-    info = conninfo_to_dict(dsn)
-    info["dbname"] = dbname
-    return make_conninfo(**{k: v for k, v in info.items() if v is not None})
-
-
 @pytest.fixture(scope="session")
 def template_db(pg_admin_dsn: str) -> Iterator[str]:
     name = f"sr_tmpl_{os.getpid()}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(_with_db(pg_admin_dsn, name), autocommit=True) as conn:
-        store.install_schema(conn)
+    dbs.create_database(pg_admin_dsn, name, schema=True)
     yield name
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def _fresh_database(admin_dsn: str, prefix: str, template: str | None = None) -> Iterator[str]:
-    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
-    clone = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"{clone}')
-    try:
-        yield _with_db(admin_dsn, name)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    dbs.drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
 def db(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """DSN of a fresh database holding the schema and nothing else."""
-    with _fresh_database(pg_admin_dsn, "sr_t", template_db) as dsn:
+    with dbs.fresh_database(pg_admin_dsn, "sr_t", template_db) as dsn:
         yield dsn
 
 
 @pytest.fixture
 def empty_db(pg_admin_dsn: str) -> Iterator[str]:
     """DSN of a fresh database without the schema."""
-    with _fresh_database(pg_admin_dsn, "sr_e") as dsn:
+    with dbs.fresh_database(pg_admin_dsn, "sr_e") as dsn:
         yield dsn
 
 
@@ -147,6 +117,8 @@ def insert_task(conn: psycopg.Connection[Any]) -> Callable[..., dict[str, Any]]:
         unknown = set(fields) - _COLUMNS
         assert not unknown, f"not columns: {unknown}"
         fields["name"] = name
+        if fields.get("status") in TERMINAL:  # a finished row has its finish time
+            fields.setdefault("finished_at", "now")
         if "args" in fields and not isinstance(fields["args"], str):
             fields["args"] = json.dumps(fields["args"])
         if fields.get("status") == "running":
@@ -187,78 +159,37 @@ def statuses(conn: psycopg.Connection[Any]) -> Callable[[], dict[str, int]]:
 
 # Nodes (python -m stagerunner as a subprocess) ------------------------------------------
 
-@dataclass
-class Node:
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def events(self) -> list[str]:
-        return [line for line in self.log().splitlines() if "event=" in line]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def tree(self) -> list[int]:
-        """Every live process in the node's process tree (sessions of its stages included)."""
-        return descendants(self.proc.pid)
+def _crashes(node: NodeProcess) -> list[str]:
+    return node.events("producer.crashed") + node.events("consumer.crashed")
 
 
 @pytest.fixture
-def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    nodes: list[Node] = []
+def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    nodes: list[NodeProcess] = []
 
     def _start(dsn: str | None = None, extra_env: dict[str, str] | None = None,
-               **overrides: Any) -> Node:
+               **overrides: Any) -> NodeProcess:
         env = {**node_env(dsn or db, **overrides), **(extra_env or {})}
-        log_path = tmp_path / f"node-{len(nodes)}.log"
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "stagerunner", "run"], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        node = Node(proc, log_path, env)
+        node = NodeProcess(env, tmp_path / f"node-{len(nodes)}.log")
         nodes.append(node)
-        eventually(lambda: "node started" in node.log() or proc.poll() is not None, timeout=20)
+        node.wait_started(timeout=20)
         return node
 
     yield _start
-    crashes = [line for node in nodes for line in node.log().splitlines()
-               if "event=producer.crashed" in line or "event=consumer.crashed" in line
-               or '"event": "producer.crashed"' in line or '"event": "consumer.crashed"' in line]
+    crashes = [line for node in nodes for line in _crashes(node)]
     for node in nodes:
-        leftovers = node.tree()
-        if node.proc.poll() is None:
-            os.killpg(node.proc.pid, signal.SIGKILL)
-            node.proc.wait(timeout=10)
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        node.kill()
     # A stage that raised is a bug even when its restart hid it from the test.
     assert not crashes, "a stage crashed:\n" + "\n".join(crashes)
 
 
 # Leak guard ------------------------------------------------------------------------------
 
-_GRANDCHILD = b"import time; time.sleep(3600)"  # what tests.tasks' grandchildren run
+_GRANDCHILD = "import time; time.sleep(3600)"  # what tests.tasks' grandchildren run
 
 
 def _sleeping_grandchildren() -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if _GRANDCHILD in f.read().replace(b"\0", b" "):
-                        found.add(int(entry))
-            except OSError:
-                pass
-    return found
+    return {pid for pid in procfs.pids() if _GRANDCHILD in procfs.cmdline(pid)}
 
 
 @pytest.fixture(autouse=True)

@@ -1,49 +1,15 @@
-"""Helpers shared by the test tiers: eventual assertions, process inspection, the CLI."""
+"""Helpers shared by the test tiers: eventual assertions and the CLI. Processes, nodes,
+databases and run records come from the support library, ``stagerunner_tools``."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-def node_env(dsn: str, **overrides: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STAGERUNNER_") and k not in ("DATABASE_URL", "PGHOST", "PGDATABASE")}
-    env.update({
-        "STAGERUNNER_DATABASE_URL": dsn,
-        "STAGERUNNER_TASK_MODULES": "tests.tasks",
-        "STAGERUNNER_CONSUMERS": "2",
-        "STAGERUNNER_POLL_INTERVAL": "0.5",
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
-    env.update({f"STAGERUNNER_{k.upper()}": str(v) for k, v in overrides.items()})
-    return env
+from stagerunner_tools.nodes import ROOT, node_env
 
 
 def run_cli(*args: str, dsn: str, timeout: float = 30, **overrides: Any) -> subprocess.CompletedProcess[str]:
@@ -51,8 +17,6 @@ def run_cli(*args: str, dsn: str, timeout: float = 30, **overrides: Any) -> subp
                           env=node_env(dsn, **overrides), capture_output=True, text=True,
                           timeout=timeout)
 
-
-# Small helpers ----------------------------------------------------------------------------
 
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
     """Retry `check` until it returns truthy (or stops raising AssertionError)."""
@@ -72,9 +36,15 @@ def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float =
         time.sleep(interval)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+def assert_no_job_leftovers(node: Any, seen: dict[int, float] | None = None,
+                            timeout: float = 10) -> None:
+    """Job processes we saw are dead, and each consumer keeps only its fork helper with
+    one idle spare child (``nodes.job_leftovers``)."""
+    from stagerunner_tools.nodes import job_leftovers
+
+    def clean() -> bool:
+        problems = job_leftovers(node, dict(seen or {}))
+        assert not problems, problems
+        return True
+
+    eventually(clean, timeout=timeout, interval=0.1)

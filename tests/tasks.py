@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from os import system  # noqa: F401  a re-export that must never become runnable
 from pathlib import Path
 from typing import Any
 
 from stagerunner import task
-from os import system  # noqa: F401  a re-export that must never become runnable
+from stagerunner.procs import stat_fields
+from stagerunner_tools.runs import alive_for, mark
 
 
 @task
@@ -150,8 +152,9 @@ def open_fds() -> list[int]:
 
 def consumer_pid() -> int:
     """Our consumer: the parent of our parent (the consumer's fork helper)."""
-    with open(f"/proc/{os.getppid()}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    fields = stat_fields(os.getppid())
+    assert fields is not None
+    return int(fields[1])
 
 
 @task
@@ -193,29 +196,14 @@ def note(path: str, key: str, seconds: float = 0.0) -> str:
 
 # Tasks of the fault-injection tests (tests/fault) ---------------------------------------
 
-def _append_line(path: str, doc: dict[str, Any]) -> None:
-    """One write(2) per line on an O_APPEND file: lines of concurrent runs never interleave."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(doc) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 @task
 def record(path: str, key: str, seconds: float = 0.0, tick: float = 0.05) -> int:
     """Like record_run, but keyed by the caller's `key` (one per task), with a "tick" line
     every `tick` seconds while it runs: a run killed midway still shows how long it was
     alive, so a test can tell whether two runs of one task ever overlapped."""
-    def mark(event: str) -> None:
-        _append_line(path, {"key": key, "pid": os.getpid(), "event": event, "t": time.time()})
-
-    mark("start")
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(tick, left))
-        mark("tick")
-    mark("end")
+    mark(path, key, "start")
+    alive_for(path, key, seconds, tick)
+    mark(path, key, "end")
     return os.getpid()
 
 

@@ -12,15 +12,15 @@ Public surface::
     stagerunner.enqueue(app.tasks, "send_email", ["a@example.com"])  # the tutorial's shape
     stagerunner.enqueue_many([("app.tasks:send_email", ["a@b.c"])] * 1000, conn=conn)
 
-Only ``registry`` is imported eagerly: consumers import this package, and everything
-they import is paid on every fork of a job child.
+Only the lean ``client`` (the decorator) is imported eagerly: consumers import this
+package, and everything they import is paid on every fork of a job child.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from stagerunner.registry import task
+from stagerunner.client import task
 
 __all__ = ["cancel", "enqueue", "enqueue_many", "task"]
 __version__ = "0.1.0"

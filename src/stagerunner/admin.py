@@ -1,10 +1,11 @@
-"""Operator commands: inspect and repair tasks and queues (list, show, retry, cancel, purge,
-pause, resume, status --watch). Plain functions over ``store``; the CLI only parses
-arguments and prints what these return, as a table or as JSON.
+"""Operator commands: inspect and repair tasks and queues (status [--watch], list, show,
+retry, cancel, purge, pause, resume). Plain functions over ``store``; ``cli`` parses the
+arguments, and each command prints a table or, with ``--json``, JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -15,25 +16,32 @@ from typing import Any, TextIO
 import psycopg
 
 from stagerunner import store
+from stagerunner.protocol import Status
 
-STATUSES = ("waiting", "running", "success", "error", "timeout", "cancelled")
+STATUSES = tuple(s.value for s in Status)
 
 
 def status_report(conn: psycopg.Connection[Any], expiry_s: float) -> dict[str, Any]:
-    counts = store.count_tasks(conn)
-    nodes = store.live_nodes(conn, expiry_s=expiry_s)
+    """Counts per status (finished ones exact on a small table, estimated on a large one:
+    `status` stays cheap whatever the retention), live nodes, the oldest due waiting age."""
+    live = store.count_live_tasks(conn)
+    finished = store.count_finished_tasks(conn)
     totals = {s: 0 for s in STATUSES}
-    for row in counts:
+    for row in [*live, *finished]:
         totals[row["status"]] += row["n"]
-    oldest = max((r["oldest_waiting_s"] or 0.0 for r in counts), default=0.0)
-    return {"statuses": {k: v for k, v in totals.items() if v}, "queues": counts,
+    oldest = max((r["oldest_waiting_s"] or 0.0 for r in live), default=0.0)
+    nodes = store.live_nodes(conn, expiry_s=expiry_s)
+    return {"statuses": {k: v for k, v in totals.items() if v}, "queues": live,
+            "estimated": not all(r["exact"] for r in finished),
             "nodes_alive": len(nodes), "nodes": nodes, "oldest_waiting_s": round(oldest, 3),
             "paused": [q["name"] for q in store.list_queues(conn) if q["paused"]]}
 
 
 def format_status(report: dict[str, Any], throughput: float | None = None) -> str:
     totals = report["statuses"]
-    lines = ["  ".join(f"{s}={totals.get(s, 0)}" for s in STATUSES)]
+    approx = "~" if report.get("estimated") else ""
+    lines = ["  ".join(f"{s}={approx if s not in ('waiting', 'running') else ''}{totals.get(s, 0)}"
+                       for s in STATUSES)]
     rate = f"  throughput: {throughput:.1f}/s" if throughput is not None else ""
     lines.append(f"nodes alive: {report['nodes_alive']}  oldest waiting: "
                  f"{report['oldest_waiting_s']:.1f}s{rate}")
@@ -110,3 +118,93 @@ def format_task(task: dict[str, Any]) -> str:
                      f"{entry.get('at')}{took}")
         lines += ["    " + line for line in str(entry.get("error", "")).rstrip().splitlines()]
     return "\n".join(lines)
+
+
+# Commands (the CLI parses the arguments; each returns its exit code) ------------------
+
+def _connect(settings: Any) -> psycopg.Connection[Any]:
+    from stagerunner import database, migrations
+
+    db = database.open_database(settings)
+    conn = store.connect(db.dsn)
+    migrations.check_schema(conn)
+    return conn
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> int:
+    print(json.dumps(data, default=str) if getattr(args, "json", False) else text)
+    return 0
+
+
+def cmd_status(settings: Any, args: argparse.Namespace) -> int:
+    if args.watch:
+        watch(lambda: _connect(settings), settings.node_expiry, interval=args.interval,
+              count=args.count, as_json=args.json)
+        return 0
+    with _connect(settings) as conn:
+        report = status_report(conn, settings.node_expiry)
+    return _emit(args, report, format_status(report))
+
+
+def cmd_list(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner.config import parse_duration
+
+    older = parse_duration(args.older_than) if args.older_than else None
+    newer = parse_duration(args.newer_than) if args.newer_than else None
+    with _connect(settings) as conn:
+        rows = store.list_tasks(conn, status=args.status, queue=args.queue, name=args.name,
+                                older_s=older, newer_s=newer, limit=args.limit)
+    columns = ["id", "status", "name", "queue", "attempts", "created_at", "error_head"]
+    return _emit(args, rows, table(rows, columns))
+
+
+def cmd_show(settings: Any, args: argparse.Namespace) -> int:
+    with _connect(settings) as conn:
+        task = store.get_task(conn, task_id=args.id)
+    if task is None:
+        print(f"stagerunner: no task {args.id}", file=sys.stderr)
+        return 1
+    return _emit(args, task, format_task(task))
+
+
+def cmd_retry(settings: Any, args: argparse.Namespace) -> int:
+    if not args.ids and not args.failed:
+        print("stagerunner: retry needs task ids or --failed", file=sys.stderr)
+        return 2
+    with _connect(settings) as conn:
+        ids = store.retry_tasks(conn, ids=args.ids, failed=args.failed)
+    return _emit(args, {"retried": ids}, f"{len(ids)} task(s) back to waiting: "
+                                         + " ".join(map(str, ids)))
+
+
+def cmd_cancel(settings: Any, args: argparse.Namespace) -> int:
+    with _connect(settings) as conn:
+        changed = dict(store.cancel_tasks(conn, ids=args.ids))
+    missing = [i for i in args.ids if i not in changed]
+    lines = [f"{i}: {'cancelled' if st == 'cancelled' else 'cancel requested (running)'}"
+             for i, st in changed.items()]
+    lines += [f"{i}: not waiting or running; unchanged" for i in missing]
+    return _emit(args, {"cancelled": changed, "unchanged": missing}, "\n".join(lines))
+
+
+def cmd_purge(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner.config import parse_duration
+
+    older = parse_duration(args.older_than)
+    deleted = 0
+    with _connect(settings) as conn:
+        while (n := store.purge_tasks(conn, older_s=older, batch=1000)) > 0:
+            deleted += n
+    return _emit(args, {"deleted": deleted}, f"{deleted} finished task(s) deleted")
+
+
+def cmd_pause(settings: Any, args: argparse.Namespace) -> int:
+    paused = args.command == "pause"
+    with _connect(settings) as conn:
+        store.pause_queue(conn, queue=args.queue, paused=paused)
+    state = "paused" if paused else "resumed"
+    return _emit(args, {"queue": args.queue, "paused": paused}, f"queue {args.queue} {state}")
+
+
+COMMANDS = {"status": cmd_status, "list": cmd_list, "show": cmd_show, "retry": cmd_retry,
+            "cancel": cmd_cancel, "purge": cmd_purge, "pause": cmd_pause, "resume": cmd_pause}

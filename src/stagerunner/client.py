@@ -1,9 +1,13 @@
-"""Enqueueing from applications: by function, by name, in the tutorial's
-``enqueue(module, function, args)`` shape, one at a time or in bulk, inside the
-caller's own psycopg transaction when a connection is passed.
+"""The application's side: ``@task`` and enqueueing, by function, by name, in the
+tutorial's ``enqueue(module, function, args)`` shape, one at a time or in bulk, inside
+the caller's own psycopg transaction when a connection is passed.
 
 Arguments must be JSON (lists, objects, strings, numbers, booleans, null): anything
 else is refused here, before it reaches the database.
+
+Task modules import this module (through ``stagerunner.task``), and consumers import
+task modules, so at import time it stays lean: psycopg, the store and the settings are
+imported inside the functions that enqueue.
 """
 
 from __future__ import annotations
@@ -11,20 +15,67 @@ from __future__ import annotations
 import json
 import os
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-
-from stagerunner import registry, store
-from stagerunner.config import MAX_ATTEMPTS_DEFAULT
+from stagerunner import registry
 from stagerunner.errors import NotJSON
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from stagerunner import store
 
 OPTIONS = ("conn", "run_at", "delay", "priority", "queue", "unique_key", "max_attempts", "timeout")
 
 _default: dict[str, Any] = {}  # per-process connection when the caller passes none
+
+
+class TaskFunction:
+    """What ``@task`` returns: still callable directly, plus ``enqueue`` and ``options``."""
+
+    def __init__(self, spec: registry.Spec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.__doc__ = spec.func.__doc__
+        self.__wrapped__ = spec.func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.spec.func(*args, **kwargs)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> int:
+        """Enqueue one run with these arguments; returns the task id."""
+        return self.options().enqueue(*args, **kwargs)
+
+    def options(self, **options: Any) -> Bound:
+        """Bind enqueue options (conn, run_at, delay, priority, queue, unique_key,
+        max_attempts, timeout) and return an object whose ``enqueue`` takes the task's
+        own arguments."""
+        return Bound(self.spec, options)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+def task(func: Callable[..., Any] | None = None, *, name: str | None = None,
+         max_attempts: int | None = None, timeout: float | None = None,
+         queue: str = "default", priority: int = 0, cron: str | None = None) -> Any:
+    """Register a function as a task, with or without options.
+
+    The stable name defaults to ``module:function``; pass ``name=`` to keep it stable
+    across refactors. ``timeout`` (seconds) is capped by STAGERUNNER_MAX_JOB_TIMEOUT.
+    ``cron`` ("*/5 * * * *", UTC) makes it periodic: each tick is enqueued once across
+    all nodes, with no arguments.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> TaskFunction:
+        return TaskFunction(registry.register(fn, name=name, max_attempts=max_attempts,
+                                              timeout=timeout, queue=queue, priority=priority,
+                                              cron=cron))
+
+    return decorate(func) if func is not None else decorate
 
 
 @dataclass(frozen=True)
@@ -54,24 +105,28 @@ def enqueue(target: Any, function: Any = None, args: Any = None, /, **options: A
 
 def enqueue_many(items: Iterable[tuple[Any, Any]], /, **options: Any) -> list[int]:
     """Enqueue many (name, args) pairs in one INSERT statement; ids in input order."""
+    from stagerunner import store
+
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise TypeError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
     conn = options.pop("conn", None)
     rows = [_new_task(_name_of(name, None), args, options) for name, args in items]
-    if conn is not None:
-        return store.insert_tasks(conn, rows)
-    return store.insert_tasks(_connection(), rows)
+    return store.insert_tasks(conn if conn is not None else _connection(), rows)
 
 
 def cancel(ids: Iterable[int], /, *, conn: psycopg.Connection[Any] | None = None
            ) -> dict[int, str]:
     """Cancel tasks: waiting ones end ``cancelled`` at once; running ones are killed by
     their node and end ``cancelled``. Returns {id: status now}; finished tasks are left out."""
+    from stagerunner import store
+
     return dict(store.cancel_tasks(conn or _connection(), ids=list(ids)))
 
 
 def _new_task(name: str, args: Any, options: dict[str, Any]) -> store.NewTask:
+    from stagerunner import store
+
     spec = registry.lookup(name)
     delay = options.get("delay")
     if isinstance(delay, timedelta):
@@ -85,7 +140,8 @@ def _new_task(name: str, args: Any, options: dict[str, Any]) -> store.NewTask:
         queue=options.get("queue") or (spec.queue if spec else "default"),
         priority=int(options.get("priority", spec.priority if spec else 0)),
         max_attempts=int(options.get("max_attempts")
-                         or (spec.max_attempts if spec and spec.max_attempts else MAX_ATTEMPTS_DEFAULT)),
+                         or (spec.max_attempts if spec and spec.max_attempts
+                             else registry.MAX_ATTEMPTS_DEFAULT)),
         timeout_s=options.get("timeout") or (spec.timeout if spec else None),
         delay_s=delay,
         run_at=run_at,
@@ -119,7 +175,7 @@ def _shape(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
 
 def _name_of(target: Any, function: Any) -> str:
     for candidate in (function, target):
-        if isinstance(candidate, registry.TaskFunction):
+        if isinstance(candidate, TaskFunction):
             return candidate.name
     if function is None:
         if isinstance(target, str):
@@ -135,10 +191,9 @@ def _name_of(target: Any, function: Any) -> str:
 def _connection() -> psycopg.Connection[Any]:
     """A per-process autocommit connection to the configured (or embedded) database."""
     if _default.get("pid") != os.getpid() or _default["conn"].closed:
-        from stagerunner import config, database
+        from stagerunner import config, database, store
 
         db = database.open_database(config.load())
         _default.update(pid=os.getpid(), conn=store.connect(db.dsn), db=db)
     conn: psycopg.Connection[Any] = _default["conn"]
     return conn
-

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import psycopg
 
 from stagerunner import store
-from stagerunner.protocol import Outcome, Status, TERMINAL
+from stagerunner.protocol import TERMINAL, Outcome, Status
 from stagerunner.store import Finish
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_BASE_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
 
 
-def decide(outcome: Outcome, *, lost: int, max_attempts: int) -> Finish:
-    """The row transition for one outcome. `lost` is the task's lost count at claim time."""
+def decide(outcome: Outcome, *, lost: int, max_attempts: int, lost_backoff: bool = True
+           ) -> Finish:
+    """The row transition for one outcome. `lost` is the task's lost count at claim time;
+    a lost run goes back with a backoff unless `lost_backoff` is off (a rescue)."""
     o = outcome
     if o.lost:
         gone = lost + 1
@@ -44,7 +47,7 @@ def decide(outcome: Outcome, *, lost: int, max_attempts: int) -> Finish:
             error = f"{o.error}; lost {gone} times, giving up"
             return Finish(o.task_id, o.attempt, Status.ERROR, "lost", None, error, 0.0, 1, o.runtime_ms)
         return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error,
-                      backoff(gone), 1, o.runtime_ms)
+                      backoff(gone) if lost_backoff else 0.0, 1, o.runtime_ms)
     if o.status in (Status.SUCCESS, Status.CANCELLED):
         return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0, o.runtime_ms)
     if o.status not in TERMINAL:
@@ -75,7 +78,7 @@ class Completer:
         """Time to write: the batch is full or its oldest outcome waited long enough."""
         return bool(self.pending) and (len(self.pending) >= max_batch or now - self.since >= max_age)
 
-    def flush(self, conn: psycopg.Connection) -> int:
+    def flush(self, conn: psycopg.Connection[Any]) -> int:
         """Write everything pending. Connection errors propagate with the buffer intact;
         a row the database refuses (bad data) is isolated and ends in error instead of
         blocking every outcome behind it."""
@@ -95,12 +98,11 @@ class Completer:
                             extra={"event": "task.stale_outcome", "task_id": f.task_id,
                                    "attempt": f.attempt, "status": str(f.status)})
             else:
-                _log_finish(f)
+                _log_finish(f, written[f.task_id])
         return len(written)
 
-
-    def _one_by_one(self, conn: psycopg.Connection, batch: list[Finish]) -> set[int]:
-        written: set[int] = set()
+    def _one_by_one(self, conn: psycopg.Connection[Any], batch: list[Finish]) -> dict[int, str]:
+        written: dict[int, str] = {}
         for f in batch:
             try:
                 written |= store.finish_tasks(conn, owner=self.owner, finishes=[f])
@@ -116,16 +118,18 @@ class Completer:
         return written
 
 
-def _log_finish(f: Finish) -> None:
+def _log_finish(f: Finish, status: str) -> None:
+    """One line per transition written; `status` is the row's status now (a retry of a
+    task whose cancel was requested ended cancelled)."""
     event = {Status.SUCCESS: "task.finished", Status.WAITING: "task.retrying",
              Status.TIMEOUT: "task.timed_out", Status.CANCELLED: "task.cancelled"}.get(
-        Status(f.status), "task.failed")
-    if f.reported == "lost":
+        Status(status), "task.failed")
+    if f.reported == "lost" and status != Status.CANCELLED:
         event = "task.lost"
-    level = logging.INFO if f.status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
+    level = logging.INFO if status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
     log.log(level, event.replace("task.", "task ").replace("_", " "),
             extra={"event": event, "task_id": f.task_id, "attempt": f.attempt,
-                   "status": str(f.status), "reported": str(f.reported),
+                   "status": status, "reported": str(f.reported),
                    "runtime_ms": round(f.runtime_ms, 2),
                    **({"error": _first_line(f.error)} if f.error else {})})
 

@@ -24,7 +24,6 @@ PREFIX = "STAGERUNNER_"
 CONSUMERS_DEFAULT = 4 * (os.cpu_count() or 1)
 JOB_TIMEOUT_DEFAULT = 1.0
 MAX_JOB_TIMEOUT_DEFAULT = 30.0
-MAX_ATTEMPTS_DEFAULT = 3
 POLL_INTERVAL_DEFAULT = 2.0
 HEARTBEAT_INTERVAL_DEFAULT = 1.0
 NODE_EXPIRY_DEFAULT = 3.0
@@ -35,8 +34,6 @@ PREFETCH_DEFAULT = 1
 PREFETCH_REUSE_DEFAULT = 32
 # Variables that belong to the test suite, not to the runner.
 NOT_SETTINGS = ("STAGERUNNER_TEST_",)
-
-
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "stagerunner" / "pgdata"
@@ -128,7 +125,8 @@ class Settings(BaseSettings):
     def window(self) -> int:
         """Tasks a consumer holds at once: the one it runs plus those prefetched. By default
         one prefetched task for fresh children; 32 with child reuse, where jobs are tiny and
-        the producer's round trip would otherwise dominate (bin/bench: 2.2k -> 6.2k/s)."""
+        the producer's round trip would otherwise dominate (measured by bin/bench; see the
+        README's performance section)."""
         if self.prefetch is not None:
             return 1 + self.prefetch
         return 1 + (PREFETCH_DEFAULT if self.child_reuse == 1 else PREFETCH_REUSE_DEFAULT)

@@ -1,12 +1,12 @@
 """Consumer stage: asks for work, runs each task in a job child under its deadline,
 reports the outcome. Holds no database connection and never imports psycopg.
 
-    producer ══pipe══ consumer ══socket══ forker ──fork──> job child (one per job;
-      Batch, Stop, Cancel ──>   <── Demand, Outcome, Bye       K with child reuse)
+    producer ══pipe══ consumer ══socket══ fork helper ──fork──> job child (one per job;
+      Batch, Stop, Cancel ──>   <── Demand, Outcome, Bye            K with child reuse)
 
 The job children are forked by the consumer's fork helper (``forker``), which keeps
 their fork cheap; the consumer holds each child's pipes and pidfd and enforces its
-deadline itself.
+deadline itself (``executor.Job`` says how a job ended).
 
 One ``step`` blocks in one ``select`` over the producer pipe, the fork helper's socket
 and the running child's result pipe and pidfd, with the running job's deadline as the
@@ -27,9 +27,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import executor, faults, logs, registry
-from stagerunner.errors import StagerunnerError
-from stagerunner.executor import Child, Limits
+from stagerunner import faults, logs, procs, registry
+from stagerunner.errors import BadArguments, StagerunnerError
+from stagerunner.executor import ChildHandle, Ending, Job, Limits, Resolver
 from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Outcome, ProtocolError, Status, Stop,
                                   Task, decode, encode)
@@ -49,36 +49,24 @@ class ConsumerConfig:
     window: int = 2  # tasks held at once: the running one plus one prefetched
 
 
-@dataclass(slots=True)
-class Running:
-    task: Task
-    started: float
-    deadline: float
-    timeout: float
-
-
 class Consumer:
     def __init__(self, conn: Any, config: ConsumerConfig) -> None:
         self.conn = conn
+        self.outbox = procs.Outbox(conn)
         self.config = config
         self.limits = config.limits
         self.queue: deque[Task] = deque()
-        self.spare: Child | None = None  # the child that runs (or will run) the next job
+        self.spare: ChildHandle | None = None  # the child that runs (or will run) the next job
         self.forker: Forker | None = None
-        self.running: Running | None = None
+        self.job: Job | None = None
         self.stopping = False
         self.done = False
-        self.resolve = _resolve_for_child(self.limits.modules)
 
     # The loop -------------------------------------------------------------------
 
     def run(self) -> int:
-        c = self.config
-        self.forker = Forker.start(self.limits, self.resolve, f"c{c.slot}",
-                                   f"stagerunner: forker {c.slot} queue={c.queue} node={c.node}")
         try:
-            self.forker.request()
-            self._send(Demand(self.config.window))
+            self.start()
             while not self.done:
                 self.step(time.monotonic())
         except ForkerGone as exc:
@@ -88,13 +76,22 @@ class Consumer:
                                                            "error": str(exc)})
             return 1
         finally:
-            self._discard_spare()
+            self._drain_outbox()
+            self.close()
         return 0
 
+    def start(self) -> None:
+        """Start the fork helper, have the first child forked, and ask for work."""
+        c = self.config
+        self.forker = Forker.start(self.limits, _resolver(self.limits.modules), f"c{c.slot}",
+                                   f"stagerunner: forker {c.slot} queue={c.queue} node={c.node}")
+        self.forker.request()
+        self._send(Demand(c.window))
+
     def step(self, now: float) -> None:
-        if self.running is None and not self.stopping:
+        if self.job is None and not self.stopping:
             self._start_next(now)
-        if self.running is None and self.stopping:
+        if self.job is None and self.stopping:
             self._send(Bye(tuple(t.id for t in self.queue)))
             self.queue.clear()
             self.done = True
@@ -102,16 +99,36 @@ class Consumer:
         forker = self._forker()
         fds = [self.conn.fileno(), forker.fileno()]
         timeout = None
-        if self.running is not None and self.spare is not None:
-            fds += self.spare.fds()
-            timeout = max(0.0, self.running.deadline - now)
-        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.job is not None:
+            fds += self.job.fds()
+            timeout = max(0.0, self.job.deadline - now)
+        writing = [self.outbox.fileno()] if self.outbox.pending else []
+        ready, writable, _ = select.select(fds, writing, [], timeout)
+        if writable:
+            self._flush()
         if forker.fileno() in ready:
             forker.pump()  # the child we asked for; or ForkerGone before we take work
         if self.conn.fileno() in ready:
             self._read_producer()
-        if self.running is not None:
-            self._check_job(ready)
+        if self.job is not None:
+            self._check_job(ready, time.monotonic())
+
+    def _drain_outbox(self, timeout: float = 10.0) -> None:
+        """Before leaving: what the producer has not read yet (a Bye, an outcome)."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.pending and time.monotonic() < deadline:
+            select.select([], [self.outbox.fileno()], [], deadline - time.monotonic())
+            self._flush()
+
+    def close(self) -> None:
+        """Kill what is left: the spare child, the fork helper and any stray."""
+        try:
+            self._retire_child()
+        except ForkerGone:
+            pass
+        if self.forker is not None:
+            self.forker.close()  # it kills and reaps whatever it still has
+        procs.kill_strays(set())
 
     # Producer messages ----------------------------------------------------------
 
@@ -129,7 +146,7 @@ class Consumer:
     def _handle(self, message: object) -> None:
         match message:
             case Batch(tasks=tasks):
-                held = len(self.queue) + (self.running is not None) + len(tasks)
+                held = len(self.queue) + (self.job is not None) + len(tasks)
                 if held > self.config.window:
                     log.error("producer sent more tasks than asked for; running them anyway",
                               extra={"event": "consumer.excess_tasks", "held": held,
@@ -145,11 +162,10 @@ class Consumer:
                                                        "message": repr(message)})
 
     def _cancel(self, task_id: int) -> None:
-        if self.running is not None and self.running.task.id == task_id:
-            run = self.running
-            self._retire_child(wait=False)  # the group is SIGKILLed before we report
-            self._finish(Outcome(task_id, run.task.attempt, Status.CANCELLED, self._ms(run),
-                                 error="cancelled while running"), recycle=False)
+        if self.job is not None and self.job.task.id == task_id:
+            outcome = self.job.cancelled(time.monotonic())
+            self._retire_child()  # the group is SIGKILLed before we report
+            self._finish(outcome, keep_child=False)
             return
         for task in list(self.queue):
             if task.id == task_id:
@@ -158,16 +174,16 @@ class Consumer:
                                      error="cancelled before it started"))
 
     def _abandon(self) -> None:
-        if self.running is not None:
-            self._retire_child(wait=False)
-            self.running = None
+        if self.job is not None:
+            self._retire_child()
+            self.job = None
         self.queue.clear()
         self.done = True
 
     # Jobs -----------------------------------------------------------------------
 
     def _start_next(self, now: float) -> None:
-        while self.queue and self.running is None:
+        while self.queue and self.job is None:
             task = self.queue.popleft()
             try:
                 spec = registry.resolve(task.name, self.limits.modules)
@@ -181,41 +197,35 @@ class Consumer:
                                      error=f"task refused: {type(exc).__name__}: {exc}"[:2000]))
                 continue
             if self.spare is None:
-                self.spare = self._fork()
+                self.spare = self._forker().take()
             timeout = self.limits.deadline_for(task, spec.timeout)
-            self.running = Running(task, now, now + timeout, timeout)
+            self.job = Job(task, self.spare, now, now + timeout, timeout)
             faults.hit(self.config.fault, "consumer", "before_job")
             self.spare.send(task)
             log.debug("task started", extra={"event": "task.started", "task_id": task.id,
                                              "attempt": task.attempt, "child": self.spare.pid})
 
-    def _check_job(self, ready: list[int]) -> None:
-        run, child = self.running, self.spare
-        assert run is not None and child is not None
-        reply = child.poll_result() if child.result_r in ready else None
-        if reply is None and child.pidfd in ready:
-            reply = child.drain_result()
-            if reply is None:
-                status = child.kill()  # it is dead already: reap it for its exit status
-                self.spare = None
-                self._finish(Outcome(run.task.id, run.task.attempt, Status.ERROR, self._ms(run),
-                                     error=executor.describe_exit(status or 0)), recycle=False)
-                return
-        if reply is not None:
-            outcome = executor.outcome_from_reply(run.task, reply, self._ms(run))
-            recycle = child.jobs_sent >= self.limits.child_reuse
-            self._finish(outcome, recycle=recycle)
-        elif time.monotonic() >= run.deadline:
-            self._retire_child(wait=False)  # the group is SIGKILLed before we report
-            self._finish(Outcome(run.task.id, run.task.attempt, Status.TIMEOUT, self._ms(run),
-                                 error=f"killed at its deadline of {run.timeout:g} s"), recycle=False)
+    def _check_job(self, ready: list[int], now: float) -> None:
+        job = self.job
+        assert job is not None
+        ending = job.check(ready, now)
+        if ending is None:
+            return
+        if ending is Ending.REPLIED:
+            keep = job.child.jobs_sent < self.limits.child_reuse
+            self._finish(job.outcome(ending, now), keep_child=keep)
+            return
+        # dead already (reap it for its wait status), or past its deadline (kill its group
+        # before we report)
+        status = self._retire_child(wait=ending is Ending.EXITED)
+        self._finish(job.outcome(ending, now, status or 0), keep_child=False)
 
-    def _finish(self, outcome: Outcome, recycle: bool) -> None:
-        self.running = None
+    def _finish(self, outcome: Outcome, keep_child: bool) -> None:
+        self.job = None
         self._report(outcome)
-        if recycle:
-            self._retire_child(wait=False)  # the forker kills strays as it reaps it
-        elif self.spare is not None:
+        if not keep_child:
+            self._retire_child()  # done with it (if not killed already); the helper kills
+        else:                     # strays as it reaps it
             self._forker().sweep()  # a reused child lives on: kill what its job left behind
         if self.spare is None and not self.stopping:
             self._forker().request()  # forked now, while the next task is on its way
@@ -224,40 +234,32 @@ class Consumer:
         demand = 0 if self.stopping else 1
         self._send(dataclasses.replace(outcome, demand=demand))
 
-    def _retire_child(self, wait: bool) -> None:
-        """SIGKILL the child's group now; with `wait`, also learn its wait status."""
-        if self.spare is not None:
-            self.spare.kill(wait=wait)
-            self.spare = None
-
-    def _discard_spare(self) -> None:
-        try:
-            self._retire_child(wait=False)
-        except ForkerGone:
-            pass
-        if self.forker is not None:
-            self.forker.close()  # it kills and reaps whatever it still has
-        executor.kill_strays(set())
-
-    def _fork(self) -> Child:
-        return self._forker().take()
+    def _retire_child(self, wait: bool = False) -> int | None:
+        """SIGKILL the spare child's group now; with `wait`, also learn its wait status."""
+        if self.spare is None:
+            return None
+        child, self.spare = self.spare, None
+        return self._forker().kill(child, wait=wait)
 
     def _forker(self) -> Forker:
-        assert self.forker is not None, "run() starts the forker"
+        assert self.forker is not None, "start() starts the fork helper"
         return self.forker
 
     def _send(self, message: Demand | Outcome | Bye) -> None:
         try:
-            self.conn.send_bytes(encode(message))
-        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.outbox.send(encode(message))
+        except OSError:
             self._abandon()
 
-    @staticmethod
-    def _ms(run: Running) -> float:
-        return (time.monotonic() - run.started) * 1000
+    def _flush(self) -> None:
+        try:
+            self.outbox.flush()
+        except OSError:
+            self.outbox.pending.clear()
+            self._abandon()
 
 
-def _resolve_for_child(modules: tuple[str, ...]) -> executor.Resolver:
+def _resolver(modules: tuple[str, ...]) -> Resolver:
     def resolve(name: str) -> Any:
         return registry.resolve(name, modules).func
 
@@ -266,8 +268,6 @@ def _resolve_for_child(modules: tuple[str, ...]) -> executor.Resolver:
 
 def _check_arguments(spec: registry.Spec, args_text: str) -> None:
     """Refuse arguments that cannot be bound to the task's signature, before forking."""
-    from stagerunner.errors import BadArguments
-
     try:
         args = json.loads(args_text)
     except (ValueError, RecursionError) as exc:
@@ -298,7 +298,7 @@ def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, 
         os._exit(1)
     # before the environment is replaced: setproctitle needs the original environ block
     logs.set_title(f"stagerunner: consumer {config.slot} queue={config.queue} node={config.node}")
-    executor.become_subreaper()
+    procs.become_subreaper()
     os.environ.clear()
     os.environ.update(environment)  # jobs never see the runner's STAGERUNNER_* settings
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
@@ -312,10 +312,4 @@ def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, 
     # Everything imported so far lives as long as we do: out of the collector's sight, a
     # full collection in a job child does not write (and so copy) every object's header.
     gc.freeze()
-    try:
-        code = Consumer(conn, config).run()
-    except Exception:
-        log.exception("consumer crashed", extra={"event": "consumer.crashed"})
-        code = 1
-    os._exit(code)
-
+    procs.exit_with(Consumer(conn, config).run, log, "consumer")

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from stagerunner import store
+from stagerunner import migrations, store
 from stagerunner.config import Settings
 
 log = logging.getLogger(__name__)
@@ -59,5 +59,5 @@ def _embedded(settings: Settings, install: bool) -> Database:
     dsn = server.get_uri()
     if install:
         with store.connect(dsn) as conn:
-            store.install_schema(conn)
+            migrations.install_schema(conn)
     return Database(dsn, embedded=True, server=server)

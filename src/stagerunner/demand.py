@@ -1,7 +1,8 @@
 """Demand bookkeeping: pure, no pipes, no database (GenStage's dispatchers).
 
 ``Ledger`` is the DemandDispatcher: each consumer slot has credits it asked for and
-the tasks it holds, in the order it received them. The producer asks the ledger how
+the tasks it holds (as ``Claim``: the task plus what deciding its outcome needs), in
+the order it received them. The producer asks the ledger how
 many tasks a queue can take (``unmet``), claims at most that many, and lets
 ``assign`` split them so no consumer gets more than it asked for; leftovers go back
 to the caller to be released.
@@ -21,11 +22,21 @@ from stagerunner.protocol import Task
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed task and its row's counters at claim time (the completer decides with
+    them: lost runs so far, the retry budget)."""
+
+    task: Task
+    lost: int = 0
+    max_attempts: int = 1
+
+
 @dataclass(slots=True)
 class Slot:
     queue: str
     credits: int = 0
-    held: list[Task] = field(default_factory=list)
+    held: list[Claim] = field(default_factory=list)
     heard_at: float = 0.0  # monotonic time of the last message from this consumer
 
 
@@ -60,10 +71,10 @@ class Ledger:
         capacity = sum(s.credits + len(s.held) for s in slots)
         return unmet * 2 >= capacity
 
-    def assign(self, queue: str, tasks: Sequence[Task], now: float = 0.0
-               ) -> tuple[dict[int, list[Task]], list[Task]]:
+    def assign(self, queue: str, tasks: Sequence[Claim], now: float = 0.0
+               ) -> tuple[dict[int, list[Claim]], list[Claim]]:
         """Give each task to the slot with the most credits left; return (plan, leftover)."""
-        plan: dict[int, list[Task]] = {}
+        plan: dict[int, list[Claim]] = {}
         hungry = [i for i, s in self.slots.items() if s.queue == queue and s.credits > 0]
         pending = list(tasks)
         while pending and hungry:
@@ -79,23 +90,23 @@ class Ledger:
                 hungry.remove(slot)
         return plan, pending
 
-    def finished(self, slot: int, task_id: int, attempt: int) -> Task | None:
+    def finished(self, slot: int, task_id: int, attempt: int) -> Claim | None:
         """Forget a task the slot reported on; None if the slot did not hold it."""
         s = self.slots[slot]
-        for i, task in enumerate(s.held):
-            if task.id == task_id and task.attempt == attempt:
+        for i, claim in enumerate(s.held):
+            if claim.task.id == task_id and claim.task.attempt == attempt:
                 return s.held.pop(i)
         return None
 
-    def take_back(self, slot: int, task_ids: Iterable[int]) -> list[Task]:
+    def take_back(self, slot: int, task_ids: Iterable[int]) -> list[Claim]:
         """Tasks a consumer returned unstarted."""
         wanted = set(task_ids)
         s = self.slots[slot]
-        back = [t for t in s.held if t.id in wanted]
-        s.held = [t for t in s.held if t.id not in wanted]
+        back = [c for c in s.held if c.task.id in wanted]
+        s.held = [c for c in s.held if c.task.id not in wanted]
         return back
 
-    def drop(self, slot: int) -> tuple[Task | None, list[Task]]:
+    def drop(self, slot: int) -> tuple[Claim | None, list[Claim]]:
         """Detach a dead slot: (the task it may have been running, the ones it never started)."""
         s = self.slots.pop(slot)
         if not s.held:
@@ -104,7 +115,7 @@ class Ledger:
 
     def holder(self, task_id: int) -> int | None:
         for i, s in self.slots.items():
-            if any(t.id == task_id for t in s.held):
+            if any(c.task.id == task_id for c in s.held):
                 return i
         return None
 
@@ -112,8 +123,8 @@ class Ledger:
         """Slots holding work that have said nothing for longer than `limit` seconds."""
         return [i for i, s in self.slots.items() if s.held and now - s.heard_at > limit]
 
-    def held(self) -> list[Task]:
-        return [t for s in self.slots.values() for t in s.held]
+    def held(self) -> list[Claim]:
+        return [c for s in self.slots.values() for c in s.held]
 
     def credits(self) -> int:
         return sum(s.credits for s in self.slots.values())

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from stagerunner import procs
-from stagerunner.demand import Broadcast, Ledger
+from stagerunner.demand import Broadcast, Claim, Ledger
 from stagerunner.protocol import Batch, Demand, Outcome, Status, Stop, Task, decode, encode
 
 STATE = "state_doesnt_matter"
@@ -82,7 +82,11 @@ def _produce(pipes: dict[int, Any], broadcast: bool, events: int, start: int) ->
             demand = min(demand, events - emitted)
         batch = [Task(n, 0, "counter", "null") for n in range(counter, counter + demand)]
         counter, emitted = counter + demand, emitted + demand
-        plan = fanout.assign(batch) if broadcast else ledger.assign("counter", batch)[0]
+        if broadcast:
+            plan = fanout.assign(batch)
+        else:
+            claims = ledger.assign("counter", [Claim(t) for t in batch])[0]
+            plan = {i: [c.task for c in given] for i, given in claims.items()}
         for i, given in plan.items():
             if given:
                 pipes[i].send_bytes(encode(Batch(tuple(given))))

@@ -1,67 +1,39 @@
-"""Job children: forked ahead of time, one job each (or K with child reuse), killed as a
-process group at the deadline.
+"""Job children, and the one way to watch a job: forked ahead of time, one job each (or K
+with child reuse), killed as a process group at the deadline.
 
     consumer (through its fork helper) ──fork──> job child (own process group)
        │  job pipe   ──>  [len][json: id, name, args]
        │  result pipe <── [len][json: "ok", result] | ["error", text]
        └─ pidfd: tells the consumer the child exited without a result
 
-The next child is forked right after a job ends, so the fork is paid while the
-consumer waits for work rather than between a task's arrival and its start. In a node
-the consumer's fork helper (``forker``) forks them with ``fork_child``; ``Child.fork``
-and ``execute`` run the same child from the calling process.
+``fork_child`` makes a child that waits for its job; the consumer's fork helper
+(``forker``) calls it, so the fork is paid while the consumer waits for work rather than
+between a task's arrival and its start. ``ChildHandle`` is the consumer's end of one
+child, and ``Job`` watches one task in it: the result, an exit without one, or the
+deadline, each turned into its ``Outcome`` here and nowhere else.
 
-Every path ends in ``Child.kill``: SIGKILL to the child's whole group, then a reap.
-There is no TERM grace period; it would stretch the deadline. Grandchildren that
-left the group (setsid) are reparented to the process that forked the child, a child
-subreaper, and are killed by ``kill_strays``.
+There is no TERM grace period: it would stretch the deadline. Killing is the
+consumer's (a SIGKILL to the child's group, see ``forker.Forker.kill``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import select
 import signal
 import struct
-import time
 import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from stagerunner import procs
 from stagerunner.protocol import Outcome, Status, Task
 
 _HEADER = struct.Struct(">I")
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_NAME = 15
-_libc: Any = None
 
-
-def _prctl(option: int, value: int | bytes) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(option, value, 0, 0, 0)
-
-
-def set_comm(name: str) -> None:
-    """The name `top` and `ps -o comm` show (15 bytes); cheap, unlike setproctitle."""
-    _prctl(_PR_SET_NAME, name.encode()[:15])
-
-
-def become_subreaper() -> None:
-    """Orphaned grandchildren of our jobs get reparented to us, so we can kill them."""
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-
-
-def die_with_parent(expected_parent: int) -> None:
-    """SIGKILL this process when its parent dies (and close the race if it already has)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != expected_parent:
-        os._exit(1)
+Resolver = Callable[[str], Callable[..., Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +58,8 @@ class Limits:
 
 # Framing ---------------------------------------------------------------------------
 
-def _frame(payload: bytes) -> bytes:
+def frame(payload: bytes) -> bytes:
+    """A length-prefixed message, as both pipes of a job child carry them."""
     return _HEADER.pack(len(payload)) + payload
 
 
@@ -109,9 +82,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # The job child ---------------------------------------------------------------------
 
-Resolver = Callable[[str], Callable[..., Any]]
-
-
 def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[Any]:
     """Call the task; return the wire result ["ok", json] or ["error", text]. Never raises."""
     try:
@@ -130,13 +100,28 @@ def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[An
     return ["ok", text]
 
 
-def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
-                title: str) -> None:
+def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
+               title: str) -> None:
+    """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
+    prepare_child(parent, limits, title)
+    for _ in range(limits.child_reuse):
+        job = read_job(job_r)
+        if job is None:
+            return
+        _task_id, name, args_text = job
+        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
+        _flush_std()
+        _write_all(result_w, frame(json.dumps(reply).encode()))
+
+
+def prepare_child(parent: int, limits: Limits, title: str) -> None:
+    """Its own process group, death with its parent, stdio on fds 1-2, its name, default
+    signal dispositions and the memory limit."""
     os.setpgrp()
-    die_with_parent(parent)
+    procs.die_with_parent(parent)
     _std_streams_on_fds()
-    if title:  # comm only: setproctitle costs ~0.7 ms a fork
-        set_comm(title)
+    if title:  # comm only: setproctitle would cost more than the rest of the set-up
+        procs.set_comm(title)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if limits.memory_mb:
@@ -144,15 +129,16 @@ def _child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve:
 
         size = limits.memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
-    for _ in range(limits.child_reuse):
-        try:
-            header = _read_exact(job_r, _HEADER.size)
-        except EOFError:
-            return
-        _task_id, name, args_text = json.loads(_read_exact(job_r, _HEADER.unpack(header)[0]))
-        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
-        _flush_std()
-        _write_all(result_w, _frame(json.dumps(reply).encode()))
+
+
+def read_job(job_r: int) -> list[Any] | None:
+    """The next job from the job pipe ([id, name, args]), or None once the pipe closed."""
+    try:
+        header = _read_exact(job_r, _HEADER.size)
+    except EOFError:
+        return None
+    job: list[Any] = json.loads(_read_exact(job_r, _HEADER.unpack(header)[0]))
+    return job
 
 
 def _std_streams_on_fds() -> None:
@@ -180,30 +166,14 @@ def _flush_std() -> None:
             pass
 
 
-def fork_running(keep_fds: set[int], body: Callable[[], object]) -> int:
-    """Fork a process that holds only fds 0-2 and `keep_fds`, runs `body` and exits
-    (0, or 70 if it raised); never returns in the child. The child's pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            _close_fds_except({0, 1, 2, *keep_fds})
-            body()
-        except BaseException:
-            code = 70
-        finally:
-            os._exit(code)
-    return pid
-
-
 def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
     """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
     read end)."""
     job_r, job_w = os.pipe()
     result_r, result_w = os.pipe()
     parent = os.getpid()
-    pid = fork_running({job_r, result_w},
-                       lambda: _child_main(job_r, result_w, parent, limits, resolve, title))
+    pid = procs.fork_running({job_r, result_w},
+                             lambda: child_main(job_r, result_w, parent, limits, resolve, title))
     try:
         os.setpgid(pid, pid)  # the child does it too; whichever runs first, its group
     except OSError:           # exists before anyone can signal it
@@ -213,31 +183,30 @@ def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int,
     return pid, job_w, result_r
 
 
-# The consumer's handle on a child --------------------------------------------------
+# The consumer's end of a child -------------------------------------------------------
 
-class Child:
-    """A forked job child waiting for (or running) its job."""
+@dataclass(slots=True)
+class ChildHandle:
+    """A job child waiting for (or running) its job: its pipes and its pidfd. Its pid stays
+    ours until the fork helper reaps it, which it does only once the consumer let go."""
 
-    def __init__(self, pid: int, job_w: int, result_r: int) -> None:
-        self.pid = pid
-        self.job_w = job_w
-        self.result_r = result_r
-        self.pidfd = os.pidfd_open(pid)
-        self.jobs_sent = 0
-        self.buffer = bytearray()
-        self.status: int | None = None
+    pid: int
+    job_w: int
+    result_r: int
+    pidfd: int = -1
+    jobs_sent: int = 0
+    buffer: bytearray = field(default_factory=bytearray)
 
-    @classmethod
-    def fork(cls, limits: Limits, resolve: Resolver, title: str = "") -> Child:
-        """A child of this process (the consumer's fork helper makes its own the same way)."""
-        return cls(*fork_child(limits, resolve, title))
+    def __post_init__(self) -> None:
+        if self.pidfd < 0:
+            self.pidfd = os.pidfd_open(self.pid)
 
     def send(self, task: Task) -> None:
         self.jobs_sent += 1
         self.buffer.clear()
         payload = json.dumps([task.id, task.name, task.args]).encode()
         try:
-            _write_all(self.job_w, _frame(payload))
+            _write_all(self.job_w, frame(payload))
         except BrokenPipeError:
             pass  # the child already died; the pidfd will say so
 
@@ -275,64 +244,68 @@ class Child:
         del self.buffer[:_HEADER.size + size]
         return reply if isinstance(reply, list) else ["error", "malformed reply from job child"]
 
-    def exited(self) -> bool:
-        return bool(select.select([self.pidfd], [], [], 0)[0])
-
-    def kill(self, wait: bool = True) -> int | None:
-        """SIGKILL the whole group and close the pipes. With `wait`, reap the child and
-        return its wait status; without, the caller reaps it later (``reap``), so the
-        consumer does not sit in waitpid while the kernel tears the child down."""
-        if self.status is not None:
-            return self.status  # reaped: its pid may belong to someone else by now
-        sigkill_group(self.pid)
-        for fd in (self.job_w, self.result_r):
-            _close(fd)
-        self.job_w = self.result_r = -1
-        if wait:
-            self.reap(block=True)
-        return self.status
-
-    def reap(self, block: bool = False) -> bool:
-        """Collect the child's exit status once it is dead; True when it has been reaped."""
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-            if pid == 0:
-                return False
-            self.status = status
-            _close(self.pidfd)
-            self.pidfd = -1
-        return True
+    def close(self) -> None:
+        """Close our ends (the group was killed, or the child is done)."""
+        for fd in (self.job_w, self.result_r, self.pidfd):
+            procs.close_fd(fd)
+        self.job_w = self.result_r = self.pidfd = -1
 
 
-def sigkill_group(pid: int) -> None:
-    """SIGKILL the process group led by `pid`, then `pid` itself (in case it died or was
-    killed before it could call setpgrp)."""
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+# Watching one job ----------------------------------------------------------------------
+
+class Ending(Enum):
+    """How a job ended, as far as its watcher can tell."""
+
+    REPLIED = "replied"      # a complete result or error came back; the child may live on
+    EXITED = "exited"        # the child is gone without a reply: its wait status says why
+    EXPIRED = "expired"      # the deadline passed: kill its group
 
 
-def _close(fd: int) -> None:
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+@dataclass(slots=True)
+class Job:
+    """One task running in one child, under its deadline (monotonic seconds)."""
 
+    task: Task
+    child: ChildHandle
+    started: float
+    deadline: float
+    timeout: float
+    reply: list[Any] | None = None
 
-def _close_fds_except(keep: set[int]) -> None:
-    top = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
-    low = 0
-    for fd in sorted(keep):
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, top)
+    def fds(self) -> list[int]:
+        return self.child.fds()
 
+    def check(self, ready: list[int], now: float) -> Ending | None:
+        """What `select` said about the job's fds, as an ending (None: still running)."""
+        child = self.child
+        if child.result_r in ready:
+            self.reply = child.poll_result()
+        if self.reply is None and child.pidfd in ready:
+            self.reply = child.drain_result()
+            if self.reply is None:
+                return Ending.EXITED
+        if self.reply is not None:
+            return Ending.REPLIED
+        return Ending.EXPIRED if now >= self.deadline else None
 
-# Outcomes --------------------------------------------------------------------------
+    def outcome(self, ending: Ending, now: float, wait_status: int = 0) -> Outcome:
+        t, ms = self.task, self.runtime_ms(now)
+        if ending is Ending.REPLIED and self.reply and self.reply[0] == "ok":
+            return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=self.reply[1])
+        if ending is Ending.REPLIED:
+            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str((self.reply or [""])[-1]))
+        if ending is Ending.EXITED:
+            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=describe_exit(wait_status))
+        return Outcome(t.id, t.attempt, Status.TIMEOUT, ms,
+                       error=f"killed at its deadline of {self.timeout:g} s")
+
+    def cancelled(self, now: float) -> Outcome:
+        return Outcome(self.task.id, self.task.attempt, Status.CANCELLED, self.runtime_ms(now),
+                       error="cancelled while running")
+
+    def runtime_ms(self, now: float) -> float:
+        return (now - self.started) * 1000
+
 
 def describe_exit(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
@@ -343,68 +316,3 @@ def describe_exit(status: int) -> str:
             name = str(-code)
         return f"job child was killed by signal {name} before sending a result"
     return f"job child exited with code {code} without sending a result"
-
-
-def outcome_from_reply(task: Task, reply: list[Any], runtime_ms: float) -> Outcome:
-    if reply and reply[0] == "ok":
-        return Outcome(task.id, task.attempt, Status.SUCCESS, runtime_ms, result=reply[1])
-    return Outcome(task.id, task.attempt, Status.ERROR, runtime_ms, error=str(reply[-1]))
-
-
-def execute(task: Task, timeout: float, limits: Limits, resolve: Resolver,
-            child: Child | None = None) -> Outcome:
-    """Run one task in a (pre-forked or new) child and always leave no process behind.
-
-    Blocking; the consumer runs the same steps interleaved with its pipe.
-    """
-    child = child or Child.fork(limits, resolve)
-    started = time.monotonic()
-    deadline = started + timeout
-    child.send(task)
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                child.kill()
-                return Outcome(task.id, task.attempt, Status.TIMEOUT,
-                               (time.monotonic() - started) * 1000,
-                               error=f"killed at its deadline of {timeout:g} s")
-            ready, _, _ = select.select(child.fds(), [], [], remaining)
-            reply = child.poll_result() if child.result_r in ready else None
-            if reply is None and child.pidfd in ready:
-                reply = child.drain_result()
-                if reply is None:
-                    ms = (time.monotonic() - started) * 1000
-                    return Outcome(task.id, task.attempt, Status.ERROR, ms,
-                                   error=describe_exit(child.kill()))
-            if reply is not None:
-                return outcome_from_reply(task, reply, (time.monotonic() - started) * 1000)
-    finally:
-        child.kill()
-        kill_strays(set())
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of a single-threaded process (Linux /proc children list)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def kill_strays(keep: set[int]) -> None:
-    """Kill and reap every child of ours except `keep` (escaped grandchildren of jobs)."""
-    kill_and_reap(children_of(os.getpid()), keep)
-
-
-def kill_and_reap(children: Iterable[int], keep: set[int]) -> None:
-    """SIGKILL each child of ours (and its group) that is not in `keep`, and reap it."""
-    for pid in children:
-        if pid in keep:
-            continue
-        sigkill_group(pid)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass

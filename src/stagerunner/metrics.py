@@ -1,110 +1,215 @@
-"""Prometheus metrics, served by the producer when STAGERUNNER_METRICS_PORT is set.
+"""Prometheus metrics and health, served by the supervisor when STAGERUNNER_METRICS_PORT is
+set: ``/metrics``, ``/healthz`` (the stages are alive and the producer's loop is recent)
+and ``/readyz`` (the producer is connected to the database).
 
-The producer counts what passes through it (outcomes, run times, restarts, credits) and
-reads table-wide numbers (tasks by status and queue, oldest waiting age) from the
-database at most once per second of scraping. Serving is a non-blocking socket in the
-producer's own wait set: no thread, so job children are never forked from a threaded
-process.
+The producer counts what passes through it (outcomes, run times, credits, rescues,
+reconnects) and sends its counters to the supervisor with every liveness report
+(``Stats.to_wire``). Table-wide numbers come from the database on the server's own
+connection, at most once a second, with a statement timeout, and only from cheap queries
+(live rows through their partial indexes; finished rows exact on a small table,
+estimated on a large one). Serving runs in a thread of the supervisor, so a slow scrape
+never touches the producer's loop: claims, heartbeats and outcomes go on.
 """
 
 from __future__ import annotations
 
-import socket
+import logging
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TABLE_CACHE_S = 1.0
+EXACT_BELOW_ROWS = 100_000  # finished rows are counted exactly below this, estimated above
 
 
 @dataclass
-class Metrics:
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    runtime_buckets: Counter[tuple[str, float]] = field(default_factory=Counter)
+class Stats:
+    """The producer's counters, as it sends them with each liveness report."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)  # "queue\tstatus" -> n
+    runtime_buckets: Counter[str] = field(default_factory=Counter)  # "queue\tbound" -> n
     runtime_sum: Counter[str] = field(default_factory=Counter)
     runtime_count: Counter[str] = field(default_factory=Counter)
-    restarts: Counter[str] = field(default_factory=Counter)
     rescued: int = 0
     reconnects: int = 0
+    consumer_deaths: int = 0
+    credits: int = 0
+    consumers: int = 0
+    connected: bool = False
 
     def observe(self, queue: str, status: str, runtime_ms: float) -> None:
-        self.outcomes[(queue, status)] += 1
+        self.outcomes[f"{queue}\t{status}"] += 1
         seconds = runtime_ms / 1000
         for bound in BUCKETS_S:
             if seconds <= bound:
-                self.runtime_buckets[(queue, bound)] += 1
+                self.runtime_buckets[f"{queue}\t{bound}"] += 1
         self.runtime_sum[queue] += seconds
         self.runtime_count[queue] += 1
 
-    def render(self, *, table: list[dict[str, Any]], credits: int, consumers: int) -> str:
-        out: list[str] = []
+    def to_wire(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(self).items()}
 
-        def family(name: str, kind: str, help_text: str) -> None:
-            out.append(f"# HELP stagerunner_{name} {help_text}")
-            out.append(f"# TYPE stagerunner_{name} {kind}")
+    @classmethod
+    def from_wire(cls, data: object) -> Stats:
+        """Stats from a report; anything malformed counts as nothing (a report is untrusted
+        only in the sense that it crosses a pipe: never crash on it)."""
+        stats = cls()
+        if not isinstance(data, dict):
+            return stats
+        for name, value in data.items():
+            current = getattr(stats, name, None)
+            if isinstance(current, Counter) and isinstance(value, dict):
+                current.update({str(k): v for k, v in value.items() if isinstance(v, (int, float))})
+            elif isinstance(current, (bool, int)) and isinstance(value, type(current)):
+                setattr(stats, name, value)
+        return stats
 
-        family("tasks", "gauge", "Tasks in the table by queue and status.")
-        for row in table:
-            out.append(f'stagerunner_tasks{{queue="{_esc(row["queue"])}",status="{row["status"]}"}} '
-                       f'{row["n"]}')
-        family("queue_depth", "gauge", "Waiting tasks per queue.")
-        family("oldest_waiting_seconds", "gauge", "Age of the oldest due waiting task per queue.")
-        for row in table:
-            if row["status"] == "waiting":
-                q = _esc(row["queue"])
-                out.append(f'stagerunner_queue_depth{{queue="{q}"}} {row["n"]}')
-                out.append(f'stagerunner_oldest_waiting_seconds{{queue="{q}"}} '
-                           f'{row["oldest_waiting_s"] or 0.0:.3f}')
-        family("outcomes_total", "counter", "Outcomes written by this producer.")
-        for (queue, status), n in sorted(self.outcomes.items()):
-            out.append(f'stagerunner_outcomes_total{{queue="{_esc(queue)}",status="{status}"}} {n}')
-        family("job_runtime_seconds", "histogram", "Run time of jobs, child start to result.")
-        for queue in sorted(self.runtime_count):
-            q = _esc(queue)
-            for bound in BUCKETS_S:
-                out.append(f'stagerunner_job_runtime_seconds_bucket{{queue="{q}",le="{bound}"}} '
-                           f"{self.runtime_buckets[(queue, bound)]}")
-            out.append(f'stagerunner_job_runtime_seconds_bucket{{queue="{q}",le="+Inf"}} '
-                       f"{self.runtime_count[queue]}")
-            out.append(f'stagerunner_job_runtime_seconds_sum{{queue="{q}"}} {self.runtime_sum[queue]:.6f}')
-            out.append(f'stagerunner_job_runtime_seconds_count{{queue="{q}"}} {self.runtime_count[queue]}')
-        family("credits_outstanding", "gauge", "Demand credits consumers asked for and not yet got.")
-        out.append(f"stagerunner_credits_outstanding {credits}")
-        family("consumers", "gauge", "Consumers attached to this producer.")
-        out.append(f"stagerunner_consumers {consumers}")
-        family("restarts_total", "counter", "Stage restarts seen by this node.")
-        for stage, n in sorted(self.restarts.items()):
-            out.append(f'stagerunner_restarts_total{{stage="{stage}"}} {n}')
-        family("rescued_total", "counter", "Tasks this node handed back from dead nodes.")
-        out.append(f"stagerunner_rescued_total {self.rescued}")
-        family("db_reconnects_total", "counter", "Times the producer lost its database connection.")
-        out.append(f"stagerunner_db_reconnects_total {self.reconnects}")
-        return "\n".join(out) + "\n"
+
+def render(stats: Stats, restarts: dict[str, int], live: list[dict[str, Any]],
+           finished: list[dict[str, Any]]) -> str:
+    """The text exposition format; each family's samples together, as the format requires."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP stagerunner_{name} {help_text}")
+        out.append(f"# TYPE stagerunner_{name} {kind}")
+        out.extend(f"stagerunner_{name}{labels} {_num(value)}" for labels, value in samples)
+
+    family("tasks", "gauge", "Waiting and running tasks by queue and status.",
+           [(_labels(queue=r["queue"], status=r["status"]), r["n"]) for r in live])
+    family("queue_depth", "gauge", "Waiting tasks per queue.",
+           [(_labels(queue=r["queue"]), r["n"]) for r in live if r["status"] == "waiting"])
+    family("oldest_waiting_seconds", "gauge", "Age of the oldest due waiting task per queue.",
+           [(_labels(queue=r["queue"]), r["oldest_waiting_s"] or 0.0)
+            for r in live if r["status"] == "waiting"])
+    family("finished_tasks", "gauge", "Finished tasks kept in the table by status (exact on "
+           f"a table under {EXACT_BELOW_ROWS} rows, the planner's estimate above).",
+           [(_labels(status=r["status"]), r["n"]) for r in finished])
+    family("outcomes_total", "counter", "Outcomes written by this node's current producer.",
+           [(_labels(queue=q, status=s), n) for (q, s), n in _split(stats.outcomes)])
+    histogram: list[tuple[str, float]] = []
+    for queue in sorted(stats.runtime_count):
+        for bound in BUCKETS_S:
+            histogram.append((f"_bucket{_labels(queue=queue, le=str(bound))}",
+                              stats.runtime_buckets[f"{queue}\t{bound}"]))
+        histogram += [(f"_bucket{_labels(queue=queue, le='+Inf')}", stats.runtime_count[queue]),
+                      (f"_sum{_labels(queue=queue)}", round(stats.runtime_sum[queue], 6)),
+                      (f"_count{_labels(queue=queue)}", stats.runtime_count[queue])]
+    family("job_runtime_seconds", "histogram", "Run time of jobs, child start to result.",
+           histogram)
+    family("credits_outstanding", "gauge", "Demand credits consumers asked for and not yet got.",
+           [("", stats.credits)])
+    family("consumers", "gauge", "Consumers attached to the producer.", [("", stats.consumers)])
+    family("restarts_total", "counter", "Stage restarts seen by this node.",
+           [(_labels(stage=s), n) for s, n in sorted(restarts.items())])
+    family("rescued_total", "counter", "Tasks this node handed back from dead nodes.",
+           [("", stats.rescued)])
+    family("db_reconnects_total", "counter", "Times the producer lost its database connection.",
+           [("", stats.reconnects)])
+    return "\n".join(out) + "\n"
+
+
+def _split(counter: Counter[str]) -> list[tuple[tuple[str, str], int]]:
+    return sorted((tuple(k.split("\t", 1)), n) for k, n in counter.items() if "\t" in k)  # type: ignore[misc]
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def _num(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def listen(host: str, port: int) -> socket.socket:
-    server = socket.create_server((host, port), reuse_port=False)
-    server.setblocking(False)
-    return server
+# Serving --------------------------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """What the supervisor knows right now (read by the server thread)."""
+
+    stats: Stats
+    restarts: dict[str, int]
+    healthy: bool
+    ready: bool
 
 
-def answer(server: socket.socket, body: str) -> None:
-    """Serve one waiting scrape (any GET path) without blocking the producer for long."""
-    try:
-        client, _ = server.accept()
-    except BlockingIOError:
-        return
-    with client:
-        client.settimeout(0.5)
+class Server:
+    """A small HTTP server in a daemon thread. `snapshot` is called from that thread; the
+    database is read on the server's own connection."""
+
+    def __init__(self, host: str, port: int, dsn: str, snapshot: Callable[[], Snapshot]) -> None:
+        self.dsn = dsn
+        self.snapshot = snapshot
+        self.lock = threading.Lock()
+        self.table: tuple[float, list[dict[str, Any]], list[dict[str, Any]]] = (0.0, [], [])
+        self.conn: Any = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                code, body = server.answer(self.path)
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass  # a scrape a second is not news
+
+        self.http = ThreadingHTTPServer((host, port), Handler)
+        self.http.daemon_threads = True
+        self.thread = threading.Thread(target=self.http.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+    def answer(self, path: str) -> tuple[int, str]:
+        snap = self.snapshot()
+        route = path.split("?", 1)[0]
+        if route == "/healthz":
+            return (200, "ok\n") if snap.healthy else (503, "unhealthy\n")
+        if route == "/readyz":
+            return (200, "ready\n") if snap.ready else (503, "not connected to the database\n")
+        live, finished = self._tables()
+        return 200, render(snap.stats, snap.restarts, live, finished)
+
+    def _tables(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        at, live, finished = self.table
+        if time.monotonic() - at < TABLE_CACHE_S or not self.lock.acquire(blocking=False):
+            return live, finished  # fresh enough, or another scrape is asking right now
         try:
-            client.recv(4096)
-            data = body.encode()
-            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                           b"Content-Length: " + str(len(data)).encode() + b"\r\n"
-                           b"Connection: close\r\n\r\n" + data)
-        except OSError:
-            pass
+            live, finished = self._query()
+            self.table = (time.monotonic(), live, finished)
+        except Exception as exc:  # the last good numbers, and a log line
+            log.warning("metrics query failed", extra={"event": "metrics.query_failed",
+                                                       "error": str(exc).strip()[:200]})
+            self.conn = None
+        finally:
+            self.lock.release()
+        return live, finished
+
+    def _query(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        from stagerunner import store
+
+        if self.conn is None or self.conn.closed:
+            self.conn = store.connect_guarded(self.dsn)
+        return (store.count_live_tasks(self.conn),
+                store.count_finished_tasks(self.conn, exact_below=EXACT_BELOW_ROWS))

@@ -1,26 +1,36 @@
-"""The process library, imported in this one place.
+"""Process helpers that every stage shares: the process library that spawns stages, the
+prctl knobs, forking a clean child, killing process groups and sessions, reaping, and
+reading a process's children from /proc. Stdlib only: consumers and fork helpers import
+it, and what they import is paid on every fork.
 
 Stages are started with the stdlib ``multiprocessing`` (the default) or ``multiprocess``
-(the design card's first choice; STAGERUNNER_PROCESS_LIBRARY=multiprocess), always with
-the ``spawn`` start method. The default rests on bin/bench's measurement: a consumer
-spawned by ``multiprocess`` imports dill and carries ~4 MiB more RSS (17.2 vs 13.2 MiB
-idle), which every job's fork pays again, and its pickler is ~3x slower (44 vs 15 us a
-message) -- though with bytes on the pipes only stage start-up pickles anything.
-Spawn: a stage starts as a fresh interpreter, so a consumer does not carry the
-supervisor's pydantic and psycopg pages into every fork of a job child, and never
-inherits a database socket. Only stage start-up goes through the library's pickler;
-on the pipes every message is bytes (``send_bytes``), so the per-job path is the
-same whichever library started the stage.
+(STAGERUNNER_PROCESS_LIBRARY=multiprocess), always with the ``spawn`` start method: a
+stage starts as a fresh interpreter, so a consumer does not carry the supervisor's
+pydantic and psycopg pages into every fork of a job child, and never inherits a
+database socket. On the pipes every message is bytes (``send_bytes``), so the per-job
+path is the same whichever library started the stage; why the stdlib is the default is
+measured by ``bin/bench`` (see the README).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
 __all__ = ["Connection", "context", "recv_handle", "send_handle", "wait"]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+_libc: Any = None
 
 
 def context(library: str = "multiprocessing") -> Any:
@@ -28,3 +38,207 @@ def context(library: str = "multiprocessing") -> Any:
     if library not in ("multiprocess", "multiprocessing"):
         raise ValueError(f"unknown process library {library!r}")
     return importlib.import_module(library).get_context("spawn")
+
+
+class Outbox:
+    """Messages to one end of a stage pipe, written without ever blocking: what the pipe
+    cannot take now waits here, and the owner's loop calls ``flush`` when the pipe is
+    writable. Two stages that both send large messages at once (a batch with big
+    arguments one way, a big result the other) can then never deadlock.
+
+    The framing is ``multiprocessing.connection``'s (a 4-byte big-endian length), so the
+    other end reads with ``Connection.recv_bytes``.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        # a second handle on the same socket: MSG_DONTWAIT per send, while reads through
+        # the Connection stay blocking
+        self.sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self.pending = bytearray()
+
+    def send(self, payload: bytes) -> None:
+        """Queue one message and write what the pipe takes now; OSError if it is broken."""
+        self.pending += struct.pack("!i", len(payload)) + payload
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                sent = self.sock.send(self.pending, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            del self.pending[:sent]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def exit_with(run: Callable[[], int], log: Any, stage: str) -> None:
+    """The top of a stage process: run it, log a crash (the one catch-all of the stage),
+    and leave with its exit code without running the library's exit handlers."""
+    try:
+        code = run()
+    except Exception:
+        log.exception(f"{stage} crashed", extra={"event": f"{stage}.crashed"})
+        code = 1
+    os._exit(code)
+
+
+# prctl ------------------------------------------------------------------------------
+
+def _prctl(option: int, value: int | bytes) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(option, value, 0, 0, 0)
+
+
+def set_comm(name: str) -> None:
+    """The name `top` and `ps -o comm` show (15 bytes); cheap, unlike setproctitle."""
+    _prctl(_PR_SET_NAME, name.encode()[:15])
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants get reparented to us instead of init, so we can kill them."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """SIGKILL this process when its parent dies (and close the race if it already has)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+# Forking -----------------------------------------------------------------------------
+
+def fork_running(keep_fds: set[int], body: Callable[[], object]) -> int:
+    """Fork a process that holds only fds 0-2 and `keep_fds`, runs `body` and exits
+    (0, or 70 if it raised); never returns in the child. The child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            close_fds_except({0, 1, 2, *keep_fds})
+            body()
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    return pid
+
+
+def close_fd(fd: int) -> None:
+    """Close `fd` if it is one (-1 is "already closed"); errors are of no interest."""
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def close_fds_except(keep: set[int]) -> None:
+    top = os.sysconf("SC_OPEN_MAX")
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, top)
+
+
+# Killing and reaping -------------------------------------------------------------------
+
+def sigkill_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid`, then `pid` itself (in case it died or was
+    killed before it could call setpgrp)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_and_reap(children: Iterable[int], keep: set[int]) -> int:
+    """SIGKILL each child of ours (and its group) that is not in `keep`, and reap it.
+    How many were killed."""
+    killed = 0
+    for pid in children:
+        if pid in keep:
+            continue
+        sigkill_group(pid)
+        killed += 1
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    return killed
+
+
+STRAY_ROUNDS = 64  # a descendant that escaped N times needs N rounds; bound a fork bomb
+
+
+def kill_strays(keep: set[int], children: Callable[[], list[int]] | None = None) -> int:
+    """Kill and reap every child of ours except `keep`, round after round: a stray's own
+    escaped children (a setsid inside a setsid) are reparented to us, a subreaper, only
+    once it is dead and reaped, so each round may find new ones. How many were killed."""
+    read = children or (lambda: children_of(os.getpid()))
+    killed = 0
+    for _ in range(STRAY_ROUNDS):
+        found = kill_and_reap(read(), keep)
+        if not found:
+            break
+        killed += found
+    return killed
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL a session leader and every process left in its session."""
+    for pid in [sid, *session_members(sid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# /proc ------------------------------------------------------------------------------
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses):
+    [0] state, [1] ppid, [2] pgrp, [3] session, ... [19] start time in ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of a single-threaded process (Linux /proc children list)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def session_members(sid: int) -> list[int]:
+    """Every process of session `sid` except ourselves (a scan of /proc)."""
+    me = os.getpid()
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            fields = stat_fields(int(entry))
+            if fields is not None and int(fields[3]) == sid:
+                members.append(int(entry))
+    return members

@@ -14,7 +14,8 @@ Rules (GenStage's demand protocol, written for OS processes):
 - Between the supervisor and the producer: ``Attach`` announces a (re)started
   consumer, whose pipe follows as a passed file descriptor; ``Replace`` asks the
   supervisor to kill and restart a consumer that stopped answering; the producer MUST
-  send ``Alive`` from its loop at least every half heartbeat interval, or be killed.
+  send ``Alive`` (with its counters, for the metrics the supervisor serves) from its loop
+  at least every half heartbeat interval, or be killed.
 
 Messages travel as compact JSON bytes (``send_bytes``), never pickled: this keeps the
 per-job path free of the process library's pickler, and nothing read from the
@@ -54,16 +55,23 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Demand:
+    """consumer -> producer: n more tasks may be sent."""
+
     n: int
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """producer -> consumer: claimed tasks, never more than the credits asked for, to run
+    in this order."""
+
     tasks: tuple[Task, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """consumer -> producer: how one run ended (and, in `demand`, new credits)."""
+
     task_id: int
     attempt: int
     status: Status
@@ -77,21 +85,28 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    pass
+    """supervisor -> producer -> consumers: finish the running job, start no other."""
 
 
 @dataclass(frozen=True, slots=True)
 class Bye:
+    """consumer -> producer: stopped; these tasks were never started (the producer hands
+    them back to waiting)."""
+
     unstarted: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    """producer -> consumer: kill this task's job if it runs, drop it if it waits."""
+
     task_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class Attach:
+    """supervisor -> producer: a (re)started consumer; its pipe follows as an fd."""
+
     slot: int
     queue: str
     pid: int
@@ -99,11 +114,16 @@ class Attach:
 
 @dataclass(frozen=True, slots=True)
 class Alive:
+    """producer -> supervisor: the loop is turning (sent every half heartbeat)."""
+
     held: int  # tasks the producer's consumers hold right now
+    stats: dict[str, object] | None = None  # the producer's counters (metrics.Stats)
 
 
 @dataclass(frozen=True, slots=True)
 class Replace:
+    """producer -> supervisor: kill this consumer and start another."""
+
     slot: int
     reason: str
 
@@ -134,8 +154,8 @@ def encode(message: Message) -> bytes:
             wire = ["A", slot, queue, pid]
         case Replace(slot=slot, reason=reason):
             wire = ["R", slot, reason]
-        case Alive(held=held):
-            wire = ["K", held]
+        case Alive(held=held, stats=stats):
+            wire = ["K", held, stats]
         case _:
             raise ProtocolError(f"cannot encode {message!r}")
     return json.dumps(wire, separators=(",", ":")).encode()
@@ -162,7 +182,9 @@ def decode(data: bytes) -> Message:
                 return Attach(slot, queue, pid)
             case ["R", int(slot), str(reason)]:
                 return Replace(slot, reason)
-            case ["K", int(held)]:
+            case ["K", int(held), dict(stats)]:
+                return Alive(held, stats)
+            case ["K", int(held), None]:
                 return Alive(held)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"undecodable message: {exc}") from None

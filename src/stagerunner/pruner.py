@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from stagerunner import store
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -19,14 +21,10 @@ CATCH_UP_S = 1.0  # a full batch means more is waiting: come back soon, in small
 @dataclass
 class Pruner:
     retention_s: float
-    next_at: float = 0.0
 
-    def due(self, now: float) -> bool:
-        return self.retention_s > 0 and now >= self.next_at
-
-    def step(self, conn: psycopg.Connection, now: float) -> int:
+    def step(self, conn: psycopg.Connection[Any]) -> float:
+        """Delete one batch; seconds until the next one is due."""
         deleted = store.purge_tasks(conn, older_s=self.retention_s, batch=BATCH, exclusive=True)
-        self.next_at = now + (CATCH_UP_S if deleted == BATCH else INTERVAL_S)
         if deleted:
             log.info("finished tasks pruned", extra={"event": "tasks.pruned", "count": deleted})
-        return deleted
+        return CATCH_UP_S if deleted == BATCH else INTERVAL_S

@@ -22,6 +22,7 @@ from typing import Any
 from stagerunner.errors import UnknownTask
 
 _NAME = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+MAX_ATTEMPTS_DEFAULT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,68 +41,31 @@ class Spec:
 _REGISTRY: dict[str, Spec] = {}
 
 
-class TaskFunction:
-    """What ``@task`` returns: still callable directly, plus ``enqueue`` and ``options``."""
+def register(fn: Callable[..., Any], *, name: str | None = None,
+             max_attempts: int | None = None, timeout: float | None = None,
+             queue: str = "default", priority: int = 0, cron: str | None = None) -> Spec:
+    """Check a task's options and record it under its stable name (``module:function``
+    unless `name` is given); what ``@stagerunner.task`` does."""
+    if not inspect.isfunction(fn):
+        raise TypeError(f"@task decorates plain functions, not {fn!r}")
+    task_name = name or f"{fn.__module__}:{fn.__qualname__}"
+    _check_name(task_name)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be > 0, got {timeout}")
+    if cron is not None:
+        from stagerunner import cron as cron_module
 
-    def __init__(self, spec: Spec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.__doc__ = spec.func.__doc__
-        self.__wrapped__ = spec.func
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.spec.func(*args, **kwargs)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> int:
-        """Enqueue one run with these arguments; returns the task id."""
-        return self.options().enqueue(*args, **kwargs)
-
-    def options(self, **options: Any) -> Any:
-        """Bind enqueue options (conn, run_at, delay, priority, queue, unique_key,
-        max_attempts, timeout) and return an object whose ``enqueue`` takes the task's
-        own arguments."""
-        from stagerunner.client import Bound  # lazy: psycopg stays out of consumers
-
-        return Bound(self.spec, options)
-
-    def __repr__(self) -> str:
-        return f"<task {self.name}>"
-
-
-def task(func: Callable[..., Any] | None = None, *, name: str | None = None,
-         max_attempts: int | None = None, timeout: float | None = None,
-         queue: str = "default", priority: int = 0, cron: str | None = None) -> Any:
-    """Register a function as a task, with or without options.
-
-    The stable name defaults to ``module:function``; pass ``name=`` to keep it stable
-    across refactors. ``timeout`` (seconds) is capped by STAGERUNNER_MAX_JOB_TIMEOUT.
-    ``cron`` ("*/5 * * * *", UTC) makes it periodic: each tick is enqueued once across
-    all nodes, with no arguments.
-    """
-
-    def register(fn: Callable[..., Any]) -> TaskFunction:
-        if not inspect.isfunction(fn):
-            raise TypeError(f"@task decorates plain functions, not {fn!r}")
-        task_name = name or f"{fn.__module__}:{fn.__qualname__}"
-        _check_name(task_name)
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
-        if cron is not None:
-            from stagerunner import cron as cron_module
-
-            cron_module.parse(cron)  # a bad expression fails at import, not at the first tick
-        spec = Spec(task_name, fn, fn.__module__, max_attempts, timeout, queue, priority,
-                    inspect.signature(fn), cron)
-        previous = _REGISTRY.get(task_name)
-        if previous is not None and previous.func.__qualname__ != fn.__qualname__:
-            raise ValueError(f"task name {task_name!r} is already registered by "
-                             f"{previous.module}:{previous.func.__qualname__}")
-        _REGISTRY[task_name] = spec
-        return TaskFunction(spec)
-
-    return register(func) if func is not None else register
+        cron_module.parse(cron)  # a bad expression fails at import, not at the first tick
+    spec = Spec(task_name, fn, fn.__module__, max_attempts, timeout, queue, priority,
+                inspect.signature(fn), cron)
+    previous = _REGISTRY.get(task_name)
+    if previous is not None and previous.func.__qualname__ != fn.__qualname__:
+        raise ValueError(f"task name {task_name!r} is already registered by "
+                         f"{previous.module}:{previous.func.__qualname__}")
+    _REGISTRY[task_name] = spec
+    return spec
 
 
 def _check_name(name: str) -> None:

@@ -7,13 +7,14 @@ fell while every node was down runs once when one comes back.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from stagerunner import cron, store
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,15 @@ class Scheduler:
     entries: tuple[Periodic, ...]
     due_ticks: dict[str, datetime] = field(default_factory=dict)
     crons: dict[str, cron.Cron] = field(default_factory=dict)
-    next_at: float = 0.0  # monotonic
 
     def __post_init__(self) -> None:
         now = datetime.now(timezone.utc)
         for p in self.entries:
             parsed = self.crons[p.name] = cron.parse(p.expr)
             self.due_ticks[p.name] = parsed.last_at_or_before(now) or parsed.next_after(now)
-        self._plan(time.monotonic())
 
-    def due(self, now: float) -> bool:
-        return bool(self.entries) and now >= self.next_at
-
-    def step(self, conn: psycopg.Connection, now: float) -> list[int]:
+    def step(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """Enqueue every tick that is due (unless another node did); the new task ids."""
         wall = datetime.now(timezone.utc)
         made = []
         for p in self.entries:
@@ -61,13 +58,11 @@ class Scheduler:
                                                           "task_id": task_id, "task": p.name,
                                                           "tick": tick.isoformat()})
             self.due_ticks[p.name] = self.crons[p.name].next_after(tick)
-        self._plan(now)
         return made
 
-    def _plan(self, now: float) -> None:
+    def next_at(self, now: float) -> float:
+        """The monotonic time of the soonest tick (`now` is the monotonic clock's now)."""
         if not self.due_ticks:
-            self.next_at = float("inf")
-            return
-        soonest = min(self.due_ticks.values())
-        wait = (soonest - datetime.now(timezone.utc)).total_seconds()
-        self.next_at = now + max(wait, 0.0)
+            return float("inf")
+        wait = (min(self.due_ticks.values()) - datetime.now(timezone.utc)).total_seconds()
+        return now + max(wait, 0.0)

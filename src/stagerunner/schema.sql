@@ -51,13 +51,45 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
     CONSTRAINT tasks_attempts_non_negative CHECK (attempts >= 0 AND lost >= 0),
     CONSTRAINT tasks_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT tasks_timeout_positive CHECK (timeout_s IS NULL OR (timeout_s > 0 AND timeout_s <> 'NaN')),
-    CONSTRAINT tasks_running_has_owner CHECK (status <> 'running' OR claimed_by IS NOT NULL)
+    CONSTRAINT tasks_running_has_owner CHECK (status <> 'running' OR claimed_by IS NOT NULL),
+    -- finished_at is the mark of a finished task: purge and retry rely on it
+    CONSTRAINT tasks_finished_when_terminal
+        CHECK ((finished_at IS NULL) = (status IN ('waiting', 'running')))
 );
 
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS consumer integer;
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS deadline_s double precision;
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS runtime_ms double precision;
+
+DO $$
+BEGIN
+    ALTER TABLE stagerunner.tasks ADD CONSTRAINT tasks_finished_when_terminal
+        CHECK ((finished_at IS NULL) = (status IN ('waiting', 'running')));
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+
+-- A task whose cancel was requested never goes back to waiting: every statement that
+-- hands a task back (a retry, a release, a rescue, a waiting task being cancelled) ends
+-- it cancelled instead, keeping who ran it last. The rule lives here, once.
+CREATE OR REPLACE FUNCTION stagerunner.cancel_wins() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.status := 'cancelled';
+    NEW.finished_at := now();
+    NEW.claimed_by := coalesce(NEW.claimed_by, OLD.claimed_by);
+    NEW.claimed_at := coalesce(NEW.claimed_at, OLD.claimed_at);
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS tasks_cancel_wins ON stagerunner.tasks;
+CREATE TRIGGER tasks_cancel_wins
+    BEFORE UPDATE ON stagerunner.tasks
+    FOR EACH ROW
+    WHEN (NEW.status = 'waiting' AND NEW.cancel_requested_at IS NOT NULL)
+    EXECUTE FUNCTION stagerunner.cancel_wins();
 
 -- The claim's shape: one queue, due rows, highest priority then oldest first.
 CREATE INDEX IF NOT EXISTS tasks_claim_idx

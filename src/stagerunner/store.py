@@ -17,20 +17,15 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from stagerunner.errors import SchemaMissing
+from stagerunner.demand import Claim
 from stagerunner.protocol import Task
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
 
 
 @functools.cache
 def _sql(name: str) -> str:
     return resources.files("stagerunner.sql").joinpath(f"{name}.sql").read_text()
-
-
-def schema_text() -> str:
-    return resources.files("stagerunner").joinpath("schema.sql").read_text()
 
 
 def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None
@@ -75,25 +70,9 @@ def connect_guarded(dsn: str) -> psycopg.Connection[Any]:
     return connect(dsn, **GUARDS)
 
 
-# Schema ------------------------------------------------------------------------------
-
-def install_schema(conn: psycopg.Connection[Any]) -> None:
-    """Apply schema.sql (idempotent), serialised across concurrent installers."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('stagerunner.schema'))")
-        conn.execute(schema_text().encode())
-
-
-def check_schema(conn: psycopg.Connection[Any]) -> int:
-    """The installed schema version, or SchemaMissing naming the command that installs it."""
-    if not _run(conn, "schema_exists")[0]["present"]:
-        raise SchemaMissing()
-    rows = _run(conn, "check_schema")
-    if not rows or rows[0]["version"] != SCHEMA_VERSION:
-        found = rows[0]["version"] if rows else "none"
-        raise SchemaMissing(f"schema version {found} found, {SCHEMA_VERSION} expected; "
-                            "run `python -m stagerunner migrate`")
-    return SCHEMA_VERSION
+def listen(conn: psycopg.Connection[Any]) -> None:
+    """LISTEN on the producer's channels (on a connection kept for it)."""
+    _run(conn, "listen")
 
 
 # Enqueue -----------------------------------------------------------------------------
@@ -111,37 +90,46 @@ class NewTask:
     unique_key: str | None = None
 
 
+INSERT_ROUNDS = 3  # a key whose holder finishes between our insert and our lookup: retry
+
+
 def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
     """(new) -> waiting for all of them in one statement; ids in input order.
 
-    A task whose unique_key is already held by a waiting or running task yields that
-    task's id instead of a new row.
+    A task whose unique_key is already held by a waiting or running task (or by an
+    earlier task of the same call) yields that task's id instead of a new row.
     """
-    if not tasks:
-        return []
-    if all(t.unique_key is None for t in tasks):
-        return _insert_plain(conn, tasks)
-    rows = _run(conn, "insert_tasks", _columns(tasks))
-    raced = [r["unique_key"] for r in rows if r["lost_race"]]
-    if raced:
-        winners = {r["unique_key"]: r["id"] for r in _run(conn, "find_unique_tasks", {"keys": raced})}
-        return [winners.get(r["unique_key"], r["id"]) if r["lost_race"] else r["id"] for r in rows]
-    return [r["id"] for r in rows]
+    ids: list[int | None] = [None] * len(tasks)
+    todo = list(range(len(tasks)))
+    for _ in range(INSERT_ROUNDS):
+        if not todo:
+            break
+        todo = _insert_round(conn, tasks, todo, ids)
+    if todo:
+        raise RuntimeError(f"could not settle the uniqueness keys of {len(todo)} task(s)")
+    return [i for i in ids if i is not None]
 
 
-def _insert_plain(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
-    if len(tasks) == 1:
-        t = tasks[0]
-        return [_run(conn, "insert_task", {
-            "name": t.name, "args": t.args, "queue": t.queue, "priority": t.priority,
-            "max_attempts": t.max_attempts, "timeout": t.timeout_s, "delay": t.delay_s,
-            "run_at": t.run_at})[0]["id"]]
-    rows = _run(conn, "insert_tasks_plain", _columns(tasks))
-    return sorted(r["id"] for r in rows)
+def _insert_round(conn: psycopg.Connection[Any], tasks: Sequence[NewTask], todo: list[int],
+                  ids: list[int | None]) -> list[int]:
+    """Insert tasks[todo]; fill ids; return the indexes still without an id."""
+    batch = [tasks[i] for i in todo]
+    rows = _run(conn, "insert_tasks", _columns(batch))
+    plain = iter(sorted(r["id"] for r in rows if r["unique_key"] is None))
+    made = {r["unique_key"]: r["id"] for r in rows if r["unique_key"] is not None}
+    held = [t.unique_key for t in batch if t.unique_key is not None and t.unique_key not in made]
+    if held:
+        made.update((r["unique_key"], r["id"])
+                    for r in _run(conn, "find_unique_tasks", {"keys": held}))
+    left = []
+    for i, task in zip(todo, batch):
+        ids[i] = next(plain) if task.unique_key is None else made.get(task.unique_key)
+        if ids[i] is None:
+            left.append(i)
+    return left
 
 
 def _columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
-    """The unnest() arrays both bulk inserts take (insert_tasks_plain ignores unique_keys)."""
     return {
         "names": [t.name for t in tasks], "args": [t.args for t in tasks],
         "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
@@ -153,19 +141,16 @@ def _columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
 
 # The producer's transitions -----------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    task: Task
-    lost: int
-    max_attempts: int
-
-
-def claim_tasks(conn: psycopg.Connection[Any], *, owner: str, queue: str, limit: int) -> list[Claimed]:
-    """waiting -> running: at most `limit` due tasks of `queue`, in dispatch order."""
+def claim_tasks(conn: psycopg.Connection[Any], *, owner: str, queue: str, limit: int
+                ) -> tuple[list[Claim], float | None]:
+    """waiting -> running: at most `limit` due tasks of `queue`, in dispatch order; and the
+    seconds until the queue's next scheduled task is due (None: none is)."""
     rows = _run(conn, "claim_tasks", {"owner": owner, "queue": queue, "limit": limit})
+    next_due = rows[0]["next_due_s"] if rows else None
+    rows = [r for r in rows if r["id"] is not None]
     rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))  # RETURNING has no order
-    return [Claimed(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"]),
-                    r["lost"], r["max_attempts"]) for r in rows]
+    return [Claim(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"]),
+                  r["lost"], r["max_attempts"]) for r in rows], next_due
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +168,12 @@ class Finish:
     runtime_ms: float = 0.0
 
 
-def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]) -> set[int]:
-    """running -> outcome, guarded by status, owner and attempt; returns the ids written."""
+def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]
+                 ) -> dict[int, str]:
+    """running -> outcome, guarded by status, owner and attempt; {id: status now} of the
+    rows written."""
     if not finishes:
-        return set()
+        return {}
     rows = _run(conn, "finish_tasks", {
         "owner": owner,
         "ids": [f.task_id for f in finishes], "attempts": [f.attempt for f in finishes],
@@ -195,21 +182,17 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
         "runtimes": [f.runtime_ms for f in finishes],
     })
-    return {r["id"] for r in rows}
+    return {r["id"]: r["status"] for r in rows}
 
 
-def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[Task]) -> set[int]:
-    """running (never started) -> waiting, guarded by owner and attempt."""
-    if not tasks:
+def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[Task],
+                  unheld: bool = False) -> set[int]:
+    """running (never started) -> waiting, guarded by owner and attempt. With `unheld`,
+    every running task of `owner` except `tasks` (claims whose rows never reached us)."""
+    if not tasks and not unheld:
         return set()
     rows = _run(conn, "release_tasks", {"owner": owner, "ids": [t.id for t in tasks],
-                                        "attempts": [t.attempt for t in tasks]})
-    return {r["id"] for r in rows}
-
-
-def release_unheld(conn: psycopg.Connection[Any], *, owner: str, held: Sequence[int]) -> set[int]:
-    """running rows of `owner` that it does not hold -> waiting."""
-    rows = _run(conn, "release_unheld", {"owner": owner, "held": list(held)})
+                                        "attempts": [t.attempt for t in tasks], "unheld": unheld})
     return {r["id"] for r in rows}
 
 
@@ -223,21 +206,31 @@ def retire_nodes(conn: psycopg.Connection[Any], *, owners: Sequence[str]) -> Non
         _run(conn, "retire_nodes", {"owners": list(owners)})
 
 
-def rescue_orphans(conn: psycopg.Connection[Any], *, expiry_s: float, lost_limit: int
-                   ) -> list[tuple[int, str]]:
-    """running on a dead owner -> waiting (or error past lost_limit); returns (id, status)."""
-    rows = _run(conn, "rescue_orphans", {"expiry": expiry_s, "lost_limit": lost_limit})
-    return [(r["id"], r["status"]) for r in rows]
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    task_id: int
+    attempt: int
+    lost: int
+    max_attempts: int
+    owner: str
+
+
+ORPHANS_PER_CALL = 1000
+
+
+def find_orphans(conn: psycopg.Connection[Any], *, expiry_s: float) -> list[Orphan]:
+    """running tasks of owners whose heartbeat expired (or who never beat)."""
+    rows = _run(conn, "find_orphans", {"expiry": expiry_s, "limit": ORPHANS_PER_CALL})
+    return [Orphan(r["id"], r["attempts"], r["lost"], r["max_attempts"], r["claimed_by"])
+            for r in rows]
+
+
+def forget_nodes(conn: psycopg.Connection[Any], *, expiry_s: float) -> None:
+    _run(conn, "forget_nodes", {"expiry": expiry_s})
 
 
 def delete_node(conn: psycopg.Connection[Any], *, owner: str) -> None:
     _run(conn, "delete_node", {"owner": owner})
-
-
-def next_run_at(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> float | None:
-    """Seconds until the earliest scheduled waiting task of `queues`, or None."""
-    rows = _run(conn, "next_run_at", {"queues": list(queues)})
-    return rows[0]["seconds"] if rows else None
 
 
 def paused_queues(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> set[str]:
@@ -291,8 +284,15 @@ def count_finished_since(conn: psycopg.Connection[Any], *, seconds: float) -> in
     return int(_run(conn, "count_finished_since", {"seconds": seconds})[0]["n"])
 
 
-def count_tasks(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return _run(conn, "count_tasks")
+def count_live_tasks(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Waiting and running tasks per queue (and the oldest due waiting age)."""
+    return _run(conn, "count_live_tasks")
+
+
+def count_finished_tasks(conn: psycopg.Connection[Any], *, exact_below: int = 100_000
+                         ) -> list[dict[str, Any]]:
+    """Finished tasks per status: exact on a small table, estimated on a large one."""
+    return _run(conn, "count_finished_tasks", {"exact_below": exact_below})
 
 
 def cancel_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int]) -> list[tuple[int, str]]:

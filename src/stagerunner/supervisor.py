@@ -23,14 +23,15 @@ import secrets
 import signal
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, executor, logs, procs, producer, registry
-from stagerunner.config import MAX_ATTEMPTS_DEFAULT, Settings
+from stagerunner import consumer, logs, metrics, procs, producer, registry
+from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
+from stagerunner.metrics import Stats
 from stagerunner.producer import EXIT_FENCED, ProducerConfig
 from stagerunner.protocol import Alive, Attach, ProtocolError, Replace, Stop, decode, encode
 from stagerunner.scheduler import Periodic
@@ -83,10 +84,11 @@ class Supervisor:
         self.sweep_until = 0.0  # after a stage died: look for orphans until then
         self.alive_at = 0.0  # when the producer last said Alive
         self.alive_held = 0
-        self.producer_restarts = 0
+        self.restarts: Counter[str] = Counter()
+        self.stats = Stats()  # the producer's counters, from its last liveness report
         self.periodic = tuple(
             Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
-                     spec.max_attempts or MAX_ATTEMPTS_DEFAULT, spec.timeout)
+                     spec.max_attempts or registry.MAX_ATTEMPTS_DEFAULT, spec.timeout)
             for spec in registry.periodic(settings.task_modules))
 
     # Lifecycle ------------------------------------------------------------------------
@@ -95,8 +97,11 @@ class Supervisor:
         logs.set_title(f"stagerunner: supervisor node={self.settings.node_name}")
         # A job's grandchild that escaped its group (setsid) and outlived its consumer is
         # reparented to us rather than to init, so _sweep_orphans can kill it.
-        executor.become_subreaper()
+        procs.become_subreaper()
         self._install_signals()
+        if self.settings.metrics_port:
+            metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
+                           self._snapshot).start()
         self._start_producer(replaces=())
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -126,6 +131,15 @@ class Supervisor:
             self._kill_all()
             self.exit_code = EXIT_FAILED
 
+    def _snapshot(self) -> metrics.Snapshot:
+        """For the metrics server's thread: the latest counters and the node's health (its
+        stages are up and the producer's loop reported recently)."""
+        recent = time.monotonic() - self.alive_at < 2 * self.settings.heartbeat_interval + 1
+        healthy = (self.producer is not None and recent
+                   and len(self.consumers) == len(self.slots) and not self.stopping)
+        return metrics.Snapshot(self.stats, dict(self.restarts), healthy,
+                                healthy and self.stats.connected)
+
     def _stages(self) -> list[Stage]:
         return ([self.producer] if self.producer else []) + list(self.consumers.values())
 
@@ -139,9 +153,8 @@ class Supervisor:
             queues=tuple(sorted(s.queue_consumers())), poll_interval=s.poll_interval,
             heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
             max_job_timeout=s.max_job_timeout, replaces=replaces, retention_s=s.retention,
-            periodic=self.periodic, metrics_host=s.metrics_host, metrics_port=s.metrics_port,
-            producer_restarts=self.producer_restarts, log_level=s.log_level,
-            log_format=s.log_format, fault=s.fault)
+            periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
+            fault=s.fault)
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
                                    name="stagerunner-producer", daemon=False)
@@ -186,13 +199,14 @@ class Supervisor:
             return
         if isinstance(message, Alive):
             self.alive_at, self.alive_held = time.monotonic(), message.held
+            self.stats = Stats.from_wire(message.stats)
             return
         if isinstance(message, Replace) and message.slot in self.consumers:
             stage = self.consumers[message.slot]
             log.warning("killing an unresponsive consumer", extra={
                 "event": "consumer.killed", "slot": message.slot, "reason": message.reason,
                 "consumer_pid": stage.process.pid})
-            _kill_tree(stage.process.pid)
+            procs.kill_session(stage.process.pid)
 
     def _reap(self, now: float) -> None:
         producer = self.producer
@@ -203,7 +217,7 @@ class Supervisor:
             if not stage.process.is_alive():
                 stage.process.join()
                 del self.consumers[slot]
-                _kill_tree(stage.process.pid)  # its job children and their groups
+                procs.kill_session(stage.process.pid)  # its job children and their groups
                 self.sweep_until = now + SWEEP_S
                 self._consumer_exited(stage, now)
 
@@ -214,6 +228,7 @@ class Supervisor:
         log.warning("consumer died; restarting it", extra={
             "event": "stage.restarted", "stage": "consumer", "slot": stage.slot,
             "exitcode": stage.process.exitcode})
+        self.restarts["consumer"] += 1
         if not self._may_restart(now):
             return
         self._start_consumer(stage.slot, stage.queue)
@@ -236,7 +251,7 @@ class Supervisor:
             return
         if not self._may_restart(now):
             return
-        self.producer_restarts += 1
+        self.restarts["producer"] += 1
         self._start_producer(replaces=(old,))
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -252,24 +267,21 @@ class Supervisor:
             log.error("producer stopped answering; killing it", extra={
                 "event": "producer.unresponsive", "silent_s": round(now - self.alive_at, 1),
                 "held": self.alive_held})
-            _kill_tree(self.producer.process.pid)
+            procs.kill_session(self.producer.process.pid)
             self.alive_at = now  # once; its sentinel drives the restart
 
     def _sweep_orphans(self) -> None:
         """Kill and reap children of ours that are not stages and left our session: jobs'
-        grandchildren that escaped with setsid and were reparented to us."""
+        descendants that escaped with setsid and were reparented to us."""
         stages = {s.process.pid for s in self._stages()}
         own_session = os.getsid(0)
-        for pid in executor.children_of(os.getpid()):
-            if pid in stages or _session_of(pid) in (own_session, None):
-                continue  # a stage, or the process library's own helper (our session)
-            executor.sigkill_group(pid)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-            log.warning("killed a job's escaped grandchild", extra={
+        strays = [pid for pid in procs.children_of(os.getpid())
+                  if pid not in stages and procs.session_of(pid) not in (own_session, None)]
+        # (the process library's own helper stays in our session)
+        for pid in strays:
+            log.warning("killed a job's escaped descendant", extra={
                 "event": "job.orphan_killed", "orphan_pid": pid})
+        procs.kill_and_reap(strays, keep=set())
 
     def _may_restart(self, now: float) -> bool:
         if self.intensity.allow(now):
@@ -283,7 +295,7 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         for stage in self._stages():
-            _kill_tree(stage.process.pid)
+            procs.kill_session(stage.process.pid)
             stage.process.join(timeout=5)
         self.consumers.clear()
         self.producer = None
@@ -309,36 +321,6 @@ class Supervisor:
         except OSError:
             pass
 
+
 def _slot_queues(counts: dict[str, int]) -> list[str]:
     return [queue for queue, n in sorted(counts.items()) for _ in range(n)]
-
-
-def _kill_tree(sid: int) -> None:
-    """SIGKILL a stage and every process left in its session (its jobs and their groups)."""
-    for pid in [sid, *_session_members(sid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
-
-
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and int(entry) != os.getpid():
-            members.append(int(entry))
-    return members

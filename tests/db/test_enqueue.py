@@ -56,7 +56,7 @@ def test_bulk_enqueue_is_one_statement_and_keeps_input_order(conn, get_task, mon
     real = store._run
     monkeypatch.setattr(store, "_run", lambda c, name, p=None: calls.append(name) or real(c, name, p))
     ids = stagerunner.enqueue_many([("tests.tasks:add", [i, i]) for i in range(500)], conn=conn)
-    assert calls == ["insert_tasks_plain"]
+    assert calls == ["insert_tasks"]
     assert len(ids) == 500 and [get_task(ids[7])["args"]] == [[7, 7]]
 
 
@@ -84,7 +84,8 @@ def test_a_unique_key_returns_the_existing_task_while_it_is_waiting_or_running(c
     assert stagerunner.enqueue("tests.tasks:ok", [], conn=conn, unique_key="k") == first
     ids = stagerunner.enqueue_many([("tests.tasks:ok", [])] * 3, conn=conn, unique_key="j")
     assert len(set(ids)) == 1
-    conn.execute("UPDATE stagerunner.tasks SET status = 'success' WHERE id = %s", [first])
+    conn.execute("UPDATE stagerunner.tasks SET status = 'success', finished_at = now() WHERE id = %s",
+                 [first])
     assert stagerunner.enqueue("tests.tasks:ok", [], conn=conn, unique_key="k") != first
 
 

@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from stagerunner import store
 from stagerunner.completer import LOST_LIMIT, decide
 from stagerunner.protocol import Outcome, Status
+from stagerunner.rescuer import Rescuer
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(300)]
 OWNERS = ("a/1", "b/1")
@@ -62,7 +63,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
 
         @rule(owner=st.sampled_from(OWNERS), limit=st.integers(1, 4))
         def claim(self, owner: str, limit: int) -> None:
-            claimed = store.claim_tasks(self.conn, owner=owner, queue="default", limit=limit)
+            claimed, _ = store.claim_tasks(self.conn, owner=owner, queue="default", limit=limit)
             waiting = [i for i, r in self.model.items() if r.status == "waiting"]
             assert len(claimed) == min(limit, len(waiting))
             for c in claimed:
@@ -81,7 +82,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
                               error=None if status == "success" else "e", lost=lost)
             finish = decide(outcome, lost=row.lost, max_attempts=row.max_attempts)
             written = store.finish_tasks(self.conn, owner=row.owner, finishes=[finish])
-            assert written == {task_id}
+            assert set(written) == {task_id}
             self.stale.append((task_id, row.attempts, row.owner))
             row.lost += finish.lost
             row.status = "cancelled" if finish.status == "waiting" and row.cancel_requested else finish.status
@@ -112,12 +113,12 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
                 return  # re-claimed by the same owner with the same attempt number: not stale
             finish = decide(Outcome(task_id, attempt, Status.SUCCESS, 1.0, result="1"), lost=0,
                             max_attempts=9)
-            assert store.finish_tasks(self.conn, owner=owner, finishes=[finish]) == set()
+            assert store.finish_tasks(self.conn, owner=owner, finishes=[finish]) == {}
 
         @rule(owner=st.sampled_from(OWNERS))
         def owner_dies_and_is_rescued(self, owner: str) -> None:
             store.retire_nodes(self.conn, owners=[owner])
-            rescued = dict(store.rescue_orphans(self.conn, expiry_s=3.0, lost_limit=LOST_LIMIT))
+            rescued = dict(Rescuer("r/1", "r", "default", expiry=3.0).rescue(self.conn))
             for task_id, row in self.model.items():
                 if row.status == "running" and row.owner == owner:
                     self.stale.append((task_id, row.attempts, owner))

@@ -1,6 +1,6 @@
 import pytest
 
-from stagerunner import store
+from stagerunner import migrations, store
 from stagerunner.errors import SchemaMissing
 
 pytestmark = pytest.mark.db
@@ -8,14 +8,14 @@ pytestmark = pytest.mark.db
 
 def test_schema_installs_twice_without_error(empty_db):
     with store.connect(empty_db) as conn:
-        store.install_schema(conn)
-        store.install_schema(conn)
-        assert store.check_schema(conn) == store.SCHEMA_VERSION
+        migrations.install_schema(conn)
+        migrations.install_schema(conn)
+        assert migrations.check_schema(conn) == migrations.SCHEMA_VERSION
 
 
 def test_check_schema_names_the_command_that_installs_it(empty_db):
     with store.connect(empty_db) as conn, pytest.raises(SchemaMissing) as err:
-        store.check_schema(conn)
+        migrations.check_schema(conn)
     assert "python -m stagerunner migrate" in str(err.value)
 
 
@@ -27,7 +27,7 @@ def test_everything_lives_in_its_own_schema(conn):
 def test_top_level_schema_file_is_the_packaged_one():
     from tests.helpers import ROOT
 
-    assert (ROOT / "schema.sql").read_text() == store.schema_text()
+    assert (ROOT / "schema.sql").read_text() == migrations.schema_text()
 
 
 def test_one_notify_per_insert_statement_not_per_row(connect):
@@ -39,7 +39,8 @@ def test_one_notify_per_insert_statement_not_per_row(connect):
 
 
 def test_the_claim_uses_the_claim_index(conn):
-    conn.execute("INSERT INTO stagerunner.tasks (name, status) SELECT 'x', 'success' FROM generate_series(1, 20000)")
+    conn.execute("INSERT INTO stagerunner.tasks (name, status, finished_at) "
+                 "SELECT 'x', 'success', now() FROM generate_series(1, 20000)")
     conn.execute("INSERT INTO stagerunner.tasks (name) SELECT 'x' FROM generate_series(1, 100)")
     conn.execute("ANALYZE stagerunner.tasks")
     sql = store._sql("claim_tasks").replace("%(queue)s", "'default'").replace("%(limit)s", "10") \

@@ -2,7 +2,8 @@ import pytest
 
 from stagerunner import store
 from stagerunner.completer import decide
-from stagerunner.protocol import Outcome, Status
+from stagerunner.protocol import Outcome, Status, Task
+from stagerunner.rescuer import Rescuer
 
 pytestmark = pytest.mark.db
 OWNER = "node-a/1"
@@ -14,13 +15,13 @@ class TestClaim:
         high = insert_task(priority=5)
         insert_task(run_at="2999-01-01T00:00:00Z")
         insert_task(queue="mail")
-        claimed = store.claim_tasks(conn, owner=OWNER, queue="default", limit=5)
+        claimed = store.claim_tasks(conn, owner=OWNER, queue="default", limit=5)[0]
         assert [c.task.id for c in claimed] == [high["id"], low["id"]]
         assert all(c.task.attempt == 1 for c in claimed)
 
     def test_claim_marks_rows_running_with_owner_and_attempt(self, conn, insert_task, get_task):
         t = insert_task(args=[1, 2])
-        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)
+        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)[0]
         row = get_task(t["id"])
         assert (row["status"], row["claimed_by"], row["attempts"]) == ("running", OWNER, 1)
         assert c.task.args == "[1, 2]" and row["claimed_at"] is not None
@@ -29,14 +30,14 @@ class TestClaim:
         first, second = insert_task(), insert_task()
         a, b = connect(), connect()
         with a.transaction():
-            [got_a] = store.claim_tasks(a, owner="a", queue="default", limit=1)
-            [got_b] = store.claim_tasks(b, owner="b", queue="default", limit=1)
+            [got_a] = store.claim_tasks(a, owner="a", queue="default", limit=1)[0]
+            [got_b] = store.claim_tasks(b, owner="b", queue="default", limit=1)[0]
         assert {got_a.task.id, got_b.task.id} == {first["id"], second["id"]}
 
     def test_claim_never_takes_running_or_finished_rows(self, conn, insert_task):
         for status in ("running", "success", "error", "timeout", "cancelled"):
             insert_task(status=status)
-        assert store.claim_tasks(conn, owner=OWNER, queue="default", limit=10) == []
+        assert store.claim_tasks(conn, owner=OWNER, queue="default", limit=10)[0] == []
 
 
 class TestFinish:
@@ -48,7 +49,7 @@ class TestFinish:
             decide(Outcome(bad["id"], 1, Status.ERROR, 2.0, error="Traceback: boom"), lost=0,
                    max_attempts=1),
         ])
-        assert written == {ok["id"], bad["id"]}
+        assert written == {ok["id"]: "success", bad["id"]: "error"}
         assert get_task(ok["id"])["status"] == "success" and get_task(ok["id"])["result"] == {"x": 1}
         row = get_task(bad["id"])
         assert (row["status"], row["last_error"]) == ("error", "Traceback: boom")
@@ -66,35 +67,40 @@ class TestFinish:
         t = insert_task(status="running", claimed_by=OWNER, attempts=2)
         stale_attempt = decide(Outcome(t["id"], 1, Status.SUCCESS, 1.0, result="1"), lost=0, max_attempts=3)
         other_owner = decide(Outcome(t["id"], 2, Status.SUCCESS, 1.0, result="1"), lost=0, max_attempts=3)
-        assert store.finish_tasks(conn, owner=OWNER, finishes=[stale_attempt]) == set()
-        assert store.finish_tasks(conn, owner="someone/else", finishes=[other_owner]) == set()
+        assert store.finish_tasks(conn, owner=OWNER, finishes=[stale_attempt]) == {}
+        assert store.finish_tasks(conn, owner="someone/else", finishes=[other_owner]) == {}
         assert get_task(t["id"])["status"] == "running"
 
     def test_finished_rows_are_never_rewritten(self, conn, insert_task, get_task):
         t = insert_task(status="success", claimed_by=OWNER, attempts=1)
         f = decide(Outcome(t["id"], 1, Status.ERROR, 1.0, error="late"), lost=0, max_attempts=1)
-        assert store.finish_tasks(conn, owner=OWNER, finishes=[f]) == set()
+        assert store.finish_tasks(conn, owner=OWNER, finishes=[f]) == {}
         assert get_task(t["id"])["status"] == "success"
 
 
 class TestRelease:
     def test_unstarted_tasks_go_back_as_if_never_claimed(self, conn, insert_task, get_task):
         t = insert_task()
-        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)
+        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)[0]
         assert store.release_tasks(conn, owner=OWNER, tasks=[c.task]) == {t["id"]}
         row = get_task(t["id"])
         assert (row["status"], row["attempts"], row["claimed_by"]) == ("waiting", 0, None)
 
     def test_release_of_someone_elses_claim_does_nothing(self, conn, insert_task):
         insert_task()
-        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)
+        [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)[0]
         assert store.release_tasks(conn, owner="other/1", tasks=[c.task]) == set()
 
     def test_release_unheld_hands_back_claims_we_never_received(self, conn, insert_task):
         kept, orphan = insert_task(status="running", claimed_by=OWNER), insert_task(status="running",
                                                                                   claimed_by=OWNER)
         insert_task(status="running", claimed_by="other/1")
-        assert store.release_unheld(conn, owner=OWNER, held=[kept["id"]]) == {orphan["id"]}
+        held = Task(kept["id"], 1, kept["name"], "[]")
+        assert store.release_tasks(conn, owner=OWNER, tasks=[held], unheld=True) == {orphan["id"]}
+
+
+def rescue(conn):
+    return Rescuer("rescuer/1", "rescuer", "default", expiry=3.0).rescue(conn)
 
 
 class TestRescue:
@@ -108,7 +114,7 @@ class TestRescue:
         self.beat(conn, "live/1")
         dead = insert_task(status="running", claimed_by="dead/1")
         live = insert_task(status="running", claimed_by="live/1")
-        rescued = store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3)
+        rescued = rescue(conn)
         assert rescued == [(dead["id"], "waiting")]
         row = get_task(dead["id"])
         assert (row["status"], row["lost"], row["claimed_by"]) == ("waiting", 1, None)
@@ -118,23 +124,43 @@ class TestRescue:
     def test_a_task_lost_too_often_ends_in_error(self, conn, insert_task, get_task):
         self.beat(conn, "dead/1", age_s=60)
         t = insert_task(status="running", claimed_by="dead/1", lost=2)
-        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == [(t["id"], "error")]
+        assert rescue(conn) == [(t["id"], "error")]
         assert get_task(t["id"])["finished_at"] is not None
 
     def test_running_rows_of_an_owner_that_never_beat_are_orphans(self, conn, insert_task):
         t = insert_task(status="running", claimed_by="ghost/1")
-        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == [(t["id"], "waiting")]
+        assert rescue(conn) == [(t["id"], "waiting")]
 
     def test_retired_owners_are_rescued_without_waiting_for_expiry(self, conn, insert_task):
         self.beat(conn, "old/1")
         t = insert_task(status="running", claimed_by="old/1")
-        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == []
+        assert rescue(conn) == []
         store.retire_nodes(conn, owners=["old/1"])
-        assert store.rescue_orphans(conn, expiry_s=3.0, lost_limit=3) == [(t["id"], "waiting")]
+        assert rescue(conn) == [(t["id"], "waiting")]
 
 
-def test_next_run_at_is_the_earliest_future_task(conn, insert_task):
-    assert store.next_run_at(conn, queues=["default"]) is None
+def test_every_claim_says_when_the_next_scheduled_task_is_due(conn, insert_task):
+    assert store.claim_tasks(conn, owner=OWNER, queue="default", limit=5) == ([], None)
     conn.execute("INSERT INTO stagerunner.tasks (name, run_at) VALUES ('x', now() + interval '30 seconds'),"
-                 " ('x', now() + interval '90 seconds')")
-    assert 25 < store.next_run_at(conn, queues=["default"]) <= 30
+                 " ('x', now() + interval '90 seconds'), ('x', now())")
+    claimed, next_due = store.claim_tasks(conn, owner=OWNER, queue="default", limit=5)
+    assert len(claimed) == 1 and 25 < next_due <= 30
+    _, other = store.claim_tasks(conn, owner=OWNER, queue="mail", limit=5)
+    assert other is None  # per queue
+
+
+def test_a_task_that_falls_due_between_claims_is_never_missed(conn):
+    """The claim and the next due time come from one snapshot at one now(): a row that was
+    not due for the claim is always in the answer."""
+    conn.execute("INSERT INTO stagerunner.tasks (name, run_at) "
+                 "SELECT 'x', now() + make_interval(secs => g / 1000.0) FROM generate_series(1, 200) g")
+    claimed_ids: set[int] = set()
+    for _ in range(400):
+        claimed, next_due = store.claim_tasks(conn, owner=OWNER, queue="default", limit=5)
+        claimed_ids |= {c.task.id for c in claimed}
+        waiting = conn.execute("SELECT count(*) FROM stagerunner.tasks "
+                               "WHERE status = 'waiting'").fetchone()[0]
+        assert waiting == 0 or next_due is not None or len(claimed) == 5
+        if not waiting:
+            break
+    assert len(claimed_ids) == 200

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.fault.conftest import (TERMINAL, assert_no_job_leftovers, check_alive, check_rows,
-                                  connect_retrying,
-                                  dbname_of, events, terminate_node_connections)
-from tests.helpers import eventually
+from stagerunner_tools.dbs import connect_retrying, dbname_of, terminate_node_sessions
+from stagerunner_tools.invariants import FINISHED, check_alive, check_rows
+from tests.helpers import assert_no_job_leftovers, eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
@@ -30,7 +29,7 @@ def finished(dsn: str, ids: Sequence[int]) -> int:
     try:
         with connect_retrying(dsn, timeout=5) as c:
             return c.execute("SELECT count(*) FROM stagerunner.tasks WHERE id = ANY(%s) "
-                             "AND status::text = ANY(%s)", [list(ids), list(TERMINAL)]).fetchone()[0]
+                             "AND status::text = ANY(%s)", [list(ids), list(FINISHED)]).fetchone()[0]
     except Exception:  # the server is restarting
         return -1
 
@@ -62,14 +61,14 @@ def test_a_database_restart_under_load_loses_no_outcome(private_pg, db, start_no
         found = check_rows(conn, ids)
         assert {r["status"] for r in found.values()} == {"success"}
         runs = recorder.check(conn, ids)
-    assert events(node, "db.disconnected") and len(events(node, "db.connected")) >= 2
-    assert not events(node, "producer.fenced"), "an outage shorter than the expiry fenced the producer"
+    assert node.events("db.disconnected") and len(node.events("db.connected")) >= 2
+    assert not node.events("producer.fenced"), "an outage shorter than the expiry fenced the producer"
     # the outage was far shorter than the node expiry: every outcome buffered meanwhile is
     # written, so no task ran twice
     twice = {k: [(r.start, r.ended) for r in v] for k, v in runs.items() if len(v) > 1}
     assert not twice, f"tasks re-run after a {outage:.1f}s outage: {twice}"
     assert {(r["attempts"], r["lost"]) for r in found.values()} == {(1, 0)}
-    assert not events(node, "task.stale_outcome")
+    assert not node.events("task.stale_outcome")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
 
@@ -83,7 +82,7 @@ def test_an_outage_longer_than_the_expiry_fences_the_producer_and_all_tasks_stil
     private_pg.stop("immediate")
     try:
         # it cannot heartbeat for 80% of the expiry: it exits so its jobs die before a rescue
-        eventually(lambda: events(node, "producer.fenced"), timeout=15, interval=0.1)
+        eventually(lambda: node.events("producer.fenced"), timeout=15, interval=0.1)
         assert node.proc.poll() is None
     finally:
         private_pg.start()
@@ -93,7 +92,7 @@ def test_an_outage_longer_than_the_expiry_fences_the_producer_and_all_tasks_stil
         found = check_rows(conn, ids)
         assert {r["status"] for r in found.values()} == {"success"}
         recorder.check(conn, ids)
-    assert events(node, "stage.restarted")
+    assert node.events("stage.restarted")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
 
@@ -111,7 +110,7 @@ def test_terminating_the_producers_connections_over_and_over(private_pg, db, sta
         while not stop.is_set():
             try:
                 with connect_retrying(private_pg.admin_dsn, timeout=5) as admin:
-                    terminated.append(terminate_node_connections(admin, dbname_of(db)))
+                    terminated.append(terminate_node_sessions(admin, dbname_of(db)))
             except Exception:
                 pass
             stop.wait(rng.uniform(0.15, 0.6))  # never in phase with the jobs
@@ -129,10 +128,10 @@ def test_terminating_the_producers_connections_over_and_over(private_pg, db, sta
         found = check_rows(conn, ids)
         assert {r["status"] for r in found.values()} == {"success"}
         recorder.check(conn, ids)
-    assert len(events(node, "db.disconnected")) >= 3
+    assert len(node.events("db.disconnected")) >= 3
     twice = {k: n for k, n in runs_per_key(recorder).items() if n > 1}
     assert not twice, f"tasks re-run although their outcomes reached the producer: {twice}"
-    assert not events(node, "task.stale_outcome")
+    assert not node.events("task.stale_outcome")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
 
@@ -161,8 +160,8 @@ def test_a_database_peer_that_stops_answering_gets_the_producer_replaced(
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     try:
-        eventually(lambda: events(node, "producer.unresponsive"), timeout=20)
-        eventually(lambda: len(events(node, "db.connected")) >= 2, timeout=20)
+        eventually(lambda: node.events("producer.unresponsive"), timeout=20)
+        eventually(lambda: len(node.events("db.connected")) >= 2, timeout=20)
     finally:
         for pid in frozen:
             try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.fault.conftest import (assert_no_job_leftovers, check_rows, events, insert_tasks, rows,
-                                  wait_terminal)
+from stagerunner_tools.invariants import check_rows, insert_rows, rows, wait_terminal
+from tests.helpers import assert_no_job_leftovers
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -52,8 +52,8 @@ BAD_ARGUMENTS = [
 def test_rows_naming_anything_but_a_registered_task_end_in_error_and_import_nothing(
         conn, start_node, tmp_path):
     mark = tmp_path / "sentinel-imported"
-    ids = {name: insert_tasks(conn, name, [[]])[0] for name in NAMES}
-    good = insert_tasks(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
+    ids = {name: insert_rows(conn, name, [[]])[0] for name in NAMES}
+    good = insert_rows(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
     node = start_node(extra_env={"SENTINEL_MARK": str(mark)})
 
     wait_terminal(conn, [*ids.values(), *good], timeout=60, node=node)
@@ -68,14 +68,14 @@ def test_rows_naming_anything_but_a_registered_task_end_in_error_and_import_noth
             assert wanted in r["last_error"], (name, r["last_error"])
     assert [found[i]["result"] for i in good] == [i + 1 for i in range(5)]
     assert not mark.exists(), "a row made a stage import tests.sentinel_module"
-    assert not events(node, "consumer.crashed") and not events(node, "producer.crashed")
+    assert not node.events("consumer.crashed") and not node.events("producer.crashed")
     assert node.proc.poll() is None
     assert_no_job_leftovers(node)
 
 
 def test_arguments_that_do_not_fit_the_signature_end_in_error_before_a_child_runs(
         conn, start_node):
-    ids = [insert_tasks(conn, name, [args])[0] for name, args, _ in BAD_ARGUMENTS]
+    ids = [insert_rows(conn, name, [args])[0] for name, args, _ in BAD_ARGUMENTS]
     node = start_node()
     wait_terminal(conn, ids, timeout=60, node=node)
     found = check_rows(conn, ids)
@@ -104,11 +104,11 @@ def test_deeply_nested_arguments_end_in_error_without_crashing_a_consumer(conn, 
     deep = "[" * 5000 + "]" * 5000  # PostgreSQL stores it; Python's json recursion limit is ~1000
     [bad] = [conn.execute("INSERT INTO stagerunner.tasks (name, args) VALUES "
                           "('tests.tasks:echo', %s::jsonb) RETURNING id", [deep]).fetchone()[0]]
-    good = insert_tasks(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
+    good = insert_rows(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
     node = start_node()
     wait_terminal(conn, [bad, *good], timeout=60, node=node)
     r = rows(conn, [bad])[bad]
-    assert not events(node, "consumer.crashed"), "a row crashed a consumer"
+    assert not node.events("consumer.crashed"), "a row crashed a consumer"
     assert (r["status"], r["attempts"], r["lost"]) == ("error", 1, 0), r
     assert "arguments" in r["last_error"], r["last_error"]
     assert node.proc.poll() is None
@@ -121,7 +121,7 @@ def test_rows_that_crash_consumers_cannot_stop_the_node(conn, start_node):
            for _ in range(5)]
     node = start_node(consumers=2)
     wait_terminal(conn, bad, timeout=60, node=node)  # raises NodeExited if the node stops
-    assert not events(node, "node.restart_limit")
+    assert not node.events("node.restart_limit")
     assert node.proc.poll() is None
 
 
@@ -135,6 +135,6 @@ def test_a_nan_timeout_cannot_defeat_the_hard_deadline(conn, start_node):
     node = start_node(max_job_timeout=2)
     wait_terminal(conn, [tid], timeout=20, node=node)
     r = rows(conn, [tid])[tid]
-    assert not events(node, "consumer.silent"), "the consumer stopped enforcing the deadline"
+    assert not node.events("consumer.silent"), "the consumer stopped enforcing the deadline"
     assert (r["status"], r["lost"]) == ("timeout", 0), r
     assert r["errors"][-1]["runtime_ms"] < 2500, r["errors"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fault.conftest import (alive_since, assert_no_job_leftovers, check_rows, events,
-                                  insert_tasks, pidfile_pids, rows, wait_terminal)
-from tests.helpers import eventually
+from stagerunner_tools.invariants import check_rows, insert_rows, rows, wait_terminal
+from stagerunner_tools.procfs import alive_since, pidfile_pids
+from tests.helpers import assert_no_job_leftovers, eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -35,7 +35,7 @@ def test_a_misbehaving_job_ends_as_documented_and_leaves_nothing_behind(
     amount, cols, status, reason = CASES[kind]
     node = start_node(consumers=2, job_memory_mb=256)
     pidfile = tmp_path / "pids"
-    [bad] = insert_tasks(conn, "tests.tasks:misbehave", [[kind, str(pidfile), amount]],
+    [bad] = insert_rows(conn, "tests.tasks:misbehave", [[kind, str(pidfile), amount]],
                          max_attempts=1, **cols)
     good = recorder.enqueue(conn, 8, 0.1)
 
@@ -51,7 +51,7 @@ def test_a_misbehaving_job_ends_as_documented_and_leaves_nothing_behind(
         assert row["errors"][-1]["runtime_ms"] < 1500, row["errors"]
     if kind == "kill_consumer":
         assert (row["attempts"], row["lost"]) == (3, 3)
-        assert len(events(node, "consumer.died")) == 3
+        assert len(node.events("consumer.died")) == 3
     else:
         assert (row["attempts"], row["lost"]) == (1, 0)
     # the node kept serving everything else
@@ -68,7 +68,7 @@ def test_a_misbehaving_job_ends_as_documented_and_leaves_nothing_behind(
 def test_a_hard_deadline_is_not_stretched_by_a_busy_node(conn, start_node, tmp_path):
     """Every one of several simultaneous stuck jobs dies at its deadline, none much later."""
     node = start_node(consumers=2)
-    ids = insert_tasks(conn, "tests.tasks:misbehave",
+    ids = insert_rows(conn, "tests.tasks:misbehave",
                        [["ignore_sigterm", str(tmp_path / f"p{i}")] for i in range(6)], max_attempts=1)
     wait_terminal(conn, ids, timeout=60, node=node)
     for r in rows(conn, ids).values():

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.fault.conftest import check_alive, rss_kib, wait_stages
+from stagerunner_tools.invariants import check_alive
+from stagerunner_tools.procfs import rss_kib
 from tests.helpers import eventually
 
 CONSUMERS = 2
@@ -29,7 +30,7 @@ def test_a_big_backlog_is_claimed_only_by_credit_with_flat_producer_memory(conn,
     conn.execute("ANALYZE stagerunner.tasks")
     started = time.monotonic()
     node = start_node(consumers=CONSUMERS, **REUSE)
-    producer, _ = wait_stages(node, CONSUMERS)
+    producer, _ = node.wait_stages(CONSUMERS)
     eventually(lambda: conn.execute("SELECT count(*) FROM stagerunner.tasks "
                                     "WHERE status = 'success'").fetchone()[0] > 0, timeout=30)
 

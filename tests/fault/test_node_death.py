@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from tests.fault.conftest import (alive_since, assert_no_job_leftovers, check_rows, events,
-                                  kill_node_tree, owners, rows, wait_stages, wait_terminal)
-from tests.helpers import eventually
+from stagerunner_tools.invariants import check_rows, rows, wait_terminal
+from stagerunner_tools.nodes import owners
+from stagerunner_tools.procfs import alive_since
+from tests.helpers import assert_no_job_leftovers, eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(150)]
 
@@ -35,7 +36,7 @@ def test_two_healthy_nodes_share_the_work_and_run_each_task_exactly_once(conn, s
     by_node = {r["claimed_by"].split("/")[0] for r in found.values()}
     assert by_node == {"alpha", "beta"}, "both nodes should have taken work"
     for node in (alpha, beta):
-        assert not events(node, "task.rescued") and not events(node, "task.stale_outcome")
+        assert not node.events("task.rescued") and not node.events("task.stale_outcome")
         assert node.proc.poll() is None
     assert alpha.stop() == 0 and beta.stop() == 0
 
@@ -43,8 +44,8 @@ def test_two_healthy_nodes_share_the_work_and_run_each_task_exactly_once(conn, s
 def test_a_dead_nodes_running_tasks_are_rescued_by_the_survivor_within_5s(conn, start_node, recorder):
     alpha = start_node(consumers=2, node_name="alpha")
     beta = start_node(consumers=2, node_name="beta")
-    wait_stages(alpha, 2)
-    wait_stages(beta, 2)
+    alpha.wait_stages(2)
+    beta.wait_stages(2)
     ids = recorder.enqueue(conn, 24, 1.5, timeout_s=5)
     eventually(lambda: len(running_by(conn, ids, "alpha/")) == 2 and running_by(conn, ids, "beta/"),
                timeout=20, interval=0.02)
@@ -52,7 +53,7 @@ def test_a_dead_nodes_running_tasks_are_rescued_by_the_survivor_within_5s(conn, 
     assert alpha_owners and all(o.startswith("alpha/") for o in alpha_owners)
 
     seen = time.time()
-    tree = kill_node_tree(alpha)
+    tree = alpha.kill()
     killed_at = time.monotonic()
     orphaned = running_by(conn, ids, "alpha/")
     beta_held = running_by(conn, ids, "beta/")
@@ -79,7 +80,7 @@ def test_a_dead_nodes_running_tasks_are_rescued_by_the_survivor_within_5s(conn, 
         assert found[tid]["lost"] == 0 and found[tid]["attempts"] == beta_held[tid], found[tid]
     for tid, r in found.items():
         assert all("beta/" not in e.get("error", "") for e in r["errors"]), r
-    rescued = {int(m) for line in events(beta, "task.rescued")
+    rescued = {int(m) for line in beta.events("task.rescued")
                for m in re.findall(r"\btask_id=(\d+)", line)}
     assert rescued == set(orphaned)
     recorder.check(conn, ids)

@@ -10,8 +10,10 @@ import sys
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.fault.conftest import (PASSWORD_ROLE, cmdline, dbname_of, events, insert_tasks, rows,
-                                  terminate_node_connections, wait_terminal)
+from stagerunner_tools.dbs import dbname_of, terminate_node_sessions
+from stagerunner_tools.invariants import insert_rows, rows, wait_terminal
+from stagerunner_tools.pgserver import PASSWORD_ROLE
+from stagerunner_tools.procfs import cmdline
 from tests.helpers import ROOT, eventually, node_env
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
@@ -46,13 +48,13 @@ def test_a_dsn_password_never_appears_in_logs_even_through_connection_errors(
           f"{conninfo_to_dict(dsn).get('port', 5432)}/{dbname_of(dsn)}"
     for i, (form, fmt) in enumerate([(dsn, "text"), (url, "json")]):
         node = start_node(dsn=form, log_level="debug", log_format=fmt, heartbeat_interval=0.3)
-        ids = insert_tasks(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
+        ids = insert_rows(conn, "tests.tasks:add", [[i, 1] for i in range(5)])
         wait_terminal(conn, ids, timeout=30, node=node)
         # connection errors get logged with their messages: terminate the node's sessions
-        terminate_node_connections(conn, dbname_of(dsn))
-        eventually(lambda: events(node, "db.disconnected") and len(events(node, "db.connected")) >= 2,
+        terminate_node_sessions(conn, dbname_of(dsn))
+        eventually(lambda: node.events("db.disconnected") and len(node.events("db.connected")) >= 2,
                    timeout=20)
-        ids = insert_tasks(conn, "tests.tasks:add", [[i, 2] for i in range(5)])
+        ids = insert_rows(conn, "tests.tasks:add", [[i, 2] for i in range(5)])
         wait_terminal(conn, ids, timeout=30, node=node)
         for pid in [node.proc.pid, *node.tree()]:
             assert password not in cmdline(pid), f"the password is on the command line of {pid}"
@@ -74,7 +76,7 @@ def test_a_dsn_password_never_appears_in_logs_even_through_connection_errors(
 
 def test_a_job_child_inherits_no_database_socket_and_no_stagerunner_variable(conn, start_node):
     node = start_node(consumers=2, child_reuse=1)
-    ids = insert_tasks(conn, "tests.tasks:inheritance", [[]] * 4)
+    ids = insert_rows(conn, "tests.tasks:inheritance", [[]] * 4)
     wait_terminal(conn, ids, timeout=30, node=node)
     for r in rows(conn, ids).values():
         assert r["status"] == "success", r["last_error"]

@@ -9,11 +9,16 @@ import time
 
 import pytest
 
-from tests.fault.conftest import (WINDOW, cmdline, consumer_of, ppid_of, spares, alive_since, assert_no_job_leftovers, kill_if_ours,
-                                  pidfile_pids, seen_now, check_rows, children, events,
-                                  insert_tasks, owners, rows, stages, wait_stages,
-                                  wait_terminal)
-from tests.helpers import eventually
+from stagerunner import config
+from stagerunner_tools.invariants import check_rows, insert_rows, rows, wait_terminal
+from stagerunner_tools.nodes import consumer_of, owners, spares
+from stagerunner_tools.procfs import (alive_since, children, cmdline, kill_if_ours, pidfile_pids,
+                                      ppid_of, seen_now)
+from tests.helpers import assert_no_job_leftovers, eventually
+
+# Tasks a consumer holds at once with the settings the tests use (the running one plus
+# any prefetched), asked of the runner itself.
+WINDOW = config.load(environ={}).window()
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(150)]
 
@@ -39,7 +44,7 @@ def _kill_mid_job(conn, start_node, recorder, victim_of):
     ids = recorder.enqueue(conn, 10, 1.0, timeout_s=5)
     run = fresh_run(recorder)
     consumer = consumer_of(run.pid)
-    assert consumer in stages(node)[1], "the job's parent is not a consumer's fork helper"
+    assert consumer in node.stages()[1], "the job's parent is not a consumer's fork helper"
     os.kill(victim_of(run.pid), signal.SIGKILL)
 
     wait_terminal(conn, ids, timeout=60, node=node)
@@ -57,7 +62,7 @@ def test_sigkill_of_a_consumer_mid_job_loses_one_run_and_nothing_else(conn, star
     assert victim["errors"][0]["status"] == "lost" and "consumer died" in victim["errors"][0]["error"]
     assert all((r["attempts"], r["lost"]) == (1, 0) for i, r in found.items() if r is not victim)
     assert not alive_since(run.pid, run.start)
-    assert events(node, "consumer.died") and events(node, "stage.restarted")
+    assert node.events("consumer.died") and node.events("stage.restarted")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
 
@@ -72,14 +77,14 @@ def test_sigkill_of_a_consumers_fork_helper_mid_job_is_a_consumer_death(conn, st
         return forker
 
     node, consumer, _, _, _ = _kill_mid_job(conn, start_node, recorder, forker_of)
-    assert events(node, "consumer.forker_lost") and events(node, "stage.restarted")
-    assert consumer not in wait_stages(node, 2)[1]
+    assert node.events("consumer.forker_lost") and node.events("stage.restarted")
+    assert consumer not in node.wait_stages(2)[1]
     assert_no_job_leftovers(node, recorder.pids())
 
 
 def test_sigkill_of_an_idle_consumer_holding_credits(conn, start_node, recorder):
     node = start_node(consumers=2)
-    _, consumers = wait_stages(node, 2)
+    _, consumers = node.wait_stages(2)
     eventually(lambda: all(spares(c) for c in consumers), timeout=10)  # spare forked: demand sent
     victim = consumers[0]
     spare = seen_now(spares(victim) + children(victim))
@@ -92,10 +97,10 @@ def test_sigkill_of_an_idle_consumer_holding_credits(conn, start_node, recorder)
     # a task sent to the dead pipe before the producer noticed may count as lost, never more
     assert sum(r["lost"] for r in found.values()) <= 1
     recorder.check(conn, ids)
-    _, now = wait_stages(node, 2)
+    _, now = node.wait_stages(2)
     assert victim not in now
     assert not any(alive_since(p, t) for p, t in spare.items()), "its spare child lives on"
-    assert events(node, "consumer.died") and events(node, "stage.restarted")
+    assert node.events("consumer.died") and node.events("stage.restarted")
     assert_no_job_leftovers(node, recorder.pids())
 
 
@@ -119,8 +124,8 @@ def test_producer_killed_at_a_fault_point_hands_its_claims_back(conn, start_node
     if point == "after_claim":  # never dispatched: no run of them started before the kill
         assert all(len(runs[recorder.keys[i]]) == 1 for i in lost)
     assert len(owners(node)) >= 2
-    assert [line for line in events(node, "stage.restarted") if "stage=producer" in line]
-    assert events(node, "task.rescued")
+    assert [line for line in node.events("stage.restarted") if "stage=producer" in line]
+    assert node.events("task.rescued")
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
 
@@ -128,7 +133,7 @@ def test_producer_killed_at_a_fault_point_hands_its_claims_back(conn, start_node
 def test_sigkill_of_the_supervisor_takes_its_stages_down_and_a_new_node_finishes(
         conn, start_node, recorder):
     node = start_node(consumers=2)
-    producer, consumers = wait_stages(node, 2)
+    producer, consumers = node.wait_stages(2)
     ids = recorder.enqueue(conn, 8, 1.0, timeout_s=5)
     eventually(lambda: len(recorder.running_now()) == 2, timeout=20, interval=0.02)
     tree = seen_now(node.tree())
@@ -151,7 +156,7 @@ def test_sigkill_of_the_supervisor_takes_its_stages_down_and_a_new_node_finishes
     for i in stuck:
         assert (found[i]["attempts"], found[i]["lost"]) == (2, 1), found[i]
     recorder.check(conn, ids)
-    assert events(survivor, "task.rescued")
+    assert survivor.events("task.rescued")
     assert_no_job_leftovers(survivor, recorder.pids())
 
 
@@ -161,13 +166,13 @@ def test_a_frozen_consumer_is_detected_replaced_and_its_late_outcome_ignored(
     ids = recorder.enqueue(conn, 8, 0.5)
     run = fresh_run(recorder, younger_than=0.2)
     consumer = consumer_of(run.pid)
-    assert consumer in stages(node)[1]
+    assert consumer in node.stages()[1]
     consumer_seen = time.time()
     os.kill(consumer, signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
         # silence past max_job_timeout + 2 s (4 s) since the dispatch: replaced
-        eventually(lambda: events(node, "consumer.silent"), timeout=15, interval=0.02)
+        eventually(lambda: node.events("consumer.silent"), timeout=15, interval=0.02)
         try:
             os.kill(consumer, signal.SIGCONT)  # too late: whatever it says now must change nothing
         except ProcessLookupError:
@@ -187,8 +192,8 @@ def test_a_frozen_consumer_is_detected_replaced_and_its_late_outcome_ignored(
     assert (victim["attempts"], victim["lost"]) in ((1, 0), (2, 1)), victim
     runs = recorder.check(conn, ids)
     assert len(runs[run.key]) == victim["attempts"]
-    assert events(node, "consumer.killed") and events(node, "stage.restarted")
-    _, now = wait_stages(node, 2)
+    assert node.events("consumer.killed") and node.events("stage.restarted")
+    _, now = node.wait_stages(2)
     assert consumer not in now
     assert_no_job_leftovers(node, recorder.pids())
     assert node.proc.poll() is None
@@ -207,7 +212,7 @@ def test_grandchildren_of_a_job_die_with_its_consumer_or_supervisor(conn, start_
     SIGKILLed (the supervisor cleans up) or when the supervisor itself is SIGKILLed."""
     node = start_node(consumers=1)
     pidfile = tmp_path / "pids"
-    ids = insert_tasks(conn, "tests.tasks:misbehave", [[kind, str(pidfile)]], timeout_s=30,
+    ids = insert_rows(conn, "tests.tasks:misbehave", [[kind, str(pidfile)]], timeout_s=30,
                        max_attempts=1)
     wanted = 3 if kind == "grandchildren" else 2
     eventually(lambda: pidfile.exists() and len(pidfile.read_text().split()) >= wanted, timeout=20)
@@ -215,7 +220,7 @@ def test_grandchildren_of_a_job_die_with_its_consumer_or_supervisor(conn, start_
     job = next(iter(pids))
     grandchildren = {p: t for p, t in pids.items() if p != job}
     consumer = consumer_of(job)
-    assert consumer in stages(node)[1]
+    assert consumer in node.stages()[1]
     os.kill(consumer if victim == "consumer" else node.proc.pid, signal.SIGKILL)
 
     try:
@@ -226,4 +231,4 @@ def test_grandchildren_of_a_job_die_with_its_consumer_or_supervisor(conn, start_
             kill_if_ours(g, t, marker="time.sleep(3600)")
     if victim == "consumer":
         eventually(lambda: rows(conn, ids)[ids[0]]["lost"] >= 1, timeout=20)
-        assert events(node, "consumer.died")
+        assert node.events("consumer.died")

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, node_env
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 
 def test_bench_child_reports_every_step_as_json():
-    out = subprocess.run([sys.executable, "-m", "stagerunner.bench_child", "--forks", "100",
-                          "--runs", "1", "--json"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "stagerunner_tools.bench_child", "--forks", "100",
+                          "--runs", "1", "--json"], cwd=ROOT, env=node_env(""), capture_output=True, text=True,
                          timeout=50, check=True).stdout
     report = json.loads(out)
     assert list(report["steps"]) == ["exit", "group", "setup", "read", "job"]

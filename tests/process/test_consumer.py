@@ -1,16 +1,20 @@
 """A real consumer process over a real pipe, driven by a scripted producer. No database."""
 
+import json
 import multiprocessing
 import os
 import time
 
 import pytest
 
-from stagerunner import consumer, supervisor
+from stagerunner import consumer, procs
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
 from stagerunner.protocol import Batch, Bye, Cancel, Demand, Outcome, Status, Stop, Task, decode, encode
-from tests.helpers import descendants, eventually, pid_alive
+from stagerunner_tools.procfs import alive as pid_alive
+from stagerunner_tools.procfs import descendants
+from stagerunner_tools.runs import Records
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
 
@@ -80,11 +84,12 @@ def test_bad_rows_end_in_error_without_taking_the_consumer_down(scripted):
     assert got[4].status is Status.SUCCESS and c.process.is_alive()
 
 
-def test_cancel_kills_the_running_job_at_once(scripted):
+def test_cancel_kills_the_running_job_at_once(scripted, tmp_path):
     c = scripted()
     c.recv()
-    c.send(Batch((task(1, "tests.tasks:sleep_for", "[30]"),)))
-    time.sleep(0.2)
+    runs = Records(tmp_path / "runs")
+    c.send(Batch((task(1, "tests.tasks:record", json.dumps([str(runs.path), "k", 30])),)))
+    eventually(runs.running_now)
     started = time.monotonic()
     c.send(Cancel(1))
     outcome = c.recv()
@@ -93,11 +98,13 @@ def test_cancel_kills_the_running_job_at_once(scripted):
     assert c.recv().status is Status.SUCCESS and c.process.is_alive()
 
 
-def test_stop_lets_the_running_job_finish_and_returns_the_rest_unstarted(scripted):
+def test_stop_lets_the_running_job_finish_and_returns_the_rest_unstarted(scripted, tmp_path):
     c = scripted()
     c.recv()
-    c.send(Batch((task(1, "tests.tasks:sleep_for", "[0.3]"), task(2), task(3))))
-    time.sleep(0.1)
+    runs = Records(tmp_path / "runs")
+    c.send(Batch((task(1, "tests.tasks:record", json.dumps([str(runs.path), "k", 0.3])),
+                  task(2), task(3))))
+    eventually(runs.running_now)
     c.send(Stop())
     first = c.recv()
     assert (first.task_id, first.status, first.demand) == (1, Status.SUCCESS, 0)
@@ -128,7 +135,7 @@ def test_when_the_consumer_dies_its_job_children_die_with_it(scripted, tmp_path)
     grandchild = int(pidfile.read_text())
     eventually(lambda: not any(pid_alive(p) for p in job_children if p != grandchild))
     # ... and the rest of the consumer's session is what the supervisor kills when it reaps it
-    supervisor._kill_tree(c.process.pid)
+    procs.kill_session(c.process.pid)
     eventually(lambda: not pid_alive(grandchild))
 
 

@@ -15,7 +15,9 @@ from stagerunner import registry
 from stagerunner.executor import Limits
 from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import Task
-from tests.helpers import eventually, pid_alive
+from stagerunner_tools.procfs import alive as pid_alive
+from stagerunner_tools.procfs import comm, ppid_of
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
 LIMITS = Limits(modules=("tests.tasks",))
@@ -23,11 +25,6 @@ LIMITS = Limits(modules=("tests.tasks",))
 
 def resolve(name):
     return registry.resolve(name, LIMITS.modules).func
-
-
-def ppid_of(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 @pytest.fixture
@@ -53,14 +50,10 @@ def test_a_child_runs_its_job_in_its_own_group_and_the_forker_reaps_it(forker):
     child = forker.take()
     assert ppid_of(child.pid) == forker.pid and os.getpgid(child.pid) == child.pid
 
-    def comm():
-        with open(f"/proc/{child.pid}/comm") as f:
-            return f.read().strip() == "sr-job-t0"
-
-    eventually(comm)  # the child names itself once it runs
+    eventually(lambda: comm(child.pid) == "sr-job-t0")  # the child names itself once it runs
     child.send(Task(1, 1, "tests.tasks:add", "[2, 3]"))
     assert reply_of(child) == ["ok", "5"]
-    child.kill(wait=False)
+    forker.kill(child)
     eventually(lambda: not os.path.exists(f"/proc/{child.pid}"))  # reaped, not a zombie
 
 
@@ -72,7 +65,7 @@ def test_the_wait_status_of_a_child_that_died_without_a_result_comes_back(forker
     child = forker.take()
     child.send(Task(1, 1, name, "[]"))
     assert reply_of(child) is None
-    assert os.waitstatus_to_exitcode(child.kill(wait=True)) == code
+    assert os.waitstatus_to_exitcode(forker.kill(child, wait=True)) == code
 
 
 def test_a_grandchild_that_escaped_the_group_is_killed_when_its_job_child_is_released(
@@ -82,7 +75,7 @@ def test_a_grandchild_that_escaped_the_group_is_killed_when_its_job_child_is_rel
     child.send(Task(1, 1, "tests.tasks:escape_group_then_sleep", f'["{pidfile}"]'))
     eventually(lambda: pidfile.exists() and pidfile.read_text())
     stray = int(pidfile.read_text())
-    child.kill(wait=False)  # what the consumer does at the deadline; nothing else follows
+    forker.kill(child)  # what the consumer does at the deadline; nothing else follows
     eventually(lambda: not pid_alive(stray), timeout=5)
 
 
@@ -101,7 +94,7 @@ def test_a_dead_forker_takes_its_children_with_it_and_the_consumer_hears_of_it(f
     os.kill(forker.pid, signal.SIGKILL)
     eventually(lambda: not pid_alive(child.pid))  # PDEATHSIG
     with pytest.raises(ForkerGone):
-        child.kill(wait=True)
+        forker.kill(child, wait=True)
     with pytest.raises(ForkerGone):
         forker.take()
 
@@ -128,7 +121,7 @@ def test_a_reused_child_keeps_running_jobs_and_a_sweep_leaves_it_alone(tmp_path)
             forker.sweep()
         forker.take()  # a round trip after the sweeps
         assert pid_alive(child.pid)
-        child.kill(wait=False)
+        forker.kill(child)
     finally:
         forker.close()
     assert not pid_alive(forker.pid)
@@ -147,6 +140,6 @@ def test_a_sweep_kills_what_a_job_of_a_reused_child_left_behind(tmp_path):
         forker.sweep()
         eventually(lambda: not pid_alive(daemon), timeout=5)
         assert pid_alive(child.pid)  # the reused child itself is kept
-        child.kill(wait=False)
+        forker.kill(child)
     finally:
         forker.close()

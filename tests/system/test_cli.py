@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -162,5 +161,6 @@ def test_readme_quickstart_with_the_embedded_server():
             node.wait()
         log.close()
         subprocess.run(["pkill", "-f", str(data / "pgdata")], check=False)
-        time.sleep(0.5)
+        eventually(lambda: subprocess.run(["pgrep", "-f", str(data / "pgdata")],
+                                          capture_output=True).returncode != 0, timeout=10)
         shutil.rmtree(data, ignore_errors=True)

@@ -7,10 +7,13 @@ import time
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import stagerunner
-from tests.helpers import descendants, eventually, pid_alive, run_cli
+from stagerunner_tools.procfs import alive as pid_alive
+from stagerunner_tools.procfs import descendants
+from tests.helpers import eventually, run_cli
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
 
@@ -148,10 +151,18 @@ def test_prometheus_metrics(conn, start_node):
     def scrape():
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
-    body = eventually(lambda: "stagerunner_outcomes_total" in scrape() and scrape(), timeout=5)
-    assert 'stagerunner_tasks{queue="default",status="success"} 3' in body
-    assert 'stagerunner_job_runtime_seconds_count{queue="default"} 3' in body
-    assert "stagerunner_credits_outstanding 4" in body  # 2 consumers x (1 running + 1 prefetched)
+    body = eventually(lambda: "stagerunner_outcomes_total{" in scrape() and scrape(), timeout=5)
+    families = {f.name: f for f in text_string_to_metric_families(body)}  # Prometheus's parser
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}
+    assert samples[("stagerunner_finished_tasks", (("status", "success"),))] == 3
+    assert samples[("stagerunner_outcomes_total", (("queue", "default"), ("status", "success")))] == 3
+    assert samples[("stagerunner_job_runtime_seconds_count", (("queue", "default"),))] == 3
+    assert samples[("stagerunner_credits_outstanding", ())] == 4  # 2 consumers x (1 + 1 prefetched)
+    assert families["stagerunner_job_runtime_seconds"].type == "histogram"
+    health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert (health.status, ready.status) == (200, 200)
 
 
 def test_ps_shows_each_stage_role_and_node(start_node):

@@ -16,7 +16,7 @@ def test_every_setting_is_documented():
 
 
 def test_every_cli_command_is_documented():
-    from stagerunner.__main__ import build_parser
+    from stagerunner.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     missing = [c for c in sub.choices if f"`{c}" not in README]

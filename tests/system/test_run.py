@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.helpers import descendants, eventually, pid_alive
+from stagerunner_tools.procfs import alive as pid_alive
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
 
@@ -85,7 +86,7 @@ def test_kill_9_of_a_consumer_restarts_it_and_loses_nothing(conn, start_node, st
     node = start_node(consumers=2)
     ids = enqueue_many(conn, "tests.tasks:sleep_for", [[0.2]] * 30)
     eventually(lambda: statuses().get("running"), timeout=10)
-    consumers = [p for p in descendants(node.proc.pid) if "consumer" in _cmdline(p)]
+    consumers = node.stages()[1]
     assert consumers, "no consumer process found"
     os.kill(consumers[0], signal.SIGKILL)
     wait_all(conn, ids, timeout=40)
@@ -117,8 +118,8 @@ def test_sigint_behaves_like_sigterm(conn, start_node, statuses):
 
 
 def test_a_notify_wakes_the_producer_long_before_the_poll(conn, start_node, get_task):
-    start_node(poll_interval=60)
-    time.sleep(0.5)
+    node = start_node(poll_interval=60)
+    eventually(lambda: node.events("db.connected"))  # listening from here on
     [tid] = enqueue_many(conn, "tests.tasks:ok", [[]])
     eventually(lambda: get_task(tid)["status"] == "success", timeout=3)
 
@@ -137,9 +138,9 @@ def test_killing_the_producer_restarts_the_stages_and_hands_its_tasks_back(conn,
     node = start_node(consumers=2)
     ids = enqueue_many(conn, "tests.tasks:sleep_for", [[0.3]] * 20)
     eventually(lambda: statuses().get("running"), timeout=10)
-    producer = [p for p in descendants(node.proc.pid) if "producer" in _cmdline(p)]
+    producer, _ = node.stages()
     assert producer
-    os.kill(producer[0], signal.SIGKILL)
+    os.kill(producer, signal.SIGKILL)
     wait_all(conn, ids, timeout=40)
     assert statuses() == {"success": 20}
     assert "producer died; restarting it and its consumers" in node.log()
@@ -152,10 +153,3 @@ def test_too_many_restarts_stop_the_node_with_exit_1(conn, start_node):
     assert "too many restarts; stopping the node" in node.log()
     assert conn.execute("SELECT count(*) FROM stagerunner.tasks WHERE status = 'running'").fetchone()[0] <= 1
 
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""

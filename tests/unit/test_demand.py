@@ -1,9 +1,9 @@
-from stagerunner.demand import Broadcast, Ledger
+from stagerunner.demand import Broadcast, Claim, Ledger
 from stagerunner.protocol import Task
 
 
-def task(i: int, attempt: int = 1) -> Task:
-    return Task(i, attempt, "tests.tasks:ok", "[]")
+def task(i: int, attempt: int = 1) -> Claim:
+    return Claim(Task(i, attempt, "tests.tasks:ok", "[]"))
 
 
 def test_assign_gives_each_consumer_at_most_its_credit():
@@ -116,10 +116,10 @@ def test_claims_wait_to_batch_until_a_consumer_starves_or_half_the_window_is_fre
     ledger.assign("default", [task(1), task(2), task(3), task(4)])
     assert not ledger.worth_claiming("default")  # nothing asked for
     first, second = ledger.slots[1].held
-    ledger.finished(1, first.id, 1)
+    ledger.finished(1, first.task.id, 1)
     ledger.ask(1, 1)
     assert not ledger.worth_claiming("default")  # slot 1 still has a task to run: batch up
-    ledger.finished(2, ledger.slots[2].held[0].id, 1)
+    ledger.finished(2, ledger.slots[2].held[0].task.id, 1)
     ledger.ask(2, 1)
     assert ledger.worth_claiming("default")  # half of the window is free
 
@@ -131,6 +131,6 @@ def test_a_starving_consumer_is_served_at_once():
         ledger.ask(slot, 2)
     ledger.assign("default", [task(i) for i in range(8)])
     for held in list(ledger.slots[1].held):
-        ledger.finished(1, held.id, 1)
+        ledger.finished(1, held.task.id, 1)
     ledger.ask(1, 2)  # slot 1 has nothing left to run: 2 of 8 free is enough
     assert ledger.worth_claiming("default")

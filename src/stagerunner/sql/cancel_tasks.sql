@@ -1,11 +1,9 @@
--- cancel_tasks: waiting -> cancelled at once; running -> cancel requested, and its owner is
--- told over NOTIFY stagerunner_cancel to kill the job (it then ends cancelled).
+-- cancel_tasks: a cancel is requested on waiting and running tasks. A waiting one ends
+-- cancelled at once (tasks_cancel_wins); for a running one its owner is told over NOTIFY
+-- stagerunner_cancel to kill the job, which then ends cancelled.
 WITH flagged AS (
     UPDATE stagerunner.tasks AS t
-    SET status = CASE WHEN t.status = 'waiting' THEN 'cancelled'::stagerunner.task_status
-                      ELSE t.status END,
-        finished_at = CASE WHEN t.status = 'waiting' THEN now() ELSE t.finished_at END,
-        cancel_requested_at = now()
+    SET cancel_requested_at = now()
     WHERE t.id = ANY(%(ids)s::bigint[])
       AND t.status IN ('waiting', 'running')
     RETURNING t.id, t.status

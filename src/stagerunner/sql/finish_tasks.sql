@@ -1,10 +1,10 @@
 -- finish_tasks: running -> success | error | timeout | cancelled | waiting (retry or lost run).
--- A retry of a task whose cancel was requested ends cancelled instead.
 -- Many outcomes in one statement. Guarded by status, owner and attempt: a row that was
--- rescued, released or re-claimed since is left alone and its id is not returned.
+-- rescued, released or re-claimed since is left alone and is not returned; the others
+-- come back with the status they now have.
+-- (A retry of a task whose cancel was requested ends cancelled: tasks_cancel_wins.)
 UPDATE stagerunner.tasks AS t
-SET status = CASE WHEN o.status = 'waiting' AND t.cancel_requested_at IS NOT NULL
-                  THEN 'cancelled'::stagerunner.task_status ELSE o.status END,
+SET status = o.status,
     result = o.result,
     last_error = coalesce(o.error, t.last_error),
     errors = CASE WHEN o.error IS NULL THEN t.errors
@@ -15,12 +15,9 @@ SET status = CASE WHEN o.status = 'waiting' AND t.cancel_requested_at IS NOT NUL
     lost = t.lost + o.lost,
     run_at = CASE WHEN o.status = 'waiting' THEN now() + make_interval(secs => o.delay_s)
                   ELSE t.run_at END,
-    claimed_by = CASE WHEN o.status = 'waiting' AND t.cancel_requested_at IS NULL THEN NULL
-                      ELSE t.claimed_by END,
-    claimed_at = CASE WHEN o.status = 'waiting' AND t.cancel_requested_at IS NULL THEN NULL
-                      ELSE t.claimed_at END,
-    finished_at = CASE WHEN o.status = 'waiting' AND t.cancel_requested_at IS NULL THEN NULL
-                       ELSE now() END
+    claimed_by = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_by END,
+    claimed_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_at END,
+    finished_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE now() END
 FROM unnest(
     %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::stagerunner.task_status[],
     %(reported)s::text[], %(results)s::jsonb[], %(errors)s::text[], %(delays)s::double precision[],
@@ -30,4 +27,4 @@ WHERE t.id = o.id
   AND t.status = 'running'
   AND t.claimed_by = %(owner)s
   AND t.attempts = o.attempt
-RETURNING t.id;
+RETURNING t.id, t.status::text AS status;

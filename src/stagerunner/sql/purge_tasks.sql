@@ -1,6 +1,7 @@
 -- purge_tasks: finished (success | error | timeout | cancelled) older than %(older_s)s -> deleted,
 -- at most %(batch)s rows per statement. With %(exclusive)s, only while holding the prune
--- lock, so that one node at a time prunes.
+-- lock, so that one node at a time prunes. (finished_at is set exactly on finished rows:
+-- tasks_finished_when_terminal.)
 WITH lock AS (
     SELECT NOT %(exclusive)s OR pg_try_advisory_xact_lock(hashtext('stagerunner.prune')) AS held
 ),
@@ -8,7 +9,6 @@ doomed AS (
     SELECT id
     FROM stagerunner.tasks
     WHERE finished_at < now() - make_interval(secs => %(older_s)s)
-      AND status IN ('success', 'error', 'timeout', 'cancelled')
       AND (SELECT held FROM lock)
     ORDER BY finished_at
     LIMIT %(batch)s

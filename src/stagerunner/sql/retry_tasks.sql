@@ -1,5 +1,6 @@
 -- retry_tasks: error | timeout | cancelled -> waiting, now, with one more attempt allowed.
--- By ids, or every failed task when %(failed)s is true. The errors history is kept.
+-- By ids (any finished task but a success), or every failed one (error, timeout) when
+-- %(failed)s is true. The errors history is kept.
 UPDATE stagerunner.tasks AS t
 SET status = 'waiting',
     run_at = now(),
@@ -9,6 +10,7 @@ SET status = 'waiting',
     claimed_by = NULL,
     claimed_at = NULL,
     cancel_requested_at = NULL
-WHERE t.status IN ('error', 'timeout', 'cancelled')
+WHERE t.finished_at IS NOT NULL
+  AND t.status <> 'success'
   AND (t.id = ANY(%(ids)s::bigint[]) OR %(failed)s AND t.status IN ('error', 'timeout'))
 RETURNING t.id;

@@ -1,4 +1,4 @@
-"""Tasks the benchmark (``python -m stagerunner.bench``) enqueues.
+"""Tasks the benchmark (``bin/bench``) enqueues.
 
 A node started by the bench lists this module in STAGERUNNER_TASK_MODULES. It imports
 nothing beyond the stdlib and ``stagerunner.task``, so a consumer that loads it stays as

@@ -1,4 +1,4 @@
-"""Where a job child's CPU goes: ``python -m stagerunner.bench_child [--forks N] [--runs R]``.
+"""Where a job child's CPU goes: ``python -m stagerunner_tools.bench_child [--forks N] [--runs R]``.
 
 This process imports what a consumer imports (stagerunner.consumer and the bench task
 module), so its forks cost what a consumer's fork helper's do. It forks N children at
@@ -9,7 +9,7 @@ its own per fork, as the median of R interleaved runs:
     group     + its own process group and the parent-death signal
     setup     + stdio on fds 1-2, its ``comm``, default SIGTERM/SIGINT
     read      + reading and decoding its job from the job pipe
-    job       the real job child (``executor._child_main``): + running a no-op task,
+    job       the real job child (``executor.child_main``): + running a no-op task,
               encoding and writing the result
 
 The job is written into the pipe before the fork, so no child ever waits. The difference
@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import time
 from collections.abc import Callable
 
 import stagerunner.consumer  # noqa: F401  what a consumer has imported before it forks
-from stagerunner import executor, registry
+from stagerunner import executor, procs, registry
 
-MODULES = ("stagerunner.bench_tasks",)
-NOOP = "stagerunner.bench_tasks:noop"
+MODULES = ("stagerunner_tools.bench_tasks",)
+NOOP = "stagerunner_tools.bench_tasks:noop"
 LIMITS = executor.Limits(modules=MODULES)
 
 
@@ -41,25 +39,20 @@ def _resolve(name: str) -> Callable[..., object]:
 
 def _group(job_r: int, result_w: int, parent: int) -> None:
     os.setpgrp()
-    executor.die_with_parent(parent)
+    procs.die_with_parent(parent)
 
 
 def _setup(job_r: int, result_w: int, parent: int) -> None:
-    _group(job_r, result_w, parent)
-    executor._std_streams_on_fds()
-    executor.set_comm("sr-job-bench")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    executor.prepare_child(parent, LIMITS, "sr-job-bench")
 
 
 def _read(job_r: int, result_w: int, parent: int) -> None:
     _setup(job_r, result_w, parent)
-    header = executor._read_exact(job_r, executor._HEADER.size)
-    json.loads(executor._read_exact(job_r, executor._HEADER.unpack(header)[0]))
+    executor.read_job(job_r)
 
 
 def _job(job_r: int, result_w: int, parent: int) -> None:
-    executor._child_main(job_r, result_w, parent, LIMITS, _resolve, "sr-job-bench")
+    executor.child_main(job_r, result_w, parent, LIMITS, _resolve, "sr-job-bench")
 
 
 STEPS: dict[str, Callable[[int, int, int], None] | None] = {
@@ -69,7 +62,7 @@ STEPS: dict[str, Callable[[int, int, int], None] | None] = {
 def measure(step: str, forks: int) -> tuple[float, float]:
     """(child CPU ms, parent CPU ms) per fork."""
     body = STEPS[step]
-    job = executor._frame(json.dumps([1, NOOP, "[]"]).encode())
+    job = executor.frame(json.dumps([1, NOOP, "[]"]).encode())
     before = os.times()
     for _ in range(forks):
         job_r, job_w = os.pipe()
@@ -100,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     registry.load(MODULES)
-    executor.become_subreaper()  # as a fork helper is; also loads libc for prctl
+    procs.become_subreaper()  # as a fork helper is; also loads libc for prctl
     samples: dict[str, list[tuple[float, float]]] = {step: [] for step in STEPS}
     for _ in range(args.runs):
         for step in STEPS:

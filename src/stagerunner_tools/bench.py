@@ -1,4 +1,4 @@
-"""The project's benchmark: ``bin/bench [options]`` or ``python -m stagerunner.bench``.
+"""The project's benchmark: ``bin/bench [options]`` (``python -m stagerunner_tools.bench``).
 
 Every number is the MEDIAN of ``--runs`` runs (default 3); the runs of the different
 measurements are interleaved (run 1 of everything, then run 2 of everything, ...), so a
@@ -8,7 +8,7 @@ The table prints min / median / max per metric; the JSON (``--json PATH``, other
 
 The bench works in its own database ``bench_<pid>``, created from the admin DSN
 (``--dsn``, default postgresql://postgres@127.0.0.1:5432/postgres), filled with
-``store.install_schema`` and dropped at the end. Between measurements the task and node
+``migrations.install_schema`` and dropped at the end. Between measurements the task and node
 tables are truncated while no node runs. Only loopback is used. Every node is a
 ``python -m stagerunner run`` subprocess in its own session; it is stopped with SIGTERM
 and waited for, and on any error (or a signal to the bench) the whole process tree is
@@ -23,7 +23,7 @@ Measurements (``--only`` takes the names in brackets):
    connection, one statement and commit per task, 2000 tasks; tasks/s.
 3. [drain] N no-op tasks (``--drain-tasks``, default 5000) are enqueued, then a node is
    started (STAGERUNNER_CONSUMERS=C, default = cores; task module
-   ``stagerunner.bench_tasks``; log level warning). Rate = successes / (max(finished_at)
+   ``stagerunner_tools.bench_tasks``; log level warning). Rate = successes / (max(finished_at)
    - min(claimed_at)), both database timestamps, so node start-up is excluded (it is
    reported separately as Popen -> first claim). Modes: default (what ships: a fresh
    job child per job, stdlib multiprocessing, prefetch 1), the same with
@@ -92,27 +92,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from stagerunner_tools import procfs
+from stagerunner_tools.bench_nodes import (TASK_MODULE, BenchDB, BenchError, DrainWatch, Node,
+                                           role_rss_mib)
+from stagerunner_tools.stats import (cpu_percent, format_value, kib_to_mib, median, percentile,
+                                     rate, ratio, summarize)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Module-level imports stay stdlib-only and cheap; psycopg, the runner's modules,
-# subprocess, tempfile, platform and pathlib are imported where they are used.
-
-TASK_MODULE = "stagerunner.bench_tasks"
 NOOP = f"{TASK_MODULE}:noop"
 STARTED_AT = f"{TASK_MODULE}:started_at"
 SLEEP_FOREVER = f"{TASK_MODULE}:sleep_forever"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-BENCH_APP = "stagerunner-bench"  # application_name of the bench's own connections
 LIBRARIES = ("multiprocess", "multiprocessing")
 MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline",
                 "rss", "pickle", "idle", "scale")
@@ -182,56 +182,6 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-# Pure statistics and parsers (unit-tested in tests/unit/test_bench_stats.py) -----------
-
-def median(values: Iterable[float]) -> float:
-    """The median; the mean of the two middle values for an even count."""
-    xs = sorted(values)
-    if not xs:
-        raise ValueError("median of no values")
-    mid = len(xs) // 2
-    return float(xs[mid]) if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
-
-
-def percentile(values: Iterable[float], p: float) -> float:
-    """The p-th percentile (0..100), linear between closest ranks (numpy's default)."""
-    xs = sorted(values)
-    if not xs:
-        raise ValueError("percentile of no values")
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {p}")
-    k = (len(xs) - 1) * p / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return float(xs[lo] + (xs[hi] - xs[lo]) * (k - lo))
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """min / median / max and the count of one metric's per-run values."""
-    if not values:
-        raise ValueError("nothing to summarize")
-    return {"n": len(values), "min": float(min(values)), "median": median(values),
-            "max": float(max(values))}
-
-
-def rate(count: float, seconds: float) -> float:
-    """count per second; ValueError for a non-positive interval."""
-    if seconds <= 0:
-        raise ValueError(f"interval must be positive, got {seconds}")
-    return count / seconds
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    if denominator <= 0:
-        raise ValueError(f"denominator must be positive, got {denominator}")
-    return numerator / denominator
-
-
-def cpu_percent(cpu_seconds: float, wall_seconds: float) -> float:
-    """CPU time over wall time, in percent of one core."""
-    return 100.0 * rate(cpu_seconds, wall_seconds)
-
-
 def parse_only(text: str | None) -> tuple[str, ...]:
     """``--only a,b`` -> the selected measurements in canonical order (all when empty)."""
     if not text:
@@ -242,446 +192,6 @@ def parse_only(text: str | None) -> tuple[str, ...]:
         raise ValueError(f"unknown measurement(s) {', '.join(unknown)}; "
                          f"choose from {', '.join(MEASUREMENTS)}")
     return tuple(m for m in MEASUREMENTS if m in wanted)
-
-
-def parse_vmrss_kib(status_text: str) -> int | None:
-    """VmRSS in KiB from the text of /proc/PID/status (None for a zombie/kernel thread)."""
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
-
-
-@dataclass(frozen=True)
-class Stat:
-    pid: int
-    ppid: int
-    session: int
-    cpu_ticks: int  # utime + stime + cutime + cstime
-    child_ticks: int  # cutime + cstime: the reaped children's share of cpu_ticks
-
-
-def parse_stat(text: str) -> Stat:
-    """The fields we need from /proc/PID/stat; the comm field may hold spaces and ')'."""
-    head, _, rest = text.rpartition(")")
-    pid = int(head.split("(", 1)[0])
-    fields = rest.split()
-    # fields[0] is field 3 (state): ppid=4, session=6, utime..cstime=14..17
-    ppid, session = int(fields[1]), int(fields[3])
-    cpu = sum(int(x) for x in fields[11:15])
-    return Stat(pid, ppid, session, cpu, int(fields[13]) + int(fields[14]))
-
-
-def parse_schedstat_ns(text: str) -> int:
-    """Nanoseconds on CPU from /proc/PID/schedstat ("run_ns wait_ns timeslices")."""
-    return int(text.split()[0])
-
-
-def kib_to_mib(kib: float) -> float:
-    return kib / 1024.0
-
-
-def format_value(value: float) -> str:
-    """Compact, fixed-width friendly number formatting for the table."""
-    if value != value:  # NaN
-        return "nan"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 100:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-# /proc helpers -------------------------------------------------------------------------
-
-def read_stat(pid: int) -> Stat | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return parse_stat(f.read())
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def read_rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return parse_vmrss_kib(f.read())
-    except OSError:
-        return None
-
-
-def read_cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def all_stats() -> dict[int, Stat]:
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = read_stat(int(entry))
-            if st is not None:
-                stats[st.pid] = st
-    return stats
-
-
-def children_of(stats: dict[int, Stat]) -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for st in stats.values():
-        kids.setdefault(st.ppid, []).append(st.pid)
-    return kids
-
-
-def descendants(root: int, stats: dict[int, Stat] | None = None) -> list[int]:
-    """root's descendants by parent links, plus members of sessions a descendant leads."""
-    stats = stats if stats is not None else all_stats()
-    kids = children_of(stats)
-    found: list[int] = []
-    todo = list(kids.get(root, []))
-    while todo and len(found) < 100_000:
-        pid = todo.pop()
-        if pid in found:
-            continue
-        found.append(pid)
-        todo.extend(kids.get(pid, []))
-    leaders = set(found) | {root}
-    found += [p for p, st in stats.items() if st.session in leaders and p not in found and p != root]
-    return found
-
-
-def kill_tree(root: int) -> None:
-    """SIGKILL root and every process below it (stages setsid, so a group kill is not enough)."""
-    for pid in [root, *descendants(root)]:
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-# The bench database --------------------------------------------------------------------
-
-class BenchDB:
-    """bench_<pid>, created from the admin DSN and dropped at the end."""
-
-    def __init__(self, admin_dsn: str) -> None:
-        from psycopg.conninfo import make_conninfo
-
-        self.admin_dsn = admin_dsn
-        self.name = f"bench_{os.getpid()}"
-        self.dsn = make_conninfo(admin_dsn, dbname=self.name)
-        self.conn: Any = None
-
-    def create(self) -> None:
-        import psycopg
-
-        from stagerunner import store
-
-        with psycopg.connect(self.admin_dsn, autocommit=True, application_name=BENCH_APP) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{self.name}"')
-        self.conn = self.connect()
-        store.install_schema(self.conn)
-
-    def connect(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(self.dsn, autocommit=True, application_name=BENCH_APP)
-
-    def drop(self) -> None:
-        import psycopg
-
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-        with psycopg.connect(self.admin_dsn, autocommit=True, application_name=BENCH_APP) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
-    def reset(self) -> None:
-        """Empty the task, node and queue tables (only while no node runs)."""
-        self.conn.execute("TRUNCATE stagerunner.tasks, stagerunner.nodes, stagerunner.queues")
-
-    def analyze(self) -> None:
-        self.conn.execute("ANALYZE stagerunner.tasks")
-
-    def scalar(self, sql: str, params: Any = None) -> Any:
-        row = self.conn.execute(sql, params).fetchone()
-        return row[0] if row else None
-
-    def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(sql, params).fetchall())
-
-    def unfinished(self) -> int:
-        return int(self.scalar(
-            "SELECT count(*) FROM stagerunner.tasks WHERE status IN ('waiting', 'running')"))
-
-    def wait_finished(self, timeout: float, node: Node | None = None, interval: float = 0.2,
-                      during: Callable[[], None] | None = None) -> bool:
-        """Poll until no task is waiting or running; False on timeout (or a dead node)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.unfinished() == 0:
-                return True
-            if node is not None and node.proc.poll() is not None:
-                raise BenchError(f"the node exited with code {node.proc.returncode}: {node.log_tail()}")
-            if during is not None:
-                during()
-            time.sleep(interval)
-        return False
-
-    def status_counts(self) -> dict[str, int]:
-        return {s: int(n) for s, n in self.rows(
-            "SELECT status::text, count(*) FROM stagerunner.tasks GROUP BY 1")}
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# Nodes ---------------------------------------------------------------------------------
-
-@dataclass
-class Roles:
-    supervisor: int
-    producer: int | None = None
-    consumers: list[int] = field(default_factory=list)
-    forkers: list[int] = field(default_factory=list)
-    jobs: list[int] = field(default_factory=list)
-    other: list[int] = field(default_factory=list)
-
-
-class Node:
-    """``python -m stagerunner run`` as a subprocess in its own session."""
-
-    live: list[Node] = []  # every node not yet stopped, for the final clean-up
-
-    def __init__(self, db: BenchDB, consumers: int, extra_env: dict[str, str], workdir: Path,
-                 label: str) -> None:
-        import subprocess
-
-        self.db = db
-        self.consumers = consumers
-        self.name = f"bench-{os.getpid()}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STAGERUNNER_")}
-        env.update({
-            "STAGERUNNER_DATABASE_URL": db.dsn,
-            "STAGERUNNER_TASK_MODULES": TASK_MODULE,
-            "STAGERUNNER_CONSUMERS": str(consumers),
-            "STAGERUNNER_LOG_LEVEL": "warning",
-            "STAGERUNNER_NODE_NAME": self.name,
-            **extra_env,
-        })
-        self.log_path = workdir / f"node-{label}-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "wb")
-        self.started_wall = time.time()
-        self.proc = subprocess.Popen([sys.executable, "-m", "stagerunner", "run"], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        Node.live.append(self)
-
-    def producer_pid(self) -> int | None:
-        pid = self.db.scalar("SELECT pid FROM stagerunner.nodes WHERE node = %s "
-                             "ORDER BY started_at DESC LIMIT 1", (self.name,))
-        return int(pid) if pid is not None else None
-
-    def roles(self, producer: int | None = None) -> Roles:
-        stats = all_stats()
-        kids = children_of(stats)
-        sup = self.proc.pid
-        roles = Roles(sup)
-        producer = producer if producer is not None else self.producer_pid()
-        for pid in kids.get(sup, []):
-            if pid == producer:
-                roles.producer = pid
-            elif "resource_tracker" in read_cmdline(pid):
-                roles.other.append(pid)
-            else:
-                roles.consumers.append(pid)
-                for forker in kids.get(pid, []):  # a consumer's one child: its fork helper
-                    roles.forkers.append(forker)
-                    roles.jobs.extend(descendants(forker, stats))
-        return roles
-
-    def wait_ready(self, timeout: float = 60.0) -> Roles:
-        """Until the producer has beaten and every consumer's fork helper has its
-        pre-forked job child."""
-        deadline = time.monotonic() + timeout
-        producer = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"the node exited with code {self.proc.returncode}: {self.log_tail()}")
-            producer = producer or self.producer_pid()
-            if producer is not None:
-                roles = self.roles(producer)
-                kids = children_of(all_stats())
-                if (roles.producer and len(roles.consumers) == self.consumers
-                        and all(any(kids.get(f) for f in kids.get(c, []))
-                                for c in roles.consumers)):
-                    return roles
-            time.sleep(0.05)
-        raise BenchError(f"the node was not ready within {timeout:g} s: {self.log_tail()}")
-
-    def tree(self) -> list[int]:
-        return [self.proc.pid, *descendants(self.proc.pid)]
-
-    def stop(self, timeout: float = 45.0) -> int | None:
-        """SIGTERM and wait; SIGKILL the whole tree if it does not exit in time."""
-        import subprocess
-
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    kill_tree(self.proc.pid)
-                    self.proc.wait(10)
-            return self.proc.returncode
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        """Whatever is left of the tree (stray job children included) dies; idempotent."""
-        import subprocess
-
-        if self.proc.poll() is None:
-            kill_tree(self.proc.pid)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        # Anything still in the node's own session (start_new_session made the supervisor
-        # its leader) is ours; stages left their session, but die with their parent.
-        for pid, st in all_stats().items():
-            if st.session == self.proc.pid and pid != os.getpid():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        if not self.log.closed:
-            self.log.close()
-        if self in Node.live:
-            Node.live.remove(self)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            self.log.flush()
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(text[-lines:]) or "(empty log)"
-
-    def log_problems(self) -> list[str]:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return []
-        return [line for line in text if " ERROR " in line or "Traceback" in line]
-
-    def __enter__(self) -> Node:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            code = self.stop()
-            if code not in (0, None):
-                raise BenchError(f"the node exited with code {code}: {self.log_tail()}")
-        else:
-            self.kill()
-
-
-def role_rss_mib(roles: Roles) -> dict[str, float]:
-    """VmRSS per role; consumers and job children as medians."""
-    out: dict[str, float] = {}
-    for role, pids in (("supervisor", [roles.supervisor]),
-                       ("producer", [roles.producer] if roles.producer else []),
-                       ("consumer", roles.consumers), ("forker", roles.forkers),
-                       ("job", roles.jobs)):
-        values = [v for v in (read_rss_kib(p) for p in pids) if v is not None]
-        if values:
-            out[role] = kib_to_mib(median(values))
-    return out
-
-
-def cpu_ns(pids: Iterable[int]) -> dict[int, int]:
-    """Nanoseconds on CPU of each live process (own time only; precise, unlike ticks)."""
-    out = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                out[pid] = parse_schedstat_ns(f.read())
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-
-
-def cpu_with_children_ns(pids: Iterable[int]) -> dict[int, int]:
-    """Own CPU (schedstat, ns) plus that of reaped children (stat cutime+cstime, ticks)."""
-    ns_per_tick = 1e9 / os.sysconf("SC_CLK_TCK")
-    own = cpu_ns(pids)
-    return {p: own[p] + int(st.child_ticks * ns_per_tick) for p in own
-            if (st := read_stat(p)) is not None}
-
-
-class DrainWatch:
-    """Called between completion polls of a drain: samples RSS per role every 0.5 s and,
-    once the node is claiming, snapshots CPU ticks per role (node processes and the
-    node's PostgreSQL backends) so CPU per task can be computed at the end."""
-
-    def __init__(self, db: BenchDB, node: Node, tasks: int, rss: bool, cpu: bool) -> None:
-        self.db, self.node, self.tasks = db, node, tasks
-        self.rss, self.cpu = rss, cpu
-        self.producer: int | None = None
-        self.next_rss = time.monotonic() + 0.5
-        self.rss_samples: list[dict[str, float]] = []
-        self.pids: dict[str, list[int]] = {}
-        self.start_ns: dict[int, int] = {}
-        self.done_at_start = 0
-
-    def step(self) -> None:
-        if not (self.rss or (self.cpu and not self.pids)):
-            return
-        self.producer = self.producer or self.node.producer_pid()
-        if self.producer is None:
-            return
-        roles = self.node.roles(self.producer)
-        if len(roles.consumers) != self.node.consumers:
-            return  # still starting
-        if self.cpu and not self.pids:
-            backends = [int(p) for (p,) in self.db.rows(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                "AND application_name = 'stagerunner'", (self.db.name,))]
-            self.pids = {"supervisor": [roles.supervisor], "producer": [self.producer],
-                         "consumers": roles.consumers, "forkers": roles.forkers,
-                         "postgres": backends}
-            self.done_at_start = self.tasks - self.db.unfinished()
-            self.start_ns = cpu_with_children_ns(p for ps in self.pids.values() for p in ps)
-        if self.rss and len(self.rss_samples) < 10 and time.monotonic() >= self.next_rss:
-            self.rss_samples.append(role_rss_mib(roles))
-            self.next_rss = time.monotonic() + 0.5
-
-    def cpu_per_task(self) -> dict[str, float]:
-        """CPU ms per task by role since the snapshot (fork helpers include their reaped
-        job children)."""
-        if not self.pids:
-            return {}
-        done = self.tasks - self.done_at_start
-        if done <= 0:
-            return {}
-        end = cpu_with_children_ns(p for ps in self.pids.values() for p in ps)
-        out = {role: sum(end.get(p, 0) - self.start_ns.get(p, 0) for p in pids) / 1e6 / done
-               for role, pids in self.pids.items()}
-        out["total"] = sum(out.values())
-        return out
 
 
 # Spawned helpers -----------------------------------------------------------------------
@@ -741,8 +251,6 @@ def _end_process(process: Any) -> None:
         process.kill()
         process.join(5)
 
-
-# The measurements --------------------------------------------------------------------
 
 @dataclass
 class Options:
@@ -875,7 +383,7 @@ class Bench:
                     done = int(self.db.scalar("SELECT count(*) FROM stagerunner.tasks "
                                               "WHERE finished_at IS NOT NULL"))
                     producer = node.producer_pid()
-                    kib = read_rss_kib(producer) if producer else None
+                    kib = procfs.rss_kib(producer) if producer else None
                     if kib:
                         rss.append(kib_to_mib(kib))
                     if done >= self.o.scale_tasks:
@@ -893,9 +401,9 @@ class Bench:
             out["scale_large_over_small"] = ratio(out["scale_drain_large"], out["scale_drain_small"])
 
     def _claim_plan(self) -> None:
-        from stagerunner import store
+        from importlib import resources
 
-        sql = store._sql("claim_tasks")
+        sql = resources.files("stagerunner.sql").joinpath("claim_tasks.sql").read_text()
         with self.db.connect() as conn:
             conn.autocommit = False
             plan = conn.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) " + sql,
@@ -950,15 +458,13 @@ class Bench:
             time.sleep(1.0)  # let start-up work (first claims, beats) settle
             if "idle" in self.o.only:
                 pids = node.tree()
-                backends = [int(p) for (p,) in self.db.rows(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                    "AND application_name = 'stagerunner'", (self.db.name,))]
-                before, db_before = cpu_ns(pids), cpu_ns(backends)
+                backends = self.db.backends()
+                before, db_before = procfs.cpu_ns(pids), procfs.cpu_ns(backends)
                 started = time.monotonic()
                 time.sleep(self.o.idle_seconds)
                 wall = time.monotonic() - started
                 after_pids = node.tree()
-                after, db_after = cpu_ns(after_pids), cpu_ns(backends)
+                after, db_after = procfs.cpu_ns(after_pids), procfs.cpu_ns(backends)
                 ns = sum(after[p] - before.get(p, 0) for p in after)
                 db_ns = sum(db_after[p] - db_before.get(p, 0) for p in db_after)
                 out["idle_cpu_percent"] = cpu_percent(ns / 1e9, wall)
@@ -1084,7 +590,7 @@ def _spawned_idle_rss_mib(ctx: Any) -> float:
     try:
         _wait_message(ours, 60, "ready from an idle spawned process")
         time.sleep(0.2)
-        kib = read_rss_kib(process.pid)
+        kib = procfs.rss_kib(process.pid)
         if kib is None:
             raise BenchError("could not read the idle process's RSS")
         ours.send_bytes(b"bye")
@@ -1100,24 +606,19 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
               ) -> tuple[list[dict[str, float]], Bench]:
     bench = Bench(options, db, workdir)
     runs: list[dict[str, float]] = []
-    steps: list[tuple[str, Callable[[dict[str, float], int], None]]] = []
     only = options.only
-    if "enqueue_bulk" in only:
-        steps.append(("enqueue_bulk", lambda out, r: bench.enqueue_bulk(out)))
-    if "enqueue_single" in only:
-        steps.append(("enqueue_single", lambda out, r: bench.enqueue_single(out)))
-    if "fork" in only:
-        steps.append(("fork", lambda out, r: bench.fork(out)))
-    if "drain" in only:
-        steps.append(("drain", bench.drain))
-    if {"latency", "idle"} & set(only) or ("rss" in only):
-        steps.append(("idle node", lambda out, r: bench.idle_node(out)))
-    if "deadline" in only:
-        steps.append(("deadline", lambda out, r: bench.deadline(out)))
-    if "pickle" in only:
-        steps.append(("pickle", lambda out, r: bench.pickle(out)))
-    if "scale" in only:
-        steps.append(("scale", bench.scale))
+    table: list[tuple[str, bool, Callable[[dict[str, float], int], None]]] = [
+        ("enqueue_bulk", "enqueue_bulk" in only, lambda out, r: bench.enqueue_bulk(out)),
+        ("enqueue_single", "enqueue_single" in only, lambda out, r: bench.enqueue_single(out)),
+        ("fork", "fork" in only, lambda out, r: bench.fork(out)),
+        ("drain", "drain" in only, bench.drain),
+        ("idle node", bool({"latency", "idle", "rss"} & set(only)),
+         lambda out, r: bench.idle_node(out)),
+        ("deadline", "deadline" in only, lambda out, r: bench.deadline(out)),
+        ("pickle", "pickle" in only, lambda out, r: bench.pickle(out)),
+        ("scale", "scale" in only, bench.scale),
+    ]
+    steps = [(name, step) for name, wanted, step in table if wanted]
     for run in range(options.runs):
         out: dict[str, float] = {}
         for name, step in steps:
@@ -1167,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="bench", description="stagerunner benchmark (see the module docstring of "
-        "stagerunner.bench for what each measurement does)")
+        "stagerunner_tools.bench for what each measurement does)")
     p.add_argument("--quick", action="store_true", help="small sizes, one run (smoke test)")
     p.add_argument("--runs", type=int, help="runs per measurement (default 3; 1 with --quick)")
     p.add_argument("--tasks", type=int, help="N for the bulk enqueue (default 20000)")
@@ -1280,6 +781,6 @@ if __name__ == "__main__":
     # skipped by the library the same way, by its name. Then run under the real name.
     globals()["__spec__"] = None
     globals().pop("__file__", None)
-    from stagerunner import bench as _bench
+    from stagerunner_tools import bench as _bench
 
     sys.exit(_bench.main())

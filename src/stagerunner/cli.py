@@ -1,0 +1,210 @@
+"""The command line: ``python -m stagerunner [command]`` (run is the default), migrate,
+schema, enqueue, the operator commands (``admin``), and the tutorial's counter demo.
+
+Exit codes: 0 success; 1 the node stopped on a failure (restart limit, lost database
+at start-up); 2 bad usage or configuration; 3 the schema is missing.
+
+Imports stay inside functions: ``--help`` and a typo must not pay for pydantic and
+psycopg, and each command imports only what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SCHEMA = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stagerunner",
+        description="PostgreSQL-backed job runner: every job in a killable child process "
+                    "under a hard deadline. Configuration comes from STAGERUNNER_* variables.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 schema missing.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run a node: a producer and its consumers (the default)")
+    sub.add_parser("migrate", help="install or update the schema (idempotent)")
+    sub.add_parser("schema", help="print schema.sql")
+    enq = sub.add_parser("enqueue", help="enqueue a task and print its id")
+    enq.add_argument("name", help="registered task name, e.g. app.tasks:send_email")
+    enq.add_argument("args", nargs="*", help="one JSON value per positional argument")
+    enq.add_argument("--kwargs", help="keyword arguments as one JSON object")
+    enq.add_argument("--queue")
+    enq.add_argument("--priority", type=int)
+    enq.add_argument("--max-attempts", type=int)
+    enq.add_argument("--timeout", type=float, help="deadline in seconds (within the hard cap)")
+    enq.add_argument("--in", dest="delay", type=float, metavar="SECONDS", help="run after a delay")
+    enq.add_argument("--at", dest="run_at", metavar="ISO8601", help="run at a time")
+    enq.add_argument("--unique-key")
+    st = sub.add_parser("status", help="counts per status, nodes alive, oldest waiting age")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    st.add_argument("--count", type=int, help="with --watch: stop after N refreshes")
+    ls = sub.add_parser("list", help="list tasks (filter by status, queue, name, age)")
+    ls.add_argument("--status", choices=["waiting", "running", "success", "error", "timeout",
+                                         "cancelled"])
+    ls.add_argument("--queue")
+    ls.add_argument("--name", help="task name; %% and _ are LIKE wildcards")
+    ls.add_argument("--older-than", metavar="AGE", help="created before AGE ago (30s, 15m, 2h, 7d)")
+    ls.add_argument("--newer-than", metavar="AGE", help="created within AGE")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="one task: args, attempts, every error with its traceback")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    retry = sub.add_parser("retry", help="send failed or cancelled tasks back to waiting")
+    retry.add_argument("ids", type=int, nargs="*")
+    retry.add_argument("--failed", action="store_true", help="every task in error or timeout")
+    retry.add_argument("--json", action="store_true")
+    cancel = sub.add_parser("cancel", help="cancel waiting tasks; kill running ones")
+    cancel.add_argument("ids", type=int, nargs="+")
+    cancel.add_argument("--json", action="store_true")
+    purge = sub.add_parser("purge", help="delete finished tasks older than an age")
+    purge.add_argument("--older-than", metavar="AGE", required=True, help="e.g. 7d, 12h, 30m")
+    purge.add_argument("--json", action="store_true")
+    for verb in ("pause", "resume"):
+        q = sub.add_parser(verb, help=f"{verb} a queue on every node")
+        q.add_argument("queue")
+        q.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="the tutorial's counter producer and consumers")
+    demo.add_argument("which", choices=["counter"])
+    demo.add_argument("--consumers", type=int, default=2)
+    demo.add_argument("--broadcast", action="store_true",
+                      help="every consumer sees every event (BroadcastDispatcher)")
+    demo.add_argument("--events", type=int, default=30, help="stop after N events (0: forever)")
+    demo.add_argument("--start", type=int, default=0, help="the counter's initial state")
+    demo.add_argument("--max-demand", type=int, default=5)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    from stagerunner import config, logs
+    from stagerunner.errors import ConfigError, SchemaMissing, StagerunnerError
+
+    try:
+        settings = config.load()
+    except ConfigError as exc:
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log_level, settings.log_format, "main", settings.node_name)
+    try:
+        return _handler(command)(settings, args)
+    except SchemaMissing as exc:
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA
+    except (ConfigError, StagerunnerError, ValueError) as exc:
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
+    from stagerunner import admin
+
+    node: dict[str, Callable[[Any, argparse.Namespace], int]] = {
+        "run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema, "enqueue": cmd_enqueue,
+        "demo": cmd_demo}
+    return node.get(command) or admin.COMMANDS[command]
+
+
+def cmd_run(settings: Any, args: argparse.Namespace) -> int:
+    import logging
+
+    import psycopg
+
+    from stagerunner import database, migrations, registry, store, supervisor
+
+    log = logging.getLogger("stagerunner.main")
+    if not settings.task_modules:
+        log.warning("STAGERUNNER_TASK_MODULES is empty: every task will end in error",
+                    extra={"event": "node.no_task_modules"})
+    try:
+        names = registry.load(settings.task_modules)  # fail here, not in a restart loop
+    except Exception as exc:
+        print(f"stagerunner: STAGERUNNER_TASK_MODULES: cannot import: {exc!r}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        db = database.open_database(settings)
+        with store.connect(db.dsn, connect_timeout=10) as conn:
+            migrations.check_schema(conn)
+    except psycopg.OperationalError as exc:
+        print(f"stagerunner: cannot connect to the database: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_FAILED
+    if db.embedded:
+        log.info("using the embedded PostgreSQL", extra={
+            "event": "db.embedded", "data_dir": str(settings.data_dir), "dsn": db.dsn,
+            "connect": f"psql '{db.dsn}'"})
+    else:
+        log.info("using PostgreSQL", extra={"event": "db.configured", "database": db.describe()})
+    log.info("tasks registered", extra={"event": "node.tasks", "count": len(names),
+                                        "tasks": ",".join(names)})
+    return supervisor.Supervisor(settings, db.dsn).run()
+
+
+def cmd_migrate(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import database, migrations, store
+
+    db = database.open_database(settings, install=False)
+    with store.connect(db.dsn) as conn:
+        migrations.install_schema(conn)
+        version = migrations.check_schema(conn)
+    print(f"schema version {version} installed in {db.describe()}")
+    return EXIT_OK
+
+
+def cmd_schema(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import migrations
+
+    sys.stdout.write(migrations.schema_text())
+    return EXIT_OK
+
+
+def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from stagerunner import client, database, migrations, registry, store
+    from stagerunner.errors import NotJSON
+
+    values = []
+    for i, text in enumerate(args.args, 1):
+        try:
+            values.append(json.loads(text))
+        except ValueError:
+            raise NotJSON(f"argument {i} {text!r} is not JSON (quote strings: '\"{text}\"')") from None
+    task_args: Any = values
+    if args.kwargs is not None:
+        try:
+            task_args = json.loads(args.kwargs)
+        except ValueError:
+            raise NotJSON(f"--kwargs {args.kwargs!r} is not a JSON object") from None
+        if values or not isinstance(task_args, dict):
+            raise NotJSON("--kwargs takes one JSON object and no positional arguments")
+    registry.load(settings.task_modules)  # picks up the task's own defaults when listed
+    options = {k: v for k, v in (("queue", args.queue), ("priority", args.priority),
+                                 ("max_attempts", args.max_attempts), ("timeout", args.timeout),
+                                 ("delay", args.delay), ("unique_key", args.unique_key))
+               if v is not None}
+    if args.run_at:
+        options["run_at"] = datetime.fromisoformat(args.run_at)
+    db = database.open_database(settings)
+    with store.connect(db.dsn) as conn:
+        migrations.check_schema(conn)
+        print(client.enqueue(args.name, task_args, conn=conn, **options))
+    return EXIT_OK
+
+
+def cmd_demo(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import demo
+
+    return demo.run_counter(consumers=args.consumers, broadcast=args.broadcast,
+                            events=args.events, start=args.start, max_demand=args.max_demand,
+                            library=settings.process_library)
