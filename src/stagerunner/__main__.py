@@ -1,5 +1,5 @@
 """``python -m stagerunner [command]``: run (the default), migrate, schema, enqueue,
-status, demo counter.
+status, web, demo counter.
 
 Exit codes: 0 success; 1 the node stopped on a failure (restart limit, lost database
 at start-up); 2 bad usage or configuration; 3 the schema is missing.
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(verb, help=f"{verb} a queue on every node")
         q.add_argument("queue")
         q.add_argument("--json", action="store_true")
+    sub.add_parser("web", help="serve the dashboard (STAGERUNNER_WEB_HOST/PORT; needs the [web] extra)")
     bench = sub.add_parser("bench", add_help=False,
                            help="benchmark this machine (same as bin/bench; --help for its options)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema,
                    "enqueue": cmd_enqueue, "status": cmd_status, "demo": cmd_demo,
                    "list": cmd_list, "show": cmd_show, "retry": cmd_retry, "cancel": cmd_cancel,
-                   "purge": cmd_purge, "pause": cmd_pause, "resume": cmd_pause}[command]
+                   "purge": cmd_purge, "pause": cmd_pause, "resume": cmd_pause, "web": cmd_web}[command]
         return handler(settings, args)
     except SchemaMissing as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
@@ -299,6 +300,15 @@ def cmd_pause(settings: Any, args: argparse.Namespace) -> int:
         store.pause_queue(conn, queue=args.queue, paused=paused)
     state = "paused" if paused else "resumed"
     return _emit(args, {"queue": args.queue, "paused": paused}, f"queue {args.queue} {state}")
+
+
+def cmd_web(settings: Any, args: argparse.Namespace) -> int:
+    try:
+        from stagerunner.web import server  # lazy: Jinja2 and the dashboard only for `web`
+    except ModuleNotFoundError as exc:
+        print(f"stagerunner: the dashboard needs {exc.name}: pip install 'stagerunner[web]'", file=sys.stderr)
+        return EXIT_USAGE
+    return server.serve(settings)
 
 
 def cmd_demo(settings: Any, args: argparse.Namespace) -> int:
