@@ -1,7 +1,7 @@
 -- bench_web_seed: %(rows)s tasks enqueued over the last 7 days in a realistic mix (ids grow
 -- with created_at, as they do in a live table). Deterministic: every "random" draw is a hash.
 -- 92%% success, 3%% error, 1.5%% timeout, 0.5%% cancelled, 1%% waiting scheduled up to a day
--- ahead, the rest success after a retry; the newest 2,000 are a due backlog, 40 of them running.
+-- ahead, the rest success after a retry; the newest %(backlog)s are a due backlog, 40 of them running.
 INSERT INTO stagerunner.tasks
     (name, args, queue, priority, status, attempts, lost, max_attempts, timeout_s, run_at,
      result, last_error, errors, claimed_by, claimed_at, consumer, deadline_s, runtime_ms,
@@ -14,7 +14,7 @@ SELECT 'app.tasks:' || (ARRAY['send_email', 'render_invoice', 'sync_crm', 'resiz
                           'request_id', md5(i::text), 'attempt_note', 'order ' || (i %% 7919)),
        (ARRAY['default', 'mail', 'reports', 'webhooks'])[k %% 4 + 1],
        0, status, attempts, 0, 3, NULL,
-       CASE WHEN status = 'waiting' AND i <= %(rows)s - 2000 THEN now() + (i %% 86400) * interval '1 s'
+       CASE WHEN status = 'waiting' AND i <= %(rows)s - %(backlog)s THEN now() + (i %% 86400) * interval '1 s'
             ELSE created END,
        result, last_error, errors,
        CASE WHEN status <> 'waiting' THEN 'worker-' || (i %% 3) || '/4242-5f0e' END,
@@ -48,7 +48,7 @@ FROM (
         SELECT i, k, r1, r2, r3, created,
                (ARRAY[1.0, 5.0, 30.0])[k %% 3 + 1]::double precision AS deadline,
                CASE WHEN i > %(rows)s - 40 THEN 'running'
-                    WHEN i > %(rows)s - 2000 THEN 'waiting'
+                    WHEN i > %(rows)s - %(backlog)s THEN 'waiting'
                     WHEN r1 < 0.92 THEN 'success'
                     WHEN r1 < 0.95 THEN 'error'
                     WHEN r1 < 0.965 THEN 'timeout'

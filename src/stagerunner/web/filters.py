@@ -4,7 +4,7 @@ A page of tasks is the newest rows matching the filters below a cursor, read one
 ids ``[floor, top)`` at a time: ``SCAN_IDS`` ids per statement, or ``TEXT_SCAN_IDS`` when
 searching text (matching jsonb-as-text and tracebacks costs ~3 µs a row; a structured filter
 ~1 µs). So no statement reads more than a window, whatever the filter's selectivity, and a
-page stops after ``PAGE_BUDGET_S``; a short page is not the end: "older" continues from where
+page stops before ``PAGE_BUDGET_S``; a short page is not the end: "older" continues from where
 it stopped, down to the lowest id (or the ``since`` bound). bin/bench measures the pages.
 """
 
@@ -21,9 +21,9 @@ STATUS_CHOICES = {**{s: (s,) for s in STATUSES}, "failed": FAILED}
 PAGE_SIZE = 50
 SCAN_IDS = 50_000
 TEXT_SCAN_IDS = 5_000
-# A page reads window after window until it is full, reaches the end, or has spent this
-# long; then it offers "older" from where it stopped.
-PAGE_BUDGET_S = 0.06
+# A page reads window after window until it is full, reaches the end, or another window
+# would take it past this; then it offers "older" from where it stopped.
+PAGE_BUDGET_S = 0.08
 # created_at is the enqueuing transaction's start, so ids follow it only roughly: a time
 # bound is widened by this much when it is turned into an id bound (then applied exactly).
 TIME_MARGIN = timedelta(minutes=5)
