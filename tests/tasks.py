@@ -291,3 +291,11 @@ def nul_result() -> str:
 @task
 def nul_error() -> None:
     raise ValueError("bad\x00byte")
+
+
+@task
+def fails_until_fixed(flag: str) -> str:
+    """Fails until the file `flag` exists: a bug fixed between a run and its retry (tests/web)."""
+    if not os.path.exists(flag):
+        raise RuntimeError(f"the fix is not deployed yet: {flag} is missing")
+    return "fixed"

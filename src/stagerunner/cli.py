@@ -1,5 +1,6 @@
 """The command line: ``python -m stagerunner [command]`` (run is the default), migrate,
-schema, enqueue, the operator commands (``admin``), and the tutorial's counter demo.
+schema, enqueue, the operator commands (``admin``), the dashboard (``web``) and the
+tutorial's counter demo.
 
 Exit codes: 0 success; 1 the node stopped on a failure (restart limit, lost database
 at start-up); 2 bad usage or configuration; 3 the schema is missing.
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run a node: a producer and its consumers (the default)")
     sub.add_parser("migrate", help="install or update the schema (idempotent)")
+    sub.add_parser("web", help="serve the dashboard (STAGERUNNER_WEB_HOST/PORT; needs the [web] extra)")
     sub.add_parser("schema", help="print schema.sql")
     enq = sub.add_parser("enqueue", help="enqueue a task and print its id")
     enq.add_argument("name", help="registered task name, e.g. app.tasks:send_email")
@@ -111,7 +113,7 @@ def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
 
     node: dict[str, Callable[[Any, argparse.Namespace], int]] = {
         "run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema, "enqueue": cmd_enqueue,
-        "demo": cmd_demo}
+        "demo": cmd_demo, "web": cmd_web}
     return node.get(command) or admin.COMMANDS[command]
 
 
@@ -200,6 +202,16 @@ def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
         migrations.check_schema(conn)
         print(client.enqueue(args.name, task_args, conn=conn, **options))
     return EXIT_OK
+
+
+def cmd_web(settings: Any, args: argparse.Namespace) -> int:
+    try:
+        from stagerunner.web import server  # lazy: Jinja2 and the dashboard only for `web`
+    except ModuleNotFoundError as exc:
+        print(f"stagerunner: the dashboard needs {exc.name}: pip install 'stagerunner[web]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return server.serve(settings)
 
 
 def cmd_demo(settings: Any, args: argparse.Namespace) -> int:

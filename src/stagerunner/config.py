@@ -32,6 +32,9 @@ RESTART_WINDOW_DEFAULT = 10.0
 RESULT_MAX_BYTES_DEFAULT = 1 << 20
 PREFETCH_DEFAULT = 1
 PREFETCH_REUSE_DEFAULT = 32
+WEB_HOST_DEFAULT = "127.0.0.1"
+WEB_PORT_DEFAULT = 8089
+WEB_SECRET_MIN_LENGTH = 16  # a token or password guessed over the network must not be short
 # Variables that belong to the test suite, not to the runner.
 NOT_SETTINGS = ("STAGERUNNER_TEST_",)
 def _default_data_dir() -> Path:
@@ -74,6 +77,13 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
     fault: str = ""  # test-only: "stage:point" makes that stage SIGKILL itself there
+    # The dashboard (python -m stagerunner web); see stagerunner/web/guard.py for the rules.
+    web_host: str = Field(default=WEB_HOST_DEFAULT, min_length=1)
+    web_port: int = Field(default=WEB_PORT_DEFAULT, ge=1, le=65535)
+    web_token: SecretStr | None = Field(default=None, min_length=WEB_SECRET_MIN_LENGTH)
+    web_user: str | None = Field(default=None, min_length=1)
+    web_password: SecretStr | None = Field(default=None, min_length=WEB_SECRET_MIN_LENGTH)
+    web_readonly: bool = False
 
     @field_validator("log_level", "log_format", "process_library", mode="before")
     @classmethod
@@ -120,6 +130,8 @@ class Settings(BaseSettings):
             raise ValueError("STAGERUNNER_NODE_EXPIRY must be longer than STAGERUNNER_HEARTBEAT_INTERVAL")
         if any(n is not None and n < 1 for n in self.queues.values()):
             raise ValueError("every queue in STAGERUNNER_QUEUES needs at least 1 consumer")
+        if (self.web_user is None) != (self.web_password is None):
+            raise ValueError("STAGERUNNER_WEB_USER and STAGERUNNER_WEB_PASSWORD go together")
         return self
 
     def window(self) -> int:
@@ -202,7 +214,8 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     for name in unknown_variables(env):
         close = difflib.get_close_matches(name, field_env_names(), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"unknown setting {name}={_shown(name, env[name])}{hint}")
+        shown = _shown(close[0] if close else name, env[name])  # a misspelt secret is secret
+        raise ConfigError(f"unknown setting {name}={shown}{hint}")
     values = {field: env[var] for var, field in field_env_names().items() if var in env}
     values.update(overrides)
     try:
@@ -212,7 +225,8 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
 
 
 def _shown(variable: str, value: str) -> str:
-    return "'***'" if "DATABASE_URL" in variable else repr(value)
+    secret = any(word in variable for word in ("DATABASE_URL", "TOKEN", "PASSWORD"))
+    return "'***'" if secret else repr(value)
 
 
 def _describe(exc: ValidationError, env: dict[str, str]) -> str:
