@@ -299,3 +299,44 @@ def fails_until_fixed(flag: str) -> str:
     if not os.path.exists(flag):
         raise RuntimeError(f"the fix is not deployed yet: {flag} is missing")
     return "fixed"
+
+
+# Jobs that abuse their result pipe or their error ------------------------------------------
+
+def _result_pipe() -> int:
+    """This job child's result pipe: its one write-only pipe beyond stdout and stderr."""
+    import fcntl
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:  # (listdir's own fd is in the list, and gone by now)
+            if (fd > 2 and os.readlink(f"/proc/self/fd/{name}").startswith("pipe:")
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY):
+                return fd
+        except OSError:
+            continue
+    raise RuntimeError("no result pipe")
+
+
+@task
+def close_result_pipe(seconds: float = 3.0) -> str:
+    os.close(_result_pipe())
+    time.sleep(seconds)  # alive, with nothing left to reply on
+    return "unreachable"
+
+
+@task
+def garble_result_pipe(kind: str) -> None:
+    fd = _result_pipe()
+    if kind == "huge_header":
+        os.write(fd, b"\xff\xff\xff\xf0")
+    elif kind == "not_json":
+        os.write(fd, (12).to_bytes(4, "big") + b"{not json!!}")
+    elif kind == "not_a_reply":
+        os.write(fd, (9).to_bytes(4, "big") + b'{"a": 1}\n')
+    time.sleep(3)
+
+
+@task
+def huge_error(megabytes: int) -> None:
+    raise ValueError("start of the message " + "x" * (megabytes << 20) + " end of the message")

@@ -212,7 +212,7 @@ class Consumer:
         if ending is None:
             return
         if ending is Ending.REPLIED:
-            keep = job.child.jobs_sent < self.limits.child_reuse
+            keep = job.child.jobs_sent < self.limits.child_reuse and job.child.broken is None
             self._finish(job.outcome(ending, now), keep_child=keep)
             return
         # dead already (reap it for its wait status), or past its deadline (kill its group

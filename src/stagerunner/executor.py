@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import struct
 import traceback
@@ -32,6 +33,12 @@ from stagerunner import procs
 from stagerunner.protocol import Outcome, Status, Task
 
 _HEADER = struct.Struct(">I")
+# Error text a job sends back (a traceback, a message) is cut to this, keeping its head
+# and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
+ERROR_MAX_CHARS = 64 * 1024
+# A dying child closes its pipes a moment before its pidfd says it is gone: how long an
+# end of the result pipe is given to turn out to be an exit.
+EXIT_GRACE_S = 0.05
 
 Resolver = Callable[[str], Callable[..., Any]]
 
@@ -88,7 +95,7 @@ def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[An
         args = json.loads(args_text)
         value = func(*args) if isinstance(args, list) else func(**args)
     except BaseException as exc:  # the job's failure is data, whatever it was
-        return ["error", "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")]
+        return ["error", cap_error("".join(traceback.format_exception(exc)))]
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -98,6 +105,17 @@ def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[An
     if len(text) > max_bytes:
         return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
     return ["ok", text]
+
+
+def cap_error(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """Storable error text of bounded size: NUL bytes escaped (PostgreSQL's text cannot
+    hold them), and beyond `limit` characters the head and the tail with what was cut."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return (f"{text[:half]}\n[... {len(text) - 2 * half:,} characters cut; the error was "
+            f"{len(text):,} characters long ...]\n{text[-half:]}")
 
 
 def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
@@ -185,16 +203,28 @@ def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int,
 
 # The consumer's end of a child -------------------------------------------------------
 
+def max_reply(limits: Limits) -> int:
+    """The largest reply a job child can honestly write: its result or its capped error,
+    JSON-escaped (at worst six bytes a character), in a two-element list."""
+    return 6 * max(limits.result_max_bytes, ERROR_MAX_CHARS) + 1024
+
+
 @dataclass(slots=True)
 class ChildHandle:
     """A job child waiting for (or running) its job: its pipes and its pidfd. Its pid stays
-    ours until the fork helper reaps it, which it does only once the consumer let go."""
+    ours until the fork helper reaps it, which it does only once the consumer let go.
+
+    What comes back on the result pipe is untrusted: a job may close the pipe, or write
+    garbage or an endless header into it. Each ends the job in error (``broken`` says
+    why) and the child is never given another job."""
 
     pid: int
     job_w: int
     result_r: int
+    max_reply: int = 1 << 30  # bytes a reply may announce; more is garbage
     pidfd: int = -1
     jobs_sent: int = 0
+    broken: str | None = None
     buffer: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
@@ -219,6 +249,8 @@ class ChildHandle:
             chunk = os.read(self.result_r, 1 << 16)
         except BlockingIOError:
             return None
+        if not chunk:  # the pipe stays readable at its end: say so once, never spin on it
+            return self._broken("the job closed its result pipe without sending a result")
         self.buffer += chunk
         return self._complete()
 
@@ -238,11 +270,29 @@ class ChildHandle:
         if len(self.buffer) < _HEADER.size:
             return None
         size = _HEADER.unpack_from(self.buffer)[0]
+        if size > self.max_reply:
+            return self._broken(f"the job wrote garbage into its result pipe (a reply of "
+                                f"{size:,} bytes announced, at most {self.max_reply:,} possible)")
         if len(self.buffer) < _HEADER.size + size:
             return None
-        reply = json.loads(bytes(self.buffer[_HEADER.size:_HEADER.size + size]))
+        try:
+            reply = json.loads(bytes(self.buffer[_HEADER.size:_HEADER.size + size]))
+        except (ValueError, RecursionError):
+            reply = None
         del self.buffer[:_HEADER.size + size]
-        return reply if isinstance(reply, list) else ["error", "malformed reply from job child"]
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in ("ok", "error")
+                and isinstance(reply[1], str)):
+            return self._broken("the job wrote garbage into its result pipe (not a reply)")
+        return reply
+
+    def _broken(self, why: str) -> list[Any]:
+        self.broken = why
+        self.buffer.clear()
+        return ["error", why]
+
+    def exited(self, wait: float = 0.0) -> bool:
+        """Has the child exited (waiting up to `wait` seconds to find out)?"""
+        return bool(select.select([self.pidfd], [], [], wait)[0])
 
     def close(self) -> None:
         """Close our ends (the group was killed, or the child is done)."""
@@ -280,6 +330,9 @@ class Job:
         child = self.child
         if child.result_r in ready:
             self.reply = child.poll_result()
+            if child.broken is not None and child.exited(EXIT_GRACE_S):
+                self.reply = None  # the pipe ended because the child did: say how it died
+                ready = [*ready, child.pidfd]
         if self.reply is None and child.pidfd in ready:
             self.reply = child.drain_result()
             if self.reply is None:

@@ -40,7 +40,7 @@ import struct
 import time
 
 from stagerunner import logs, procs
-from stagerunner.executor import ChildHandle, Limits, Resolver, fork_child
+from stagerunner.executor import ChildHandle, Limits, Resolver, fork_child, max_reply
 
 _PID = struct.Struct(">i")
 _EXIT = struct.Struct(">ii")
@@ -64,6 +64,7 @@ class Forker:
         self.requested = False
         self.ready: list[ChildHandle] = []
         self.statuses: dict[int, int] = {}
+        self.max_reply = 1 << 30
 
     @classmethod
     def start(cls, limits: Limits, resolve: Resolver, name: str = "", title: str = "") -> Forker:
@@ -74,7 +75,9 @@ class Forker:
         helper = ForkHelper(theirs, consumer, limits, resolve, f"sr-job-{name}" if name else "")
         pid = procs.fork_running({theirs.fileno()}, lambda: helper.run(title))
         theirs.close()
-        return cls(pid, ours)
+        forker = cls(pid, ours)
+        forker.max_reply = max_reply(limits)
+        return forker
 
     def request(self) -> None:
         """Have a child forked ahead of time (at most one outstanding)."""
@@ -146,7 +149,8 @@ class Forker:
         except OSError as exc:
             raise ForkerGone(f"fork helper {self.pid} is gone: {exc}") from None
         if message[:1] == b"C" and len(fds) == 2:
-            self.ready.append(ChildHandle(_PID.unpack_from(message, 1)[0], fds[0], fds[1]))
+            self.ready.append(ChildHandle(_PID.unpack_from(message, 1)[0], fds[0], fds[1],
+                                          self.max_reply))
         elif message[:1] == b"X":
             pid, status = _EXIT.unpack_from(message, 1)
             self.statuses[pid] = status

@@ -162,3 +162,37 @@ def test_results_postgres_cannot_store_are_errors_in_the_child(consumer, name, r
 def test_a_traceback_with_a_nul_byte_is_made_storable(consumer):
     outcome = run(consumer, "tests.tasks:nul_error")
     assert "\x00" not in outcome.error and "bad\\x00byte" in outcome.error
+
+
+def test_a_huge_error_is_cut_in_the_child_and_ends_in_error_not_timeout(consumer):
+    started = time.monotonic()
+    outcome = run(consumer, "tests.tasks:huge_error", "[60]", timeout=5.0)
+    assert outcome.status is Status.ERROR
+    assert time.monotonic() - started < 4.0
+    assert len(outcome.error) < 70_000
+    assert "start of the message" in outcome.error and "end of the message" in outcome.error
+    assert "characters cut; the error was 62,9" in outcome.error  # the original size, told
+
+
+def test_a_job_that_closes_its_result_pipe_ends_in_error_at_once(consumer):
+    started = time.monotonic()
+    outcome = run(consumer, "tests.tasks:close_result_pipe", "[3]", timeout=5.0)
+    assert outcome.status is Status.ERROR and "closed its result pipe" in outcome.error
+    assert time.monotonic() - started < 2.0  # not at the deadline, and no spinning meanwhile
+    assert run(consumer, "tests.tasks:ok").status is Status.SUCCESS  # a fresh child next
+
+
+@pytest.mark.parametrize("kind", ["huge_header", "not_json", "not_a_reply"])
+def test_garbage_in_the_result_pipe_ends_in_error_and_the_consumer_carries_on(consumer, kind):
+    outcome = run(consumer, "tests.tasks:garble_result_pipe", f'["{kind}"]', timeout=5.0)
+    assert outcome.status is Status.ERROR and "garbage" in outcome.error
+    assert run(consumer, "tests.tasks:ok").status is Status.SUCCESS
+
+
+def test_a_reused_child_whose_pipe_broke_is_not_given_another_job():
+    with InProcessConsumer(Limits(modules=("tests.tasks",), child_reuse=5)) as c:
+        before = run(c, "tests.tasks:record_run", '["/dev/null"]').result
+        assert run(c, "tests.tasks:garble_result_pipe", '["not_json"]', timeout=5.0
+                   ).status is Status.ERROR
+        after = [run(c, "tests.tasks:record_run", '["/dev/null"]').result for _ in range(2)]
+    assert after[0] != before and after[0] == after[1]  # a fresh child, reused from then on
