@@ -104,7 +104,8 @@ def conn(connect: Callable[[], psycopg.Connection[Any]]) -> psycopg.Connection[A
 
 # Row factories ----------------------------------------------------------------------
 
-_COLUMNS = {"name", "args", "queue", "priority", "status", "attempts", "lost", "max_attempts",
+_COLUMNS = {"name", "args", "queue", "priority", "status", "attempts", "lost", "kills",
+            "max_attempts",
             "timeout_s", "run_at", "unique_key", "result", "last_error", "claimed_by",
             "claimed_at", "finished_at", "created_at"}
 

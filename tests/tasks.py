@@ -270,11 +270,12 @@ def inheritance() -> dict[str, Any]:
             pass
     with open("/proc/self/environ", "rb") as f:
         block = [e.decode(errors="replace") for e in f.read().split(b"\0") if e]
+    credentials = ("STAGERUNNER_", "DATABASE_URL", "PG")
     return {
         "fds": targets,
         "sockets": sorted(t for t in targets.values() if t.startswith("socket:")),
-        "environ": sorted(k for k in os.environ if k.startswith("STAGERUNNER_")),
-        "proc_environ": sorted(e.split("=", 1)[0] for e in block if e.startswith("STAGERUNNER_")),
+        "environ": sorted(k for k in os.environ if k.startswith(credentials)),
+        "proc_environ": sorted(e.split("=", 1)[0] for e in block if e.startswith(credentials)),
     }
 
 

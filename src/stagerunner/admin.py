@@ -21,7 +21,7 @@ from stagerunner.protocol import Status
 STATUSES = tuple(s.value for s in Status)
 
 
-def status_report(conn: psycopg.Connection[Any], expiry_s: float) -> dict[str, Any]:
+def status_report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Counts per status (finished ones exact on a small table, estimated on a large one:
     `status` stays cheap whatever the retention), live nodes, the oldest due waiting age."""
     live = store.count_live_tasks(conn)
@@ -30,7 +30,7 @@ def status_report(conn: psycopg.Connection[Any], expiry_s: float) -> dict[str, A
     for row in [*live, *finished]:
         totals[row["status"]] += row["n"]
     oldest = max((r["oldest_waiting_s"] or 0.0 for r in live), default=0.0)
-    nodes = store.live_nodes(conn, expiry_s=expiry_s)
+    nodes = store.live_nodes(conn)
     return {"statuses": {k: v for k, v in totals.items() if v}, "queues": live,
             "estimated": not all(r["exact"] for r in finished),
             "nodes_alive": len(nodes), "nodes": nodes, "oldest_waiting_s": round(oldest, 3),
@@ -53,13 +53,13 @@ def format_status(report: dict[str, Any], throughput: float | None = None) -> st
     return "\n".join(lines)
 
 
-def watch(connect: Callable[[], psycopg.Connection[Any]], expiry_s: float, *, interval: float,
+def watch(connect: Callable[[], psycopg.Connection[Any]], *, interval: float,
           count: int | None, as_json: bool, out: TextIO = sys.stdout) -> None:
     """Print the status every `interval` seconds (`count` times, or until interrupted)."""
     shown = 0
     with connect() as conn:
         while count is None or shown < count:
-            report = status_report(conn, expiry_s)
+            report = status_report(conn)
             rate = store.count_finished_since(conn, seconds=interval) / interval
             if as_json:
                 out.write(json.dumps({**report, "throughput_per_s": rate}, default=str) + "\n")
@@ -138,11 +138,11 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> int:
 
 def cmd_status(settings: Any, args: argparse.Namespace) -> int:
     if args.watch:
-        watch(lambda: _connect(settings), settings.node_expiry, interval=args.interval,
+        watch(lambda: _connect(settings), interval=args.interval,
               count=args.count, as_json=args.json)
         return 0
     with _connect(settings) as conn:
-        report = status_report(conn, settings.node_expiry)
+        report = status_report(conn)
     return _emit(args, report, format_status(report))
 
 
@@ -172,9 +172,12 @@ def cmd_retry(settings: Any, args: argparse.Namespace) -> int:
         print("stagerunner: retry needs task ids or --failed", file=sys.stderr)
         return 2
     with _connect(settings) as conn:
-        ids = store.retry_tasks(conn, ids=args.ids, failed=args.failed)
-    return _emit(args, {"retried": ids}, f"{len(ids)} task(s) back to waiting: "
-                                         + " ".join(map(str, ids)))
+        ids, held = store.retry_tasks(conn, ids=args.ids, failed=args.failed)
+    text = f"{len(ids)} task(s) back to waiting: " + " ".join(map(str, ids))
+    if held:
+        text += (f"\n{len(held)} task(s) skipped: their unique key is held by another waiting "
+                 "or running task: " + " ".join(map(str, held)))
+    return _emit(args, {"retried": ids, "skipped_unique_key_held": held}, text)
 
 
 def cmd_cancel(settings: Any, args: argparse.Namespace) -> int:

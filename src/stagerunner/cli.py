@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     from stagerunner import config, logs
-    from stagerunner.errors import ConfigError, SchemaMissing, StagerunnerError
+    from stagerunner.errors import ConfigError, SchemaLocked, SchemaMissing, StagerunnerError
 
     try:
         settings = config.load()
@@ -101,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaMissing as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
         return EXIT_SCHEMA
-    except (ConfigError, StagerunnerError, ValueError) as exc:
+    except SchemaLocked as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ConfigError, StagerunnerError, ValueError) as exc:
+        print(f"stagerunner: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # a database error: a clean line, never a traceback with a DSN
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"stagerunner: database error: {logs.redact(str(exc).strip())}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
@@ -123,6 +131,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     import psycopg
 
     from stagerunner import database, migrations, registry, store, supervisor
+    from stagerunner.logs import redact
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:
@@ -131,14 +140,16 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     try:
         names = registry.load(settings.task_modules)  # fail here, not in a restart loop
     except Exception as exc:
-        print(f"stagerunner: STAGERUNNER_TASK_MODULES: cannot import: {exc!r}", file=sys.stderr)
+        print(f"stagerunner: STAGERUNNER_TASK_MODULES: cannot import: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         db = database.open_database(settings)
         with store.connect(db.dsn, connect_timeout=10) as conn:
             migrations.check_schema(conn)
     except psycopg.OperationalError as exc:
-        print(f"stagerunner: cannot connect to the database: {str(exc).strip()}", file=sys.stderr)
+        print(f"stagerunner: cannot connect to the database: {redact(str(exc).strip())}",
+              file=sys.stderr)
         return EXIT_FAILED
     if db.embedded:
         log.info("using the embedded PostgreSQL", extra={

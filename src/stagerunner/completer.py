@@ -4,11 +4,19 @@ that writes them in one guarded statement per flush and survives database outage
 Retry policy: a run that ended in error or timeout is a failed attempt. While the task
 has failed fewer than max_attempts times it goes back to ``waiting`` with run_at pushed
 by ``backoff`` (1 s, 2 s, 4 s, ... capped at 5 minutes); after that it keeps its final
-status and its last error. A run lost for reasons that were not the job's (its
-consumer or node died under it) is not an attempt: it goes back to ``waiting``, unless
-the task has now been lost LOST_LIMIT times, which points at a job that kills its own
-consumer; then it ends in ``error``. A run refused before it started (unknown task name,
+status and its last error. A run refused before it started (unknown task name,
 arguments that do not fit the signature) is final: retrying cannot help.
+
+A lost run (its consumer, its producer or its whole node died under it) is not an
+attempt: it goes back to ``waiting``. Who is to blame is told apart by how it was lost:
+
+- its consumer died while it ran (``Outcome.suspect``): the job may have killed it (a
+  crash in C, an OOM, a kill of its parent). These count as ``kills``; a task with
+  QUARANTINE_KILLS of them is quarantined: it ends in ``error`` and runs nowhere again
+  until an operator retries it, so it can neither stop the node through the restart
+  limit nor walk from node to node;
+- its producer or node died (a rescue of a dead owner's tasks, a producer restart):
+  infrastructure. These never count against the task, however many there are.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from stagerunner.store import Finish
 
 log = logging.getLogger(__name__)
 
-LOST_LIMIT = 3
+QUARANTINE_KILLS = 3
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
 
@@ -36,18 +44,12 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_BASE_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
 
 
-def decide(outcome: Outcome, *, lost: int, max_attempts: int, lost_backoff: bool = True
-           ) -> Finish:
-    """The row transition for one outcome. `lost` is the task's lost count at claim time;
-    a lost run goes back with a backoff unless `lost_backoff` is off (a rescue)."""
+def decide(outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0) -> Finish:
+    """The row transition for one outcome; `lost` and `kills` are the task's counts at claim
+    time."""
     o = outcome
     if o.lost:
-        gone = lost + 1
-        if gone >= LOST_LIMIT:
-            error = f"{o.error}; lost {gone} times, giving up"
-            return Finish(o.task_id, o.attempt, Status.ERROR, "lost", None, error, 0.0, 1, o.runtime_ms)
-        return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error,
-                      backoff(gone) if lost_backoff else 0.0, 1, o.runtime_ms)
+        return _lost(o, kills)
     if o.status in (Status.SUCCESS, Status.CANCELLED):
         return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0, o.runtime_ms)
     if o.status not in TERMINAL:
@@ -59,6 +61,21 @@ def decide(outcome: Outcome, *, lost: int, max_attempts: int, lost_backoff: bool
     return Finish(o.task_id, o.attempt, o.status, o.status, None, o.error, 0.0, 0, o.runtime_ms)
 
 
+def _lost(o: Outcome, kills: int) -> Finish:
+    """Back to waiting without spending an attempt -- after a backoff if its consumer died
+    under it -- unless that has now happened QUARANTINE_KILLS times."""
+    if not o.suspect:
+        return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error, 0.0, lost=1,
+                      runtime_ms=o.runtime_ms)
+    if kills + 1 >= QUARANTINE_KILLS:
+        error = (f"{o.error}; quarantined: its consumer died while it ran {kills + 1} times, "
+                 "so it will not run again until it is retried")
+        return Finish(o.task_id, o.attempt, Status.ERROR, "lost", None, error, lost=1, kills=1,
+                      runtime_ms=o.runtime_ms)
+    return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error, backoff(kills + 1),
+                  lost=1, kills=1, runtime_ms=o.runtime_ms)
+
+
 @dataclass
 class Completer:
     """Buffers decided transitions until they are written; nothing is dropped on error."""
@@ -67,8 +84,8 @@ class Completer:
     pending: list[Finish] = field(default_factory=list)
     since: float = 0.0  # monotonic time the oldest pending outcome arrived
 
-    def add(self, outcome: Outcome, *, lost: int, max_attempts: int) -> Finish:
-        finish = decide(outcome, lost=lost, max_attempts=max_attempts)
+    def add(self, outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0) -> Finish:
+        finish = decide(outcome, lost=lost, max_attempts=max_attempts, kills=kills)
         if not self.pending:
             self.since = time.monotonic()
         self.pending.append(finish)

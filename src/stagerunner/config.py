@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -165,8 +166,11 @@ class Settings(BaseSettings):
         return None
 
     def job_environment(self) -> dict[str, str]:
-        """The environment a job child runs with: ours minus every STAGERUNNER_* variable."""
-        return {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+        """The environment a job child runs with: ours minus the credentials the runner
+        connects with -- every STAGERUNNER_* variable, DATABASE_URL, and libpq's PG*
+        variables (PGPASSWORD, PGUSER, PGHOST, PGPASSFILE, PGSERVICE, ...)."""
+        return {k: v for k, v in os.environ.items()
+                if not k.startswith((PREFIX, "PG")) and k != "DATABASE_URL"}
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -187,13 +191,37 @@ def parse_duration(text: str) -> float:
 
 
 def normalize_dsn(dsn: str, variable: str) -> str:
-    """Accept SQLAlchemy-style URLs (postgresql+psycopg://) that psycopg rejects."""
+    """Accept SQLAlchemy-style URLs (postgresql+psycopg://) that psycopg rejects, and refuse
+    a DSN libpq cannot parse, saying why without ever showing its password."""
     scheme, sep, rest = dsn.partition("://")
     if sep and "+" in scheme:
         scheme = scheme.split("+", 1)[0]
     if sep and scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"{variable}: unsupported URL scheme {scheme!r} (expected postgresql://)")
-    return f"{scheme}{sep}{rest}" if sep else dsn
+    normalized = f"{scheme}{sep}{rest}" if sep else dsn
+    from psycopg.conninfo import conninfo_to_dict  # pydantic is loaded already; so is this
+
+    try:
+        conninfo_to_dict(normalized)
+    except Exception:
+        hint = (" (in a URL, percent-encode the password: '%' as %25, a space as %20, "
+                "'@' as %40, '/' as %2F)" if sep else "")
+        raise ConfigError(f"{variable}={redact_dsn(normalized)!r} is not a valid PostgreSQL "
+                          f"URL or key=value string{hint}") from None
+    return normalized
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN as it may be shown: the password (of a URL or a key=value string) masked,
+    even when the DSN does not parse."""
+    scheme, sep, rest = dsn.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        return f"{scheme}{sep}{userinfo}{at}{host}{slash}{path}"
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", r"\1***", dsn, flags=re.I)
 
 
 def field_env_names() -> dict[str, str]:
@@ -219,9 +247,11 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     values = {field: env[var] for var, field in field_env_names().items() if var in env}
     values.update(overrides)
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, env)) from None
+    settings.dsn()  # a DSN libpq cannot parse fails here, at boot, with its password masked
+    return settings
 
 
 def _shown(variable: str, value: str) -> str:

@@ -8,6 +8,13 @@ The job children are forked by the consumer's fork helper (``forker``), which ke
 their fork cheap; the consumer holds each child's pipes and pidfd and enforces its
 deadline itself (``executor.Job`` says how a job ended).
 
+Two bounds are the kernel's, not this loop's: while a job runs, a kill timer
+(``procs.KillTimer``) SIGKILLs the consumer -- and so, through PDEATHSIG, its fork helper
+and the job -- at the earlier of the node's lease (``Lease``: past it other nodes may
+rescue the task) and the job's deadline plus a backstop. A consumer that is stopped,
+frozen or starved of CPU therefore cannot let a job outlive either; its death is then a
+lost run that the producer (or a rescuer) hands back. No job starts without a lease.
+
 One ``step`` blocks in one ``select`` over the producer pipe, the fork helper's socket
 and the running child's result pipe and pidfd, with the running job's deadline as the
 timeout.
@@ -31,10 +38,12 @@ from stagerunner import faults, logs, procs, registry
 from stagerunner.errors import BadArguments, StagerunnerError
 from stagerunner.executor import ChildHandle, Ending, Job, Limits, Resolver
 from stagerunner.forker import Forker, ForkerGone
-from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Outcome, ProtocolError, Status, Stop,
-                                  Task, decode, encode)
+from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError,
+                                  Status, Stop, Task, decode, encode)
 
 log = logging.getLogger(__name__)
+
+BACKSTOP_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,7 @@ class ConsumerConfig:
     log_format: str = "text"
     fault: str = ""
     window: int = 2  # tasks held at once: the running one plus one prefetched
+    backstop_s: float = BACKSTOP_S  # the kill timer fires this long after a job's deadline
 
 
 class Consumer:
@@ -59,6 +69,8 @@ class Consumer:
         self.spare: ChildHandle | None = None  # the child that runs (or will run) the next job
         self.forker: Forker | None = None
         self.job: Job | None = None
+        self.lease_until = 0.0  # CLOCK_BOOTTIME; no job starts past it
+        self.kill_timer: procs.KillTimer | None = None
         self.stopping = False
         self.done = False
 
@@ -82,6 +94,7 @@ class Consumer:
 
     def start(self) -> None:
         """Start the fork helper, have the first child forked, and ask for work."""
+        self.kill_timer = procs.KillTimer()
         c = self.config
         self.forker = Forker.start(self.limits, _resolver(self.limits.modules), f"c{c.slot}",
                                    f"stagerunner: forker {c.slot} queue={c.queue} node={c.node}")
@@ -157,6 +170,9 @@ class Consumer:
                 self.stopping = True
             case Cancel(task_id=task_id):
                 self._cancel(task_id)
+            case Lease(until=until):
+                self.lease_until = until
+                self._arm()
             case _:
                 log.error("unexpected message", extra={"event": "consumer.protocol_error",
                                                        "message": repr(message)})
@@ -177,13 +193,14 @@ class Consumer:
         if self.job is not None:
             self._retire_child()
             self.job = None
+            self._arm()
         self.queue.clear()
         self.done = True
 
     # Jobs -----------------------------------------------------------------------
 
     def _start_next(self, now: float) -> None:
-        while self.queue and self.job is None:
+        while self.queue and self.job is None and procs.boottime() < self.lease_until:
             task = self.queue.popleft()
             try:
                 spec = registry.resolve(task.name, self.limits.modules)
@@ -200,6 +217,7 @@ class Consumer:
                 self.spare = self._forker().take()
             timeout = self.limits.deadline_for(task, spec.timeout)
             self.job = Job(task, self.spare, now, now + timeout, timeout)
+            self._arm()
             faults.hit(self.config.fault, "consumer", "before_job")
             self.spare.send(task)
             log.debug("task started", extra={"event": "task.started", "task_id": task.id,
@@ -220,8 +238,20 @@ class Consumer:
         status = self._retire_child(wait=ending is Ending.EXITED)
         self._finish(job.outcome(ending, now, status or 0), keep_child=False)
 
+    def _arm(self) -> None:
+        """The kill timer: while a job runs, at the lease's end or the deadline's backstop,
+        whichever comes first; disarmed between jobs."""
+        if self.kill_timer is None:
+            return
+        if self.job is None:
+            self.kill_timer.arm(0)
+            return
+        deadline = procs.boottime() + (self.job.deadline - time.monotonic())
+        self.kill_timer.arm(min(self.lease_until, deadline + self.config.backstop_s))
+
     def _finish(self, outcome: Outcome, keep_child: bool) -> None:
         self.job = None
+        self._arm()
         self._report(outcome)
         if not keep_child:
             self._retire_child()  # done with it (if not killed already); the helper kills

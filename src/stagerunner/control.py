@@ -11,7 +11,7 @@ from typing import Any
 
 from stagerunner import procs
 from stagerunner.metrics import Stats
-from stagerunner.protocol import Alive, Attach, Replace, Stop, decode, encode
+from stagerunner.protocol import Alive, Attach, Died, Replace, Stop, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,15 @@ class Control:
             self.pipe.send_bytes(encode(Alive(held, stats.to_wire())))
         except OSError:
             self.open = False
+
+    def died(self, deaths: list[tuple[int, bool]]) -> None:
+        """Tell the supervisor which consumers died with a job running in them."""
+        for slot, running in deaths:
+            if self.open:
+                try:
+                    self.pipe.send_bytes(encode(Died(slot, running)))
+                except OSError:
+                    self.open = False
 
     def replace(self, slots: list[int]) -> None:
         """Ask for new consumers in these slots (once each until they are attached again)."""

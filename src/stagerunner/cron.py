@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February in a leap year
+HORIZON_DAYS = 366 * 30  # the rarest valid expression (29 February) fires every 4 years
 _NAMES = ("minute", "hour", "day of month", "month", "day of week")
 _ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0",
             "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *"}
@@ -38,7 +40,8 @@ class Cron:
     def next_after(self, t: datetime) -> datetime:
         """The first matching minute strictly after `t` (UTC)."""
         t = t.astimezone(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        for _ in range(366 * 24 * 60 * 5):  # bounded: every valid expression matches within years
+        horizon = t + timedelta(days=HORIZON_DAYS)
+        while t < horizon:
             if t.month not in self.months:
                 t = (t.replace(day=1, hour=0, minute=0) + timedelta(days=32)).replace(day=1)
             elif not self._day_ok(t):
@@ -70,8 +73,14 @@ def parse(expr: str) -> Cron:
         raise ValueError(f"cron {expr!r}: expected 5 fields (minute hour day month weekday)")
     sets = [_field(f, lo, hi, name, expr) for f, (lo, hi), name in zip(fields, _RANGES, _NAMES)]
     weekdays = frozenset(d % 7 for d in sets[4])
-    return Cron(expr, sets[0], sets[1], sets[2], sets[3], weekdays,
-                any_day=fields[2] == "*", any_weekday=fields[4] == "*")
+    any_day, any_weekday = fields[2] == "*", fields[4] == "*"
+    # Restricted days with an unrestricted weekday must name a day some month has; with
+    # both restricted either one matching is enough, and every weekday comes round.
+    if not any_day and any_weekday and not any(d <= _MONTH_DAYS[m - 1]
+                                                for m in sets[3] for d in sets[2]):
+        raise ValueError(f"cron {expr!r} can never fire: none of its months has day "
+                         f"{', '.join(map(str, sorted(sets[2])))}")
+    return Cron(expr, sets[0], sets[1], sets[2], sets[3], weekdays, any_day, any_weekday)
 
 
 def _field(text: str, lo: int, hi: int, name: str, expr: str) -> frozenset[int]:

@@ -30,6 +30,7 @@ class Claim:
     task: Task
     lost: int = 0
     max_attempts: int = 1
+    kills: int = 0
 
 
 @dataclass(slots=True)

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from stagerunner import procs
 from stagerunner.demand import Claim, Ledger
-from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Outcome, ProtocolError, Status, Stop,
-                                  decode, encode)
+from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError, Status,
+                                  Stop, decode, encode)
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +24,24 @@ OnOutcome = Callable[[Claim, Outcome], None]
 
 
 class Dispatcher:
-    def __init__(self, on_outcome: OnOutcome) -> None:
+    def __init__(self, on_outcome: OnOutcome, replacing: set[int] | None = None) -> None:
         self.ledger = Ledger()
         self.on_outcome = on_outcome
+        self.replacing = replacing if replacing is not None else set()  # killed on our word
         self.pipes: dict[int, Any] = {}
         self.releases: list[Claim] = []
+        self.until = 0.0  # the lease every consumer holds (CLOCK_BOOTTIME)
         self.stopping = False
         self.deaths = 0  # consumers that went away while we were not stopping
+        self.died: list[tuple[int, bool]] = []  # (slot, ran a job) for the supervisor
 
     def attach(self, slot: int, queue: str, pipe: Any, now: float) -> None:
         if slot in self.pipes:
             self.gone(slot, "replaced")
         self.ledger.add(slot, queue, now)
         self.pipes[slot] = pipe
+        if self.until:
+            self.send(slot, Lease(self.until))
         if self.stopping:
             self.send(slot, Stop())
 
@@ -82,11 +88,16 @@ class Dispatcher:
         running, unstarted = self.ledger.drop(slot)
         self.releases += unstarted
         if running is not None:
+            # its consumer died under it: the job may have done it -- unless we had that
+            # consumer killed for going silent, or its lease ran out (its kill timer fired)
             t = running.task
+            suspect = slot not in self.replacing and procs.boottime() < self.until
             self.on_outcome(running, Outcome(t.id, t.attempt, Status.ERROR, 0.0, lost=True,
+                                             suspect=suspect,
                                              error=f"lost: its consumer died while running it ({why})"))
         if not self.stopping:
             self.deaths += 1
+            self.died.append((slot, running is not None))
             log.warning("consumer died; its tasks are handed back", extra={
                 "event": "consumer.died", "slot": slot, "released": len(unstarted),
                 "lost": int(running is not None)})
@@ -99,6 +110,12 @@ class Dispatcher:
             log.error("claimed more than the consumers asked for", extra={
                 "event": "producer.excess_claim", "count": len(leftover)})
             self.releases += leftover
+
+    def lease(self, until: float) -> None:
+        """Every consumer may run jobs until `until` (see ``link``)."""
+        self.until = until
+        for slot in list(self.pipes):
+            self.send(slot, Lease(until))
 
     def cancel(self, task_id: int) -> None:
         slot = self.ledger.holder(task_id)
@@ -114,7 +131,7 @@ class Dispatcher:
         for slot in list(self.pipes):
             self.gone(slot, why)
 
-    def send(self, slot: int, message: Batch | Stop | Cancel) -> None:
+    def send(self, slot: int, message: Batch | Stop | Cancel | Lease) -> None:
         pipe = self.pipes.get(slot)
         if pipe is None:
             return

@@ -28,3 +28,7 @@ class UnknownTask(StagerunnerError):
 
 class BadArguments(StagerunnerError):
     """The arguments do not match the task's signature."""
+
+
+class SchemaLocked(StagerunnerError):
+    """The schema could not be upgraded: another transaction kept a lock on it."""

@@ -1,11 +1,18 @@
 """The producer's link to PostgreSQL: a work connection, a LISTEN connection, reconnecting
-with backoff, and the fence.
+with backoff, and the lease that fences this node's jobs.
 
 Losing the database is normal weather: the producer keeps going without a connection
 (outcomes stay buffered, consumers keep enforcing deadlines) and asks ``reconnect_due``
-each loop. The fence: once the last heartbeat is older than 80% of the node expiry,
-other nodes may soon hand our tasks to someone else, so a producer that holds tasks
-must stop (see ``producer``).
+each loop.
+
+The lease: every heartbeat extends the owner's row to ``expires_at = now() + lease``
+(database clock); once that has passed, any node may rescue our running tasks. The
+heartbeat statement was sent at ``sent`` on our clock, so the database's now() is no
+earlier than that, and the lease cannot run out before ``sent + lease_left``. We stop
+our jobs a margin earlier: ``lease_until``. The consumers get it (``protocol.Lease``) and
+arm a kernel timer with it, so the fence holds even if this process is stopped, frozen
+or scheduled late; the producer itself stops once it passes ``lease_until`` holding
+tasks, and a lease that ran out is never extended (the beat statement refuses it).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
-FENCE_FRACTION = 0.8  # of the node expiry: stop before anyone may rescue our tasks
+FENCE_MARGIN_S = 0.2  # jobs stop at least this long before the lease runs out ...
+FENCE_MARGIN_FRACTION = 0.1  # ... or this part of the lease, whichever is longer
 
 
 class Link:
@@ -34,7 +42,7 @@ class Link:
         self.listen: psycopg.Connection[Any] | None = None
         self.reconnect_at = 0.0
         self.backoff = BACKOFF_FIRST_S
-        self.last_beat: float | None = None  # monotonic time of the last heartbeat written
+        self.lease_until = 0.0  # CLOCK_BOOTTIME; 0: no lease yet
         self.losses = 0
 
     @property
@@ -89,10 +97,13 @@ class Link:
                     pass
         self.conn = self.listen = None
 
-    def beat(self, now: float) -> None:
-        """A heartbeat was written at `now`."""
-        self.last_beat = now
+    def leased(self, sent: float, left_s: float) -> float:
+        """The heartbeat sent at `sent` (CLOCK_BOOTTIME) left the lease `left_s` seconds to
+        run; when our jobs must have stopped, which is returned."""
+        margin = max(FENCE_MARGIN_S, FENCE_MARGIN_FRACTION * self.expiry)
+        self.lease_until = sent + left_s - margin
+        return self.lease_until
 
-    def fenced(self, now: float) -> bool:
-        """True once our heartbeat is close enough to expiring that others may rescue us."""
-        return self.last_beat is not None and now - self.last_beat > self.expiry * FENCE_FRACTION
+    def fenced(self, boot_now: float) -> bool:
+        """True once the lease is close enough to running out that our jobs must stop."""
+        return self.lease_until > 0 and boot_now >= self.lease_until

@@ -28,10 +28,15 @@ class Maintenance:
         if self.scheduler is not None:
             wakeups.schedule("cron", self.scheduler.next_at(now))
 
-    def beat_and_rescue(self, conn: psycopg.Connection[Any], wakeups: Wakeups, now: float) -> int:
-        """Heartbeat, then hand back dead owners' tasks; how many were rescued."""
+    def beat(self, conn: psycopg.Connection[Any], wakeups: Wakeups, now: float,
+             registered: bool) -> float | None:
+        """Extend the lease (or, for an owner that may, take a fresh one); the seconds it
+        has left, or None if it had run out."""
         wakeups.schedule("rescue", now + self.heartbeat_interval)
-        self.rescuer.beat(conn)
+        return self.rescuer.beat(conn) if registered else self.rescuer.register(conn)
+
+    def rescue(self, conn: psycopg.Connection[Any]) -> int:
+        """Hand back dead owners' tasks; how many."""
         return len(self.rescuer.rescue(conn))
 
     def run_due(self, conn: psycopg.Connection[Any], wakeups: Wakeups, now: float,

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
@@ -87,12 +88,67 @@ def exit_with(run: Callable[[], int], log: Any, stage: str) -> None:
     os._exit(code)
 
 
+# A kill the kernel delivers --------------------------------------------------------------
+
+CLOCK_BOOTTIME = 7  # counts through suspend, like the database's clock
+_TIMER_ABSTIME = 1
+_SIGEV_SIGNAL = 0
+
+
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: one clock for every process of the machine."""
+    return time.clock_gettime(CLOCK_BOOTTIME)
+
+
+class _SigEvent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("rest", ctypes.c_byte * 48)]
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [("interval", _TimeSpec), ("value", _TimeSpec)]
+
+
+class KillTimer:
+    """A POSIX timer that SIGKILLs this process at an absolute CLOCK_BOOTTIME time. The
+    kernel fires it whether or not this process is scheduled, stopped or frozen: it is the
+    backstop that no late Python loop can stretch. One per process; `arm(0)` disarms."""
+
+    def __init__(self) -> None:
+        _load_libc()
+        event = _SigEvent(signo=signal.SIGKILL, notify=_SIGEV_SIGNAL)
+        self.timer = ctypes.c_void_p()
+        if _libc.timer_create(CLOCK_BOOTTIME, ctypes.byref(event), ctypes.byref(self.timer)):
+            raise OSError(ctypes.get_errno(), "timer_create failed")
+        self.at = 0.0
+
+    def arm(self, at: float) -> None:
+        """SIGKILL at `at` (CLOCK_BOOTTIME seconds); 0 disarms. A time already past kills now."""
+        if at == self.at:
+            return
+        spec = _ITimerSpec()
+        if at > 0:
+            at = max(at, 1e-9)
+            spec.value = _TimeSpec(int(at), int((at % 1) * 1e9) or 1)
+        if _libc.timer_settime(self.timer, _TIMER_ABSTIME, ctypes.byref(spec), None):
+            raise OSError(ctypes.get_errno(), "timer_settime failed")
+        self.at = at
+
+
 # prctl ------------------------------------------------------------------------------
 
-def _prctl(option: int, value: int | bytes) -> None:
+def _load_libc() -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    _load_libc()
     _libc.prctl(option, value, 0, 0, 0)
 
 

@@ -71,13 +71,13 @@ class Producer:
     def __init__(self, control: Any, config: ProducerConfig) -> None:
         self.control = Control(control)
         self.config = config
-        self.dispatcher = Dispatcher(self._complete)
+        self.dispatcher = Dispatcher(self._complete, self.control.replacing)
         self.ledger = self.dispatcher.ledger
         self.completer = Completer(config.owner)
         self.link = Link(config.dsn, config.node_expiry)
         self.wakeups = Wakeups(config.queues, config.poll_interval)
         self.maintenance = Maintenance(
-            Rescuer(config.owner, config.node, ",".join(config.queues), config.node_expiry),
+            Rescuer(config.owner, config.node, ",".join(config.queues), lease_s=config.node_expiry),
             Scheduler(config.periodic) if config.periodic else None,
             Pruner(config.retention_s) if config.retention_s > 0 else None,
             config.heartbeat_interval)
@@ -86,6 +86,8 @@ class Producer:
         self.stop_deadline = 0.0
         self.done = False
         self.retired = False
+        self.registered = False  # our owner row exists and holds a lease
+        self.cancels_unknown = False  # a cancel notification came: ask the database
         self.maintenance.start(self.wakeups, time.monotonic())
         self.wakeups.schedule("alive", 0.0)
 
@@ -107,8 +109,13 @@ class Producer:
                 self._drain_notifies()
             else:
                 self.dispatcher.read(source, now)
+        if self.dispatcher.died:
+            self.control.died(self.dispatcher.died)
+            self.dispatcher.died.clear()
         self.wakeups.tick(now)
         self._database_work(now)
+        if self.link.fenced(procs.boottime()):  # a statement that came back late, a stall
+            self._fence("the lease ran out while the producer was held up")
         self._watch_silence(now)
         self._tell_alive(time.monotonic())
         if self.stopping:
@@ -145,11 +152,15 @@ class Producer:
 
     def _complete(self, claim: Claim, outcome: Outcome) -> None:
         self.stats.observe(claim.task.queue, outcome.status, outcome.runtime_ms)
-        finish = self.completer.add(outcome, lost=claim.lost, max_attempts=claim.max_attempts)
+        finish = self.completer.add(outcome, lost=claim.lost, max_attempts=claim.max_attempts,
+                                    kills=claim.kills)
         if finish.status == Status.WAITING:  # a retry: we know when it will be due
             self.wakeups.wake_at(time.monotonic() + finish.delay_s)
 
     def _drain_notifies(self) -> None:
+        """Notifications are hints to wake up, never orders: anyone who can connect may
+        send one, with any payload. A cancel makes us ask the database which of our tasks
+        really have a cancel requested; a queue name we do not serve is ignored."""
         try:
             notes = self.link.notifies()
         except psycopg.Error as exc:
@@ -157,12 +168,18 @@ class Producer:
             return
         for channel, payload in notes:
             if channel == "stagerunner_cancel":
-                for task_id in payload.split(","):
-                    self.dispatcher.cancel(int(task_id))
-                continue
-            if channel == "stagerunner_queues":
+                self.cancels_unknown = True
+            elif channel == "stagerunner_queues":
                 self.wakeups.pauses_changed()
-            self.wakeups.tasks_notified(payload.split(","))
+                self.wakeups.tasks_notified(payload.split(","))
+            elif channel == "stagerunner_tasks":
+                self.wakeups.tasks_notified(payload.split(","))
+
+    def _check_cancels(self, conn: psycopg.Connection[Any]) -> None:
+        held = [c.task.id for c in self.ledger.held()]
+        self.cancels_unknown = False
+        for task_id in store.find_cancelled(conn, owner=self.config.owner, ids=held):
+            self.dispatcher.cancel(task_id)
 
     # Database work --------------------------------------------------------------------
 
@@ -173,6 +190,8 @@ class Producer:
         try:
             # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
             claimed = False
+            if self.cancels_unknown:
+                self._check_cancels(conn)
             if not self.stopping:
                 claimed = self._claim(conn, now)
             self._write_back(conn, now, force=self.stopping or claimed)
@@ -187,8 +206,23 @@ class Producer:
             self.maintenance.run_due(conn, self.wakeups, now, self.config.queues)
 
     def _beat_and_rescue(self, conn: psycopg.Connection[Any], now: float) -> None:
-        self.stats.rescued += self.maintenance.beat_and_rescue(conn, self.wakeups, now)
-        self.link.beat(now)
+        sent = procs.boottime()
+        left = self.maintenance.beat(conn, self.wakeups, now, registered=self.registered)
+        if left is None:  # it ran out: our tasks may be someone else's by now
+            self._fence("the lease ran out before this heartbeat")
+            left = self.maintenance.beat(conn, self.wakeups, now, registered=False)
+        self.registered = True
+        self.dispatcher.lease(self.link.leased(sent, left))
+        self.stats.rescued += self.maintenance.rescue(conn)
+
+    def _fence(self, why: str) -> None:
+        """Past the lease: stop (the supervisor restarts the stages under a new owner) if
+        we hold tasks, whose jobs the consumers' kill timers have stopped already."""
+        if self.ledger.held():
+            log.error("fenced; restarting so that no job of ours outlives its rescue",
+                      extra={"event": "producer.fenced", "reason": why,
+                             "held": len(self.ledger.held())})
+            os._exit(EXIT_FENCED)
 
     def _write_back(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
         releases = self.dispatcher.take_releases()
@@ -232,11 +266,8 @@ class Producer:
     def _ensure_connected(self, now: float) -> None:
         if self.link.up:
             return
-        if self.link.fenced(now) and self.ledger.held():
-            log.error("lost the database for longer than the heartbeat expiry; restarting "
-                      "so that no job of ours outlives its rescue",
-                      extra={"event": "producer.fenced"})
-            os._exit(EXIT_FENCED)
+        if self.link.fenced(procs.boottime()):
+            self._fence("the database was out of reach until the lease ran out")
         if not self.link.reconnect_due(now):
             return
         try:
@@ -259,6 +290,7 @@ class Producer:
         if released:
             log.warning("claims whose result never reached us were handed back", extra={
                 "event": "task.released", "count": len(released)})
+        self.cancels_unknown = True  # a cancel sent while we were away was not heard
         self.wakeups.reconnected()
 
     def _disconnected(self, exc: Exception) -> None:

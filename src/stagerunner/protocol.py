@@ -11,6 +11,9 @@ Rules (GenStage's demand protocol, written for OS processes):
   ``Outcome`` per task, echoing the task's attempt so stale reports can be recognised.
 - On ``Stop`` a consumer MUST finish the job it is running (within its deadline), then
   send ``Bye`` listing the tasks it never started, and exit.
+- A consumer MUST NOT start a job unless it holds a ``Lease`` that has not run out, and
+  MUST arm a kernel timer that kills it (and so its job) when the lease runs out while a
+  job runs; the producer MUST send a fresh ``Lease`` after every heartbeat it writes.
 - Between the supervisor and the producer: ``Attach`` announces a (re)started
   consumer, whose pipe follows as a passed file descriptor; ``Replace`` asks the
   supervisor to kill and restart a consumer that stopped answering; the producer MUST
@@ -81,6 +84,7 @@ class Outcome:
     demand: int = 0
     lost: bool = False  # the run did not end for a reason of its own (not an attempt)
     final: bool = False  # retrying cannot help (unknown task, bad arguments)
+    suspect: bool = False  # lost with its consumer dead under it: the job may be to blame
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,15 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """producer -> consumer: jobs may run until `until` (CLOCK_BOOTTIME seconds): the
+    node's database lease, less a margin. Past it, run nothing: other nodes may already
+    have rescued the tasks."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Attach:
     """supervisor -> producer: a (re)started consumer; its pipe follows as an fd."""
 
@@ -121,6 +134,15 @@ class Alive:
 
 
 @dataclass(frozen=True, slots=True)
+class Died:
+    """producer -> supervisor: a consumer's pipe closed; `running` if a job ran in it (its
+    death is then blamed on that task, not counted against the node's restart limit)."""
+
+    slot: int
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Replace:
     """producer -> supervisor: kill this consumer and start another."""
 
@@ -128,7 +150,8 @@ class Replace:
     reason: str
 
 
-Message = Demand | Batch | Outcome | Stop | Bye | Cancel | Attach | Replace | Alive
+Message = (Demand | Batch | Outcome | Stop | Bye | Cancel | Lease | Attach | Replace | Alive
+           | Died)
 
 
 class ProtocolError(ValueError):
@@ -141,7 +164,7 @@ def encode(message: Message) -> bytes:
             wire: list[object] = ["D", n]
         case Outcome() as o:
             wire = ["O", o.task_id, o.attempt, o.status.value, o.runtime_ms, o.result, o.error,
-                    o.demand, o.lost, o.final]
+                    o.demand, o.lost, o.final, o.suspect]
         case Batch(tasks=tasks):
             wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue] for t in tasks]]
         case Stop():
@@ -150,10 +173,14 @@ def encode(message: Message) -> bytes:
             wire = ["Y", list(ids)]
         case Cancel(task_id=task_id):
             wire = ["C", task_id]
+        case Lease(until=until):
+            wire = ["L", until]
         case Attach(slot=slot, queue=queue, pid=pid):
             wire = ["A", slot, queue, pid]
         case Replace(slot=slot, reason=reason):
             wire = ["R", slot, reason]
+        case Died(slot=slot, running=running):
+            wire = ["X", slot, running]
         case Alive(held=held, stats=stats):
             wire = ["K", held, stats]
         case _:
@@ -167,9 +194,10 @@ def decode(data: bytes) -> Message:
         match wire:
             case ["D", int(n)]:
                 return Demand(n)
-            case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final]:
+            case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final,
+                  suspect]:
                 return Outcome(task_id, attempt, Status(status), runtime, result, error, demand,
-                               lost, final)
+                               lost, final, suspect)
             case ["B", list(rows)]:
                 return Batch(tuple(Task(*row) for row in rows))
             case ["S"]:
@@ -178,10 +206,14 @@ def decode(data: bytes) -> Message:
                 return Bye(tuple(ids))
             case ["C", int(task_id)]:
                 return Cancel(task_id)
+            case ["L", int(until) | float(until)]:
+                return Lease(float(until))
             case ["A", int(slot), str(queue), int(pid)]:
                 return Attach(slot, queue, pid)
             case ["R", int(slot), str(reason)]:
                 return Replace(slot, reason)
+            case ["X", int(slot), bool(running)]:
+                return Died(slot, running)
             case ["K", int(held), dict(stats)]:
                 return Alive(held, stats)
             case ["K", int(held), None]:

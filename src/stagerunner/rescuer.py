@@ -1,12 +1,13 @@
 """Heartbeats and rescue, on the producer's timer (River's JobRescuer, Oban's Lifeline).
 
-Every ``heartbeat_interval`` the producer stamps its owner row with the database
-clock, and hands back the running tasks of owners whose stamp is older than
-``node_expiry``: each as a lost run, decided by the same rule as any other outcome
-(``completer.decide``) and written through the same guarded statement, as if by the dead
-owner itself, so two rescuers racing write once. Because every job is killed at its
-deadline and a producer that cannot beat stops its jobs (see ``link``), an expired owner
-runs nothing: rescuing its tasks can never start a second live run.
+Every ``heartbeat_interval`` the producer extends its owner's lease (``lease_s``, its
+STAGERUNNER_NODE_EXPIRY) on the database clock, and hands back the running tasks of
+owners whose lease ran out -- by their own lease length, whatever ours is: two nodes with
+different settings never rescue each other's live work. Each comes back as a lost run,
+decided by the same rule as any other outcome (``completer.decide``) and written through
+the same guarded statement as if by the dead owner, so two rescuers racing write once.
+Because an owner's jobs are killed before its lease runs out (see ``link``), an expired
+owner runs nothing: rescuing its tasks can never start a second live run.
 """
 
 from __future__ import annotations
@@ -33,15 +34,21 @@ class Rescuer:
     owner: str
     node: str
     queues: str
-    expiry: float
+    lease_s: float
 
-    def beat(self, conn: psycopg.Connection[Any]) -> None:
-        store.beat_node(conn, owner=self.owner, node=self.node, host=socket.gethostname(),
-                        pid=os.getpid(), queues=self.queues)
+    def register(self, conn: psycopg.Connection[Any]) -> float:
+        """A fresh lease; the seconds it has left."""
+        return store.register_node(conn, owner=self.owner, node=self.node,
+                                   host=socket.gethostname(), pid=os.getpid(),
+                                   queues=self.queues, lease_s=self.lease_s)
+
+    def beat(self, conn: psycopg.Connection[Any]) -> float | None:
+        """Extend the lease; the seconds it has left, or None if it had run out."""
+        return store.beat_node(conn, owner=self.owner)
 
     def rescue(self, conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
         """Hand back the running tasks of dead owners; (task id, its status now)."""
-        orphans = store.find_orphans(conn, expiry_s=self.expiry)
+        orphans = store.find_orphans(conn)
         rescued = []
         for owner, group in groupby(sorted(orphans, key=lambda o: o.owner), lambda o: o.owner):
             written = store.finish_tasks(conn, owner=owner, finishes=[_decide(o) for o in group])
@@ -49,11 +56,11 @@ class Rescuer:
                 rescued.append((task_id, status))
                 log.warning("task rescued from a dead node",
                             extra={"event": "task.rescued", "task_id": task_id, "status": status})
-        store.forget_nodes(conn, expiry_s=self.expiry)
+        store.forget_nodes(conn)
         return rescued
 
 
 def _decide(orphan: store.Orphan) -> store.Finish:
     outcome = Outcome(orphan.task_id, orphan.attempt, Status.ERROR, 0.0, lost=True,
-                      error=f"lost: its node ({orphan.owner}) stopped heartbeating while it ran")
-    return decide(outcome, lost=orphan.lost, max_attempts=orphan.max_attempts, lost_backoff=False)
+                      error=f"lost: its node ({orphan.owner}) let its lease run out while it ran")
+    return decide(outcome, lost=orphan.lost, max_attempts=orphan.max_attempts, kills=orphan.kills)

@@ -1,6 +1,9 @@
 -- stagerunner schema. Idempotent: apply it as often as you like
 -- (`python -m stagerunner migrate`, or `psql -v ON_ERROR_STOP=1 -f schema.sql`).
 -- Everything lives in its own schema so it never collides with an application's tables.
+-- `migrate` applies it only when the recorded version (the last line) is older, inside
+-- one transaction with a lock timeout, retried: a current schema costs no DDL and no
+-- lock. Whoever changes this file bumps the version (a test holds each version's digest).
 
 CREATE SCHEMA IF NOT EXISTS stagerunner;
 
@@ -20,11 +23,14 @@ CREATE TABLE IF NOT EXISTS stagerunner.tasks (
     priority     smallint NOT NULL DEFAULT 0,
     status       stagerunner.task_status NOT NULL DEFAULT 'waiting',
     -- attempts counts every claim (it is the attempt number the guards use);
-    -- lost counts claims that did not run to an outcome for reasons that were not the
-    -- job's fault (a stage or node died, a shutdown handed it back). The retry budget
-    -- is spent by attempts - lost.
+    -- lost counts claims that did not run to an outcome (a stage or node died, a
+    -- shutdown handed it back): the retry budget is spent by attempts - lost. kills
+    -- counts the lost runs the task itself is suspected of: its consumer died while it
+    -- ran. A task with too many kills is quarantined (ends in error); losses to node or
+    -- producer deaths never count against it.
     attempts     integer NOT NULL DEFAULT 0,
     lost         integer NOT NULL DEFAULT 0,
+    kills        integer NOT NULL DEFAULT 0,
     max_attempts integer NOT NULL DEFAULT 3,
     timeout_s    double precision,
     run_at       timestamptz NOT NULL DEFAULT now(),
@@ -61,14 +67,18 @@ ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS cancel_requested_at times
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS consumer integer;
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS deadline_s double precision;
 ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS runtime_ms double precision;
+ALTER TABLE stagerunner.tasks ADD COLUMN IF NOT EXISTS kills integer NOT NULL DEFAULT 0;
 
+-- Added NOT VALID, then validated: on an existing table the check of old rows takes a
+-- lock that lets reads and writes go on, not the table's exclusive lock.
 DO $$
 BEGIN
     ALTER TABLE stagerunner.tasks ADD CONSTRAINT tasks_finished_when_terminal
-        CHECK ((finished_at IS NULL) = (status IN ('waiting', 'running')));
+        CHECK ((finished_at IS NULL) = (status IN ('waiting', 'running'))) NOT VALID;
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
 $$;
+ALTER TABLE stagerunner.tasks VALIDATE CONSTRAINT tasks_finished_when_terminal;
 
 -- A task whose cancel was requested never goes back to waiting: every statement that
 -- hands a task back (a retry, a release, a rescue, a waiting task being cancelled) ends
@@ -132,6 +142,25 @@ BEGIN
 END
 $$;
 
+-- Every task that comes back to waiting (a retry, a release, a rescue, a retry from the
+-- CLI) wakes the nodes serving its queue at once, like an insert does: one NOTIFY per
+-- queue and transaction (PostgreSQL folds identical payloads). A producer then claims
+-- what is due and learns from the claim when the rest will be.
+CREATE OR REPLACE FUNCTION stagerunner.notify_task_waiting() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('stagerunner_tasks', NEW.queue);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS tasks_notify_waiting ON stagerunner.tasks;
+CREATE TRIGGER tasks_notify_waiting
+    AFTER UPDATE ON stagerunner.tasks
+    FOR EACH ROW
+    WHEN (NEW.status = 'waiting' AND OLD.status <> 'waiting')
+    EXECUTE FUNCTION stagerunner.notify_task_waiting();
+
 DROP TRIGGER IF EXISTS tasks_notify_inserted ON stagerunner.tasks;
 CREATE TRIGGER tasks_notify_inserted
     AFTER INSERT ON stagerunner.tasks
@@ -139,9 +168,11 @@ CREATE TRIGGER tasks_notify_inserted
     FOR EACH STATEMENT
     EXECUTE FUNCTION stagerunner.notify_tasks_inserted();
 
--- One row per producer lifetime (owner = node name + incarnation). A row whose
--- heartbeat is older than the expiry belongs to a dead owner: its running tasks are
--- rescued by any live node.
+-- One row per producer lifetime (owner = node name + incarnation). Each heartbeat
+-- extends the owner's lease to expires_at = now() + lease_s, the owner's own
+-- STAGERUNNER_NODE_EXPIRY, on the database clock. Once expires_at has passed the owner
+-- counts as dead: any live node rescues its running tasks, and the owner itself may
+-- never extend that lease again (it must stop its jobs first; see link.py).
 CREATE TABLE IF NOT EXISTS stagerunner.nodes (
     owner        text PRIMARY KEY,
     node         text NOT NULL,
@@ -150,6 +181,8 @@ CREATE TABLE IF NOT EXISTS stagerunner.nodes (
     queues       text NOT NULL DEFAULT '',
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    lease_s      double precision NOT NULL DEFAULT 3,
+    expires_at   timestamptz NOT NULL DEFAULT now(),
     -- consumers of this owner, and what its heartbeat last said about its processes
     -- (fork helpers, job children running, kills at the deadline, deadline overshoot)
     consumers    integer,
@@ -157,6 +190,8 @@ CREATE TABLE IF NOT EXISTS stagerunner.nodes (
 );
 ALTER TABLE stagerunner.nodes ADD COLUMN IF NOT EXISTS consumers integer;
 ALTER TABLE stagerunner.nodes ADD COLUMN IF NOT EXISTS info jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE stagerunner.nodes ADD COLUMN IF NOT EXISTS lease_s double precision NOT NULL DEFAULT 3;
+ALTER TABLE stagerunner.nodes ADD COLUMN IF NOT EXISTS expires_at timestamptz NOT NULL DEFAULT now();
 
 -- Paused queues: a node does not claim from a queue listed here.
 CREATE TABLE IF NOT EXISTS stagerunner.queues (
@@ -190,4 +225,4 @@ CREATE TABLE IF NOT EXISTS stagerunner.periodic (
 CREATE TABLE IF NOT EXISTS stagerunner.schema_version (
     version integer PRIMARY KEY
 );
-INSERT INTO stagerunner.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+INSERT INTO stagerunner.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;

@@ -150,7 +150,7 @@ def claim_tasks(conn: psycopg.Connection[Any], *, owner: str, queue: str, limit:
     rows = [r for r in rows if r["id"] is not None]
     rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))  # RETURNING has no order
     return [Claim(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"]),
-                  r["lost"], r["max_attempts"]) for r in rows], next_due
+                  r["lost"], r["max_attempts"], r["kills"]) for r in rows], next_due
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +166,7 @@ class Finish:
     delay_s: float = 0.0
     lost: int = 0
     runtime_ms: float = 0.0
+    kills: int = 0  # 1 when its consumer died under this run (completer.decide)
 
 
 def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]
@@ -180,7 +181,7 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "statuses": [f.status for f in finishes], "reported": [f.reported for f in finishes],
         "results": [f.result for f in finishes], "errors": [f.error for f in finishes],
         "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
-        "runtimes": [f.runtime_ms for f in finishes],
+        "kills": [f.kills for f in finishes], "runtimes": [f.runtime_ms for f in finishes],
     })
     return {r["id"]: r["status"] for r in rows}
 
@@ -196,9 +197,19 @@ def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[
     return {r["id"] for r in rows}
 
 
-def beat_node(conn: psycopg.Connection[Any], *, owner: str, node: str, host: str, pid: int,
-              queues: str) -> None:
-    _run(conn, "beat_node", {"owner": owner, "node": node, "host": host, "pid": pid, "queues": queues})
+def register_node(conn: psycopg.Connection[Any], *, owner: str, node: str, host: str, pid: int,
+                  queues: str, lease_s: float) -> float:
+    """A fresh lease for `owner`; the seconds it has left (from the database's now())."""
+    rows = _run(conn, "register_node", {"owner": owner, "node": node, "host": host, "pid": pid,
+                                        "queues": queues, "lease_s": lease_s})
+    return float(rows[0]["lease_left_s"])
+
+
+def beat_node(conn: psycopg.Connection[Any], *, owner: str) -> float | None:
+    """Extend `owner`'s lease while it has not run out; the seconds it has left, or None
+    when it had run out (or the row is gone): then the owner must stop its jobs."""
+    rows = _run(conn, "beat_node", {"owner": owner})
+    return float(rows[0]["lease_left_s"]) if rows else None
 
 
 def retire_nodes(conn: psycopg.Connection[Any], *, owners: Sequence[str]) -> None:
@@ -211,6 +222,7 @@ class Orphan:
     task_id: int
     attempt: int
     lost: int
+    kills: int
     max_attempts: int
     owner: str
 
@@ -218,19 +230,24 @@ class Orphan:
 ORPHANS_PER_CALL = 1000
 
 
-def find_orphans(conn: psycopg.Connection[Any], *, expiry_s: float) -> list[Orphan]:
-    """running tasks of owners whose heartbeat expired (or who never beat)."""
-    rows = _run(conn, "find_orphans", {"expiry": expiry_s, "limit": ORPHANS_PER_CALL})
-    return [Orphan(r["id"], r["attempts"], r["lost"], r["max_attempts"], r["claimed_by"])
-            for r in rows]
+def find_orphans(conn: psycopg.Connection[Any]) -> list[Orphan]:
+    """running tasks of owners whose lease ran out (or who never registered)."""
+    rows = _run(conn, "find_orphans", {"limit": ORPHANS_PER_CALL})
+    return [Orphan(r["id"], r["attempts"], r["lost"], r["kills"], r["max_attempts"],
+                   r["claimed_by"]) for r in rows]
 
 
-def forget_nodes(conn: psycopg.Connection[Any], *, expiry_s: float) -> None:
-    _run(conn, "forget_nodes", {"expiry": expiry_s})
+def forget_nodes(conn: psycopg.Connection[Any]) -> None:
+    _run(conn, "forget_nodes")
 
 
 def delete_node(conn: psycopg.Connection[Any], *, owner: str) -> None:
     _run(conn, "delete_node", {"owner": owner})
+
+
+def database_now(conn: psycopg.Connection[Any]) -> datetime:
+    now: datetime = _run(conn, "database_now")[0]["now"]
+    return now
 
 
 def paused_queues(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> set[str]:
@@ -261,9 +278,11 @@ def get_task(conn: psycopg.Connection[Any], *, task_id: int) -> dict[str, Any] |
 
 
 def retry_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int] = (), failed: bool = False
-                ) -> list[int]:
-    """error | timeout | cancelled -> waiting (by id, or all failed ones)."""
-    return sorted(r["id"] for r in _run(conn, "retry_tasks", {"ids": list(ids), "failed": failed}))
+                ) -> tuple[list[int], list[int]]:
+    """error | timeout | cancelled -> waiting (by id, or all failed ones); (the ids retried,
+    the ids skipped because their uniqueness key is held by another task)."""
+    rows = _run(conn, "retry_tasks", {"ids": list(ids), "failed": failed})
+    return [r["id"] for r in rows if r["retried"]], [r["id"] for r in rows if not r["retried"]]
 
 
 def purge_tasks(conn: psycopg.Connection[Any], *, older_s: float, batch: int = 1000,
@@ -300,5 +319,12 @@ def cancel_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int]) -> list[t
     return [(r["id"], r["status"]) for r in _run(conn, "cancel_tasks", {"ids": list(ids)})]
 
 
-def live_nodes(conn: psycopg.Connection[Any], *, expiry_s: float) -> list[dict[str, Any]]:
-    return _run(conn, "live_nodes", {"expiry": expiry_s})
+def find_cancelled(conn: psycopg.Connection[Any], *, owner: str, ids: Sequence[int]) -> list[int]:
+    """Which of `ids` (running, held by `owner`) have a cancel requested."""
+    if not ids:
+        return []
+    return [r["id"] for r in _run(conn, "find_cancelled", {"owner": owner, "ids": list(ids)})]
+
+
+def live_nodes(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _run(conn, "live_nodes")

@@ -33,7 +33,8 @@ from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
 from stagerunner.metrics import Stats
 from stagerunner.producer import EXIT_FENCED, ProducerConfig
-from stagerunner.protocol import Alive, Attach, ProtocolError, Replace, Stop, decode, encode
+from stagerunner.protocol import (Alive, Attach, Died, ProtocolError, Replace, Stop, decode,
+                                  encode)
 from stagerunner.scheduler import Periodic
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
 PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
+EXPLAIN_S = 2.0  # how long a consumer's death waits for the producer to say a job ran in it
 
 
 class RestartIntensity:
@@ -85,6 +87,7 @@ class Supervisor:
         self.alive_at = 0.0  # when the producer last said Alive
         self.alive_held = 0
         self.restarts: Counter[str] = Counter()
+        self.unexplained: dict[int, float] = {}  # consumer slot -> when it died, unexplained
         self.stats = Stats()  # the producer's counters, from its last liveness report
         self.periodic = tuple(
             Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
@@ -123,6 +126,7 @@ class Supervisor:
         if self.control in ready:
             self._read_control()
         self._reap(now)
+        self._count_unexplained(now)
         self._watch_producer(time.monotonic())
         if sweeping:
             self._sweep_orphans()
@@ -201,6 +205,9 @@ class Supervisor:
             self.alive_at, self.alive_held = time.monotonic(), message.held
             self.stats = Stats.from_wire(message.stats)
             return
+        if isinstance(message, Died):
+            self._explained(message.slot, message.running, time.monotonic())
+            return
         if isinstance(message, Replace) and message.slot in self.consumers:
             stage = self.consumers[message.slot]
             log.warning("killing an unresponsive consumer", extra={
@@ -229,9 +236,22 @@ class Supervisor:
             "event": "stage.restarted", "stage": "consumer", "slot": stage.slot,
             "exitcode": stage.process.exitcode})
         self.restarts["consumer"] += 1
-        if not self._may_restart(now):
-            return
+        # counted against the restart limit once the producer says no job ran in it (or
+        # says nothing): a task that keeps killing its consumer is the task's problem, and
+        # it is quarantined (completer.decide), never a reason to stop the node
+        self.unexplained[stage.slot] = now
         self._start_consumer(stage.slot, stage.queue)
+
+    def _explained(self, slot: int, running: bool, now: float) -> None:
+        if self.unexplained.pop(slot, None) is not None and not running:
+            self._may_restart(now)
+
+    def _count_unexplained(self, now: float) -> None:
+        for slot, died_at in list(self.unexplained.items()):
+            if now - died_at > EXPLAIN_S:
+                del self.unexplained[slot]
+                if not self._may_restart(now):
+                    return
 
     def _producer_exited(self, code: int | None, now: float) -> None:
         self.producer = None

@@ -42,7 +42,7 @@ def insert_rows(conn: psycopg.Connection[Any], name: str, args_list: Sequence[An
 def rows(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
     found = cur.execute(  # not args: a hostile row's args may not even load in Python
-        "SELECT id, name, queue, status::text AS status, attempts, lost, max_attempts, timeout_s, "
+        "SELECT id, name, queue, status::text AS status, attempts, lost, kills, max_attempts, timeout_s, "
         "run_at, result, last_error, errors, claimed_by, claimed_at, finished_at "
         "FROM stagerunner.tasks WHERE id = ANY(%s)", [list(ids)]).fetchall()
     return {r["id"]: r for r in found}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from stagerunner import store
-from stagerunner.completer import LOST_LIMIT, decide
+from stagerunner.completer import QUARANTINE_KILLS, decide
 from stagerunner.protocol import Outcome, Status
 from stagerunner.rescuer import Rescuer
 
@@ -26,6 +26,7 @@ class Row:
     status: str = "waiting"
     attempts: int = 0
     lost: int = 0
+    kills: int = 0
     max_attempts: int = 2
     owner: str | None = None
     cancel_requested: bool = False
@@ -45,7 +46,8 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
             self.conn = psycopg.connect(dsn, autocommit=True)
             self.conn.execute("TRUNCATE stagerunner.tasks, stagerunner.nodes")
             for owner in OWNERS:
-                store.beat_node(self.conn, owner=owner, node=owner, host="h", pid=1, queues="default")
+                store.register_node(self.conn, owner=owner, node=owner, host="h", pid=1,
+                                    queues="default", lease_s=3.0)
             self.model: dict[int, Row] = {}
             self.stale: list[tuple[int, int, str]] = []  # (task, attempt, owner) no longer current
 
@@ -74,17 +76,20 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
 
         @precondition(lambda self: self.running())
         @rule(data=st.data(), status=st.sampled_from([Status.SUCCESS, Status.ERROR, Status.TIMEOUT]),
-              lost=st.booleans())
-        def finish(self, data: st.DataObject, status: Status, lost: bool) -> None:
+              lost=st.booleans(), suspect=st.booleans())
+        def finish(self, data: st.DataObject, status: Status, lost: bool, suspect: bool) -> None:
             task_id = data.draw(st.sampled_from(self.running()))
             row = self.model[task_id]
             outcome = Outcome(task_id, row.attempts, status, 1.0, result="1" if status == "success" else None,
-                              error=None if status == "success" else "e", lost=lost)
-            finish = decide(outcome, lost=row.lost, max_attempts=row.max_attempts)
+                              error=None if status == "success" else "e", lost=lost,
+                              suspect=lost and suspect)
+            finish = decide(outcome, lost=row.lost, max_attempts=row.max_attempts, kills=row.kills)
+            assert row.kills + finish.kills <= QUARANTINE_KILLS
             written = store.finish_tasks(self.conn, owner=row.owner, finishes=[finish])
             assert set(written) == {task_id}
             self.stale.append((task_id, row.attempts, row.owner))
             row.lost += finish.lost
+            row.kills += finish.kills
             row.status = "cancelled" if finish.status == "waiting" and row.cancel_requested else finish.status
             if row.status == "waiting":
                 row.owner = None
@@ -118,20 +123,19 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
         @rule(owner=st.sampled_from(OWNERS))
         def owner_dies_and_is_rescued(self, owner: str) -> None:
             store.retire_nodes(self.conn, owners=[owner])
-            rescued = dict(Rescuer("r/1", "r", "default", expiry=3.0).rescue(self.conn))
+            rescued = dict(Rescuer("r/1", "r", "default", lease_s=3.0).rescue(self.conn))
             for task_id, row in self.model.items():
                 if row.status == "running" and row.owner == owner:
                     self.stale.append((task_id, row.attempts, owner))
                     row.lost += 1
                     if row.cancel_requested:
                         row.status = "cancelled"
-                    elif row.lost >= LOST_LIMIT:
-                        row.status = "error"
-                    else:
+                    else:  # a lost node's tasks always come back
                         row.status, row.owner = "waiting", None
                     assert rescued[task_id] == row.status
             assert set(rescued) <= set(self.model)
-            store.beat_node(self.conn, owner=owner, node=owner, host="h", pid=1, queues="default")
+            store.register_node(self.conn, owner=owner, node=owner, host="h", pid=1,
+                                queues="default", lease_s=3.0)
 
         @precondition(lambda self: self.model)
         @rule(data=st.data())
@@ -150,7 +154,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
 
         @rule()
         def retry_failed(self) -> None:
-            retried = set(store.retry_tasks(self.conn, failed=True))
+            retried = set(store.retry_tasks(self.conn, failed=True)[0])
             expected = {i for i, r in self.model.items() if r.status in ("error", "timeout")}
             assert retried == expected
             for i in retried:
@@ -160,12 +164,13 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
 
         @invariant()
         def rows_match_the_model(self) -> None:
-            rows = self.conn.execute("SELECT id, status::text, attempts, lost, claimed_by, max_attempts "
-                                     "FROM stagerunner.tasks").fetchall()
+            rows = self.conn.execute("SELECT id, status::text, attempts, lost, claimed_by, max_attempts, "
+                                     "kills FROM stagerunner.tasks").fetchall()
             assert len(rows) == len(self.model)
-            for task_id, status, attempts, lost, claimed_by, max_attempts in rows:
+            for task_id, status, attempts, lost, claimed_by, max_attempts, kills in rows:
                 row = self.model[task_id]
-                assert (status, attempts, lost) == (row.status, row.attempts, row.lost), task_id
+                assert (status, attempts, lost, kills) == (row.status, row.attempts, row.lost,
+                                                           row.kills), task_id
                 if status == "running":
                     assert claimed_by == row.owner
                 if status == "waiting":

@@ -1,7 +1,9 @@
+import time
+
 import pytest
 
 from stagerunner import migrations, store
-from stagerunner.errors import SchemaMissing
+from stagerunner.errors import SchemaLocked, SchemaMissing
 
 pytestmark = pytest.mark.db
 
@@ -58,3 +60,73 @@ def test_named_constraints_refuse_impossible_rows(conn, column, value):
         conn.execute(f"INSERT INTO stagerunner.tasks (name, {column}) VALUES ('x', {value})"
                      if column != "name" else f"INSERT INTO stagerunner.tasks (name) VALUES ({value})")
     assert "tasks_" in str(err.value)
+
+
+# Migrations ---------------------------------------------------------------------------
+
+# The digest of schema.sql at each version. Whoever changes schema.sql bumps the version
+# it records (its last statement) and adds the new digest here: a schema that changed
+# under an old version number would never be applied to an existing database.
+SCHEMA_DIGESTS = {
+    2: "438ebba26b715e2ba94959bb52588ff6434ad39a65fd03a52b4af12b428a8f08",
+}
+
+
+def test_the_schema_version_changes_whenever_the_schema_does():
+    import hashlib
+
+    digest = hashlib.sha256(migrations.schema_text().encode()).hexdigest()
+    assert SCHEMA_DIGESTS.get(migrations.SCHEMA_VERSION) == digest, (
+        f"schema.sql changed: bump the version it records (now {migrations.SCHEMA_VERSION}) and "
+        f"add {migrations.SCHEMA_VERSION + 1 if migrations.SCHEMA_VERSION in SCHEMA_DIGESTS else migrations.SCHEMA_VERSION}: "
+        f'"{digest}" to SCHEMA_DIGESTS')
+    assert list(SCHEMA_DIGESTS.values()).count(digest) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_current_schema_means_no_ddl_and_no_lock(db, connect):
+    blocker = connect()
+    blocker.execute("BEGIN")
+    blocker.execute("LOCK TABLE stagerunner.tasks IN ACCESS EXCLUSIVE MODE")  # a long transaction
+    try:
+        with store.connect(db) as conn:
+            started = time.monotonic()
+            assert migrations.migrate(conn) is False
+            assert time.monotonic() - started < 1.0
+    finally:
+        blocker.execute("ROLLBACK")
+
+
+@pytest.mark.timeout(60)
+def test_an_upgrade_behind_a_long_transaction_gives_up_in_bounded_time_then_succeeds(
+        db, connect, caplog):
+    admin = connect()
+    admin.execute("DELETE FROM stagerunner.schema_version")
+    admin.execute("INSERT INTO stagerunner.schema_version VALUES (1)")  # as if installed by 0.1
+    blocker = connect()
+    blocker.execute("BEGIN")
+    blocker.execute("SELECT count(*) FROM stagerunner.tasks")  # holds ACCESS SHARE on tasks
+    reader = connect()
+    try:
+        with store.connect(db) as conn:
+            started = time.monotonic()
+            with pytest.raises(SchemaLocked):
+                migrations.migrate(conn, attempts=3)
+            assert time.monotonic() - started < 5.0
+            # while it waited, other sessions were only ever held up for a lock timeout
+            reader.execute("SELECT count(*) FROM stagerunner.tasks")
+        assert "schema.lock_wait" in caplog.text or any(
+            getattr(r, "event", "") == "schema.lock_wait" for r in caplog.records)
+    finally:
+        blocker.execute("ROLLBACK")
+    with store.connect(db) as conn:
+        assert migrations.migrate(conn) is True
+        assert migrations.check_schema(conn) == migrations.SCHEMA_VERSION
+
+
+def test_a_database_newer_than_the_code_is_refused(db, connect):
+    connect().execute("INSERT INTO stagerunner.schema_version VALUES (%s)",
+                      [migrations.SCHEMA_VERSION + 1])
+    with store.connect(db) as conn, pytest.raises(SchemaMissing) as err:
+        migrations.migrate(conn)
+    assert "newer" in str(err.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,19 +74,24 @@ def test_a_database_restart_under_load_loses_no_outcome(private_pg, db, start_no
     assert node.proc.poll() is None
 
 
-def test_an_outage_longer_than_the_expiry_fences_the_producer_and_all_tasks_still_finish(
+def test_an_outage_longer_than_the_expiry_fences_the_jobs_and_all_tasks_still_finish(
         private_pg, db, start_node, recorder):
     node = start_node(consumers=2, node_expiry=2, heartbeat_interval=0.5)
-    with connect_retrying(db) as conn:  # jobs that outlast the fence (80% of the expiry)
+    with connect_retrying(db) as conn:  # jobs that outlast the lease
         ids = recorder.enqueue(conn, 8, 4.0, timeout_s=10)
     eventually(lambda: len(recorder.running_now()) == 2, timeout=30, interval=0.02)
+    running = recorder.running_now()
     private_pg.stop("immediate")
+    stopped_at = time.time()
     try:
-        # it cannot heartbeat for 80% of the expiry: it exits so its jobs die before a rescue
-        eventually(lambda: node.events("producer.fenced"), timeout=15, interval=0.1)
+        # no heartbeat can extend the lease (2 s): the kernel kills the jobs at its end
+        eventually(lambda: not recorder.running_now(), timeout=15, interval=0.05)
         assert node.proc.poll() is None
     finally:
         private_pg.start()
+    for run in running:  # they died at the lease's end, not the job's (4 s)
+        last = max(r.last for r in recorder.runs()[run.key] if r.pid == run.pid)
+        assert last < stopped_at + 2.0, (run, last - stopped_at)
 
     wait_finished(db, ids, node)
     with connect_retrying(db) as conn:

@@ -25,7 +25,7 @@ CASES = {
     "flood": (20000, {"timeout_s": 20}, "success", None),
     "huge": (2_000_000, {}, "error", "result too large: 2000002 bytes of JSON, limit 1048576"),
     "unencodable": (0, {}, "error", "result is not JSON-encodable"),
-    "kill_consumer": (0, {}, "error", "lost 3 times, giving up"),
+    "kill_consumer": (0, {}, "error", "quarantined: its consumer died while it ran 3 times"),
 }
 
 
@@ -50,7 +50,7 @@ def test_a_misbehaving_job_ends_as_documented_and_leaves_nothing_behind(
     if status == "timeout":
         assert row["errors"][-1]["runtime_ms"] < 1500, row["errors"]
     if kind == "kill_consumer":
-        assert (row["attempts"], row["lost"]) == (3, 3)
+        assert (row["attempts"], row["lost"], row["kills"]) == (3, 3, 3)
         assert len(node.events("consumer.died")) == 3
     else:
         assert (row["attempts"], row["lost"]) == (1, 0)

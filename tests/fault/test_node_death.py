@@ -75,7 +75,7 @@ def test_a_dead_nodes_running_tasks_are_rescued_by_the_survivor_within_5s(conn, 
     for tid in orphaned:
         r = found[tid]
         assert (r["lost"], r["attempts"]) == (1, orphaned[tid] + 1), r
-        assert "stopped heartbeating" in r["last_error"] and "(alpha/" in r["last_error"]
+        assert "let its lease run out" in r["last_error"] and "(alpha/" in r["last_error"]
     for tid in beta_held:
         assert found[tid]["lost"] == 0 and found[tid]["attempts"] == beta_held[tid], found[tid]
     for tid, r in found.items():

@@ -74,8 +74,12 @@ def test_a_dsn_password_never_appears_in_logs_even_through_connection_errors(
         assert wrong not in out.stdout + out.stderr and password not in out.stdout + out.stderr
 
 
-def test_a_job_child_inherits_no_database_socket_and_no_stagerunner_variable(conn, start_node):
-    node = start_node(consumers=2, child_reuse=1)
+def test_a_job_child_inherits_no_database_socket_and_no_credential_variable(conn, start_node):
+    """Not a STAGERUNNER_* variable, nor DATABASE_URL, nor libpq's PG* ones: a job gets
+    none of the credentials the runner connects with."""
+    node = start_node(consumers=2, child_reuse=1, extra_env={
+        "DATABASE_URL": "postgresql://app:app-secret@db.internal/app",
+        "PGPASSWORD": "pg-secret", "PGUSER": "someone", "PGPASSFILE": "/root/.pgpass"})
     ids = insert_rows(conn, "tests.tasks:inheritance", [[]] * 4)
     wait_terminal(conn, ids, timeout=30, node=node)
     for r in rows(conn, ids).values():
@@ -88,3 +92,28 @@ def test_a_job_child_inherits_no_database_socket_and_no_stagerunner_variable(con
         # stdio and its two pipes, nothing else
         assert len(seen["fds"]) <= 6, seen["fds"]
         assert all(t.startswith(("pipe:", "/")) for t in seen["fds"].values()), seen["fds"]
+
+
+BAD_DSNS = [
+    ("STAGERUNNER_DATABASE_URL", "postgresql://u:pa%ss wxyz@127.0.0.1:5432/db", ["pa%ss", "wxyz"]),
+    ("DATABASE_URL", "postgresql://u:50%off@127.0.0.1:5432/db", ["50%off"]),
+    ("STAGERUNNER_DATABASE_URL", "host=127.0.0.1 password='un closed", ["un closed"]),
+]
+COMMANDS = [["run"], ["migrate"], ["status"], ["list"], ["show", "1"], ["retry", "--failed"],
+            ["cancel", "1"], ["purge", "--older-than", "1d"], ["pause", "q"],
+            ["enqueue", "tests.tasks:ok"]]
+
+
+@pytest.mark.parametrize("variable, dsn, secret", BAD_DSNS)
+def test_a_malformed_dsn_stops_every_command_with_exit_2_and_the_password_masked(
+        variable, dsn, secret):
+    env = node_env("", task_modules="tests.tasks")
+    env.pop("STAGERUNNER_DATABASE_URL")
+    env[variable] = dsn
+    for command in COMMANDS:
+        out = subprocess.run([sys.executable, "-m", "stagerunner", *command], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        said = out.stdout + out.stderr
+        assert out.returncode == 2, (command, said)
+        assert variable in said and "Traceback" not in said, (command, said)
+        assert not any(s in said for s in secret), (command, said)

@@ -13,7 +13,8 @@ from typing import Any
 
 from stagerunner.consumer import Consumer, ConsumerConfig
 from stagerunner.executor import Limits
-from stagerunner.protocol import Batch, Demand, Message, Outcome, Task, decode, encode
+from stagerunner import procs
+from stagerunner.protocol import Batch, Demand, Lease, Message, Outcome, Task, decode, encode
 
 
 class InProcessConsumer:
@@ -22,10 +23,14 @@ class InProcessConsumer:
         # our end is read without blocking, a frame at a time, between the consumer's steps
         self.sock = socket.socket(fileno=os.dup(self.pipe.fileno()))
         self.buffer = bytearray()
-        config = ConsumerConfig(slot=0, queue="default", limits=limits, window=window)
+        # the kill timer would SIGKILL this very process (pytest) if a step came late: far
+        # backstops here; the kernel bound itself is tested on a real consumer process
+        config = ConsumerConfig(slot=0, queue="default", limits=limits, window=window,
+                                backstop_s=600.0)
         self.consumer = Consumer(theirs, config)
         self.consumer.start()
         assert self.next_message() == Demand(window)
+        self.pipe.send_bytes(encode(Lease(procs.boottime() + 3600)))
 
     def next_message(self, limit: float = 30.0) -> Message:
         """Step the consumer until a whole message from it has arrived."""

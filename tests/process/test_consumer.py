@@ -10,7 +10,8 @@ import pytest
 from stagerunner import consumer, procs
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
-from stagerunner.protocol import Batch, Bye, Cancel, Demand, Outcome, Status, Stop, Task, decode, encode
+from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, Status, Stop, Task,
+                                  decode, encode)
 from stagerunner_tools.procfs import alive as pid_alive
 from stagerunner_tools.procfs import descendants
 from stagerunner_tools.runs import Records
@@ -32,6 +33,7 @@ class Scripted:
         self.process = ctx.Process(target=consumer.main, args=(theirs, config, os.getpid(), env))
         self.process.start()
         theirs.close()
+        self.send(Lease(procs.boottime() + 3600))  # what a producer sends after its heartbeat
 
     def send(self, message):
         self.pipe.send_bytes(encode(message))

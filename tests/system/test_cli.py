@@ -75,6 +75,12 @@ def test_an_unimportable_task_module_fails_at_boot(db):
     assert out.returncode == 2 and "tests.no_such_module" in out.stderr
 
 
+def test_a_cron_expression_that_can_never_fire_is_refused_at_boot(db):
+    out = run_cli("run", dsn=db, task_modules="tests.tasks,tests.periodic_never", timeout=60)
+    assert out.returncode == 2
+    assert "0 0 30 2 *" in out.stderr and "can never fire" in out.stderr
+
+
 def test_debug_logs_show_sql_with_timings_and_never_the_password(db, start_node, conn, pg_admin_dsn):
     conn.execute("CREATE ROLE sr_secret_user LOGIN PASSWORD 'hunter2-secret' SUPERUSER")
     try:

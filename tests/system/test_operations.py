@@ -120,7 +120,8 @@ def test_list_show_retry_and_purge_from_the_cli(db, conn, insert_task):
     listed = json.loads(run_cli("list", "--status", "error", "--json", dsn=db).stdout)
     assert [r["id"] for r in listed] == [failed["id"]]
     assert "ValueError: boom" in run_cli("show", str(failed["id"]), dsn=db).stdout
-    assert json.loads(run_cli("retry", "--failed", "--json", dsn=db).stdout) == {"retried": [failed["id"]]}
+    assert json.loads(run_cli("retry", "--failed", "--json", dsn=db).stdout) == {
+        "retried": [failed["id"]], "skipped_unique_key_held": []}
     row = conn.execute("SELECT status::text, max_attempts FROM stagerunner.tasks WHERE id = %s",
                        [failed["id"]]).fetchone()
     assert row == ("waiting", 4)

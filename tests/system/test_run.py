@@ -147,9 +147,26 @@ def test_killing_the_producer_restarts_the_stages_and_hands_its_tasks_back(conn,
 
 
 def test_too_many_restarts_stop_the_node_with_exit_1(conn, start_node):
+    """Consumers that keep dying on their own (no job ran in them) stop the node."""
     node = start_node(consumers=1, max_restarts=2, restart_window=30)
-    enqueue_many(conn, "tests.tasks:kill_consumer", [[]] * 5)
-    assert node.proc.wait(timeout=60) == 1
+    for _ in range(3):
+        _, [consumer] = node.wait_stages(1)
+        os.kill(consumer, signal.SIGKILL)
+        eventually(lambda: consumer not in node.stages()[1] or node.proc.poll() is not None)
+    assert node.proc.wait(timeout=30) == 1
     assert "too many restarts; stopping the node" in node.log()
-    assert conn.execute("SELECT count(*) FROM stagerunner.tasks WHERE status = 'running'").fetchone()[0] <= 1
 
+
+def test_tasks_that_keep_killing_their_consumer_are_quarantined_and_the_node_carries_on(
+        conn, start_node, get_task):
+    node = start_node(consumers=1, max_restarts=2, restart_window=60)
+    killers = enqueue_many(conn, "tests.tasks:kill_consumer", [[]] * 3)
+    wait_all(conn, killers, timeout=90)
+    for tid in killers:
+        row = get_task(tid)
+        assert row["status"] == "error" and "quarantined" in row["last_error"], row
+        assert row["kills"] == 3 and row["attempts"] - row["lost"] == 0
+    [ok] = enqueue_many(conn, "tests.tasks:ok", [[]])
+    wait_all(conn, [ok], timeout=30)
+    assert get_task(ok)["status"] == "success"
+    assert node.proc.poll() is None and "too many restarts" not in node.log()

@@ -1,6 +1,6 @@
 import pytest
 
-from stagerunner.completer import BACKOFF_MAX_S, LOST_LIMIT, backoff, decide
+from stagerunner.completer import BACKOFF_MAX_S, QUARANTINE_KILLS, backoff, decide
 from stagerunner.protocol import Outcome, Status
 
 
@@ -38,12 +38,20 @@ def test_a_final_outcome_is_never_retried():
     assert f.status == Status.ERROR
 
 
-def test_a_lost_run_goes_back_to_waiting_until_the_lost_limit():
-    f = decide(outcome(Status.ERROR, error="consumer died", lost=True), lost=0, max_attempts=3)
-    assert (f.status, f.lost, f.reported) == (Status.WAITING, 1, "lost")
-    f = decide(outcome(Status.ERROR, error="consumer died", lost=True), lost=LOST_LIMIT - 1,
-               max_attempts=3)
-    assert f.status == Status.ERROR and "giving up" in (f.error or "")
+def test_a_run_lost_with_its_consumer_counts_against_the_task_until_quarantine():
+    died = outcome(Status.ERROR, error="consumer died", lost=True, suspect=True)
+    f = decide(died, lost=0, max_attempts=3)
+    assert (f.status, f.lost, f.kills, f.reported) == (Status.WAITING, 1, 1, "lost")
+    assert f.delay_s == backoff(1)
+    f = decide(died, lost=5, kills=QUARANTINE_KILLS - 1, max_attempts=3)
+    assert f.status == Status.ERROR and "quarantined" in (f.error or "") and f.kills == 1
+
+
+def test_runs_lost_with_their_node_or_producer_never_count_against_the_task():
+    rescued = outcome(Status.ERROR, error="node died", lost=True)
+    for lost in (0, 3, 50):
+        f = decide(rescued, lost=lost, kills=QUARANTINE_KILLS - 1, max_attempts=1)
+        assert (f.status, f.lost, f.kills, f.delay_s) == (Status.WAITING, 1, 0, 0.0)
 
 
 def test_cancelled_is_final():

@@ -38,3 +38,15 @@ def test_last_at_or_before_finds_the_latest_tick():
 def test_bad_expressions_are_refused(expr):
     with pytest.raises(ValueError):
         cron.parse(expr)
+
+
+@pytest.mark.parametrize("expr", ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 31 2 *"])
+def test_an_expression_that_can_never_fire_is_refused_naming_it(expr):
+    with pytest.raises(ValueError, match="can never fire") as err:
+        cron.parse(expr)
+    assert repr(expr) in str(err.value)
+
+
+def test_a_day_that_exists_in_one_listed_month_is_enough():
+    assert cron.parse("0 0 30 2,3 *").next_after(utc(2026, 1, 1)) == utc(2026, 3, 30)
+    assert cron.parse("0 0 30 2 1").next_after(utc(2026, 11, 28)) == utc(2027, 2, 1)  # a Monday

@@ -1,6 +1,8 @@
--- beat_node: upsert this owner's heartbeat (database clock).
-INSERT INTO stagerunner.nodes AS n (owner, node, host, pid, queues)
-VALUES (%(owner)s, %(node)s, %(host)s, %(pid)s, %(queues)s)
-ON CONFLICT (owner) DO UPDATE
-SET heartbeat_at = now()
-RETURNING n.owner;
+-- beat_node: extend this owner's lease, only while it has not expired: an owner whose
+-- lease ran out may have had its tasks rescued, so it gets no row back and must stop.
+UPDATE stagerunner.nodes AS n
+SET heartbeat_at = now(),
+    expires_at = now() + make_interval(secs => n.lease_s)
+WHERE n.owner = %(owner)s
+  AND n.expires_at > now()
+RETURNING extract(epoch FROM n.expires_at - now())::double precision AS lease_left_s;

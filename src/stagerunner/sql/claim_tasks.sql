@@ -2,11 +2,11 @@
 -- At most %(limit)s due rows of one queue, highest priority first, then oldest run_at;
 -- rows locked by another producer are skipped. The CTE is the fence that keeps the
 -- LIMIT honest (PostgreSQL bug #15715).
--- Every answer also says when the queue's next scheduled task is due (next_due_s, seconds
--- from this statement's now()), read in the same snapshot and at the same now() as the
--- claim: a row not due for the claim is counted here, so a task that becomes due between
--- the two can never be missed (it used to wait for the fallback poll). With nothing
--- claimed, the answer is one row whose claim columns are NULL.
+-- A claim that got fewer rows than it asked for also says when the queue's next scheduled
+-- task is due (next_due_s, seconds from this statement's now()), read in the same snapshot
+-- and at the same now() as the claim: a row not due for the claim is counted here, so a
+-- task that becomes due between the two can never be missed (it used to wait for the
+-- fallback poll). With nothing claimed, the answer is one row whose claim columns are NULL.
 WITH due AS (
     SELECT id
     FROM stagerunner.tasks
@@ -26,7 +26,7 @@ claimed AS (
     FROM due
     WHERE t.id = due.id
     RETURNING t.id, t.attempts, t.name, t.args::text AS args, t.timeout_s, t.queue,
-              t.lost, t.max_attempts, t.priority, t.run_at
+              t.lost, t.kills, t.max_attempts, t.priority, t.run_at
 ),
 scheduled AS (
     SELECT extract(epoch FROM min(run_at) - now())::double precision AS next_due_s
@@ -34,6 +34,7 @@ scheduled AS (
     WHERE status = 'waiting'
       AND queue = %(queue)s
       AND run_at > now()
+      AND (SELECT count(*) FROM claimed) < %(limit)s  -- a full claim needs no answer
 )
 SELECT c.*, s.next_due_s
 FROM scheduled AS s

@@ -13,6 +13,7 @@ SET status = o.status,
                       'at', now(), 'runtime_ms', o.runtime_ms))
              END,
     lost = t.lost + o.lost,
+    kills = t.kills + o.kills,
     run_at = CASE WHEN o.status = 'waiting' THEN now() + make_interval(secs => o.delay_s)
                   ELSE t.run_at END,
     claimed_by = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_by END,
@@ -21,8 +22,8 @@ SET status = o.status,
 FROM unnest(
     %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::stagerunner.task_status[],
     %(reported)s::text[], %(results)s::jsonb[], %(errors)s::text[], %(delays)s::double precision[],
-    %(lost)s::integer[], %(runtimes)s::double precision[]
-) AS o(id, attempt, status, reported, result, error, delay_s, lost, runtime_ms)
+    %(lost)s::integer[], %(kills)s::integer[], %(runtimes)s::double precision[]
+) AS o(id, attempt, status, reported, result, error, delay_s, lost, kills, runtime_ms)
 WHERE t.id = o.id
   AND t.status = 'running'
   AND t.claimed_by = %(owner)s

@@ -1,5 +1,6 @@
--- forget_nodes: owners dead for 20 expiries that hold no running task lose their row.
+-- forget_nodes: owners whose lease ran out an hour ago and that hold no running task
+-- lose their row.
 DELETE FROM stagerunner.nodes AS n
-WHERE n.heartbeat_at < now() - make_interval(secs => %(expiry)s * 20)
+WHERE n.expires_at < now() - interval '1 hour'
   AND NOT EXISTS (SELECT 1 FROM stagerunner.tasks AS t
                   WHERE t.status = 'running' AND t.claimed_by = n.owner);

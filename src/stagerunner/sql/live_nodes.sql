@@ -1,6 +1,6 @@
--- live_nodes: read-only; owners whose heartbeat is fresh.
-SELECT owner, node, host, pid, queues, started_at,
+-- live_nodes: read-only; owners whose lease has not run out.
+SELECT owner, node, host, pid, queues, started_at, lease_s,
        extract(epoch FROM now() - heartbeat_at)::double precision AS beat_age_s
 FROM stagerunner.nodes
-WHERE heartbeat_at >= now() - make_interval(secs => %(expiry)s)
+WHERE expires_at > now()
 ORDER BY node, started_at;

@@ -1,5 +1,5 @@
--- retire_nodes: owners known to be dead (a replaced producer) lose their heartbeat now,
--- so rescue_orphans hands their tasks back without waiting for the expiry.
+-- retire_nodes: owners known to be dead (a replaced producer) lose their lease now, so
+-- their tasks are rescued without waiting for it to run out.
 UPDATE stagerunner.nodes
-SET heartbeat_at = '-infinity'
+SET expires_at = '-infinity'
 WHERE owner = ANY(%(owners)s::text[]);

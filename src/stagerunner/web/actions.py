@@ -43,7 +43,7 @@ class Done:
 
 
 def retry(conn: Conn, task_id: int) -> Done:
-    ids = store.retry_tasks(conn, ids=[task_id])
+    ids, _held = store.retry_tasks(conn, ids=[task_id])
     return Done("retried", len(ids)) if ids else Done("not_retried")
 
 
@@ -76,5 +76,5 @@ def retry_matching(conn: Conn, args: dict[str, str]) -> Done:
     ids = views.matching_failed_ids(conn, f, batch=RETRY_BATCH, cap=RETRY_CAP)
     retried = 0
     for start in range(0, len(ids), RETRY_BATCH):
-        retried += len(store.retry_tasks(conn, ids=ids[start:start + RETRY_BATCH]))
+        retried += len(store.retry_tasks(conn, ids=ids[start:start + RETRY_BATCH])[0])
     return Done("retried", retried) if retried else Done("not_retried")
