@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from stagerunner.protocol import TERMINAL
 from stagerunner_tools import dbs, procfs
+from stagerunner_tools.invariants import Recorder
 from stagerunner_tools.nodes import NodeProcess, node_env
 from tests.helpers import eventually
 
@@ -156,6 +157,12 @@ def statuses(conn: psycopg.Connection[Any]) -> Callable[[], dict[str, int]]:
         return {s: n for s, n in rows}
 
     return _statuses
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Recorder:
+    """Run records of tests.tasks:record tasks (one key per task): overlaps, pids, checks."""
+    return Recorder(tmp_path / "runs.jsonl")
 
 
 # Nodes (python -m stagerunner as a subprocess) ------------------------------------------

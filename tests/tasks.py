@@ -341,3 +341,20 @@ def garble_result_pipe(kind: str) -> None:
 @task
 def huge_error(megabytes: int) -> None:
     raise ValueError("start of the message " + "x" * (megabytes << 20) + " end of the message")
+
+
+@task
+def escape_twice(pidfile: str) -> None:
+    """A descendant that escapes its group twice over: a child that calls setsid, whose own
+    child calls setsid again (each one out of reach of the group kill that precedes it)."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    script = ("import os, subprocess, sys, time; os.setsid(); "
+              f"p = subprocess.Popen({sleeper!r}, start_new_session=True); "
+              f"open({pidfile!r}, 'a').write(f'{{os.getpid()}}\\n{{p.pid}}\\n'); time.sleep(3600)")
+    subprocess.Popen([sys.executable, "-c", script])
+    time.sleep(3600)
+
+
+@task
+def echo_big(size: int) -> str:
+    return "y" * size

@@ -153,8 +153,9 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if db.embedded:
         log.info("using the embedded PostgreSQL", extra={
-            "event": "db.embedded", "data_dir": str(settings.data_dir), "dsn": db.dsn,
-            "connect": f"psql '{db.dsn}'"})
+            "event": "db.embedded", "data_dir": str(settings.data_dir),
+            "connect": f"PGPASSWORD=$(cat {db.server.password_file}) psql "
+                       f"'{db.server.public_dsn()}'"})
     else:
         log.info("using PostgreSQL", extra={"event": "db.configured", "database": db.describe()})
     log.info("tasks registered", extra={"event": "node.tasks", "count": len(names),

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from stagerunner import store
+from stagerunner.demand import Claim
 from stagerunner.protocol import TERMINAL, Outcome, Status
 from stagerunner.store import Finish
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 QUARANTINE_KILLS = 3
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
+FLUSH_AFTER_S = 0.02  # outcomes wait at most this long for a batch to fill
+FLUSH_BATCH = 64
 
 
 def backoff(failures: int) -> float:
@@ -78,14 +81,36 @@ def _lost(o: Outcome, kills: int) -> Finish:
 
 @dataclass
 class Completer:
-    """Buffers decided transitions until they are written; nothing is dropped on error."""
+    """Buffers decided transitions, and unstarted tasks to hand back, until they are
+    written; nothing is dropped on error."""
 
     owner: str
     pending: list[Finish] = field(default_factory=list)
     since: float = 0.0  # monotonic time the oldest pending outcome arrived
+    releases: list[Claim] = field(default_factory=list)
 
-    def add(self, outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0) -> Finish:
-        finish = decide(outcome, lost=lost, max_attempts=max_attempts, kills=kills)
+    def release(self, claims: list[Claim]) -> None:
+        self.releases += claims
+
+    def write(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
+        """Hand back what is to be handed back, then write outcomes if a batch is due (or
+        `force`)."""
+        if self.releases:
+            batch, self.releases = self.releases, []
+            try:
+                store.release_tasks(conn, owner=self.owner, tasks=[c.task for c in batch])
+            except psycopg.Error:
+                self.releases = batch + self.releases  # kept for the next connection
+                raise
+            log.info("unstarted tasks handed back", extra={"event": "task.released",
+                                                           "count": len(batch)})
+        if force or self.due(now, FLUSH_AFTER_S, FLUSH_BATCH):
+            self.flush(conn)
+
+    def add(self, outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0,
+            consumer: int | None = None) -> Finish:
+        finish = replace(decide(outcome, lost=lost, max_attempts=max_attempts, kills=kills),
+                         consumer=consumer, deadline_s=outcome.deadline_s or None)
         if not self.pending:
             self.since = time.monotonic()
         self.pending.append(finish)

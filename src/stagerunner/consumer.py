@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import select
@@ -35,8 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagerunner import faults, logs, procs, registry
-from stagerunner.errors import BadArguments, StagerunnerError
-from stagerunner.executor import ChildHandle, Ending, Job, Limits, Resolver
+from stagerunner.errors import StagerunnerError
+from stagerunner.child import Limits
+from stagerunner.executor import ChildHandle, Ending, Job
 from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError,
                                   Status, Stop, Task, decode, encode)
@@ -96,7 +96,7 @@ class Consumer:
         """Start the fork helper, have the first child forked, and ask for work."""
         self.kill_timer = procs.KillTimer()
         c = self.config
-        self.forker = Forker.start(self.limits, _resolver(self.limits.modules), f"c{c.slot}",
+        self.forker = Forker.start(self.limits, registry.resolver(self.limits.modules), f"c{c.slot}",
                                    f"stagerunner: forker {c.slot} queue={c.queue} node={c.node}")
         self.forker.request()
         self._send(Demand(c.window))
@@ -204,7 +204,7 @@ class Consumer:
             task = self.queue.popleft()
             try:
                 spec = registry.resolve(task.name, self.limits.modules)
-                _check_arguments(spec, task.args)
+                registry.check_arguments(spec, task.args)
             except StagerunnerError as exc:
                 self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, error=str(exc),
                                      final=True))
@@ -287,33 +287,6 @@ class Consumer:
         except OSError:
             self.outbox.pending.clear()
             self._abandon()
-
-
-def _resolver(modules: tuple[str, ...]) -> Resolver:
-    def resolve(name: str) -> Any:
-        return registry.resolve(name, modules).func
-
-    return resolve
-
-
-def _check_arguments(spec: registry.Spec, args_text: str) -> None:
-    """Refuse arguments that cannot be bound to the task's signature, before forking."""
-    try:
-        args = json.loads(args_text)
-    except (ValueError, RecursionError) as exc:
-        raise BadArguments(f"arguments for {spec.name} cannot be decoded: "
-                           f"{type(exc).__name__}: {exc}") from None
-    if spec.signature is None:
-        return
-    try:
-        if isinstance(args, list):
-            spec.signature.bind(*args)
-        elif isinstance(args, dict):
-            spec.signature.bind(**args)
-        else:
-            raise TypeError(f"expected a JSON array or object, got {type(args).__name__}")
-    except TypeError as exc:
-        raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None
 
 
 # Process entry ------------------------------------------------------------------------

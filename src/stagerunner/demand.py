@@ -130,6 +130,10 @@ class Ledger:
     def credits(self) -> int:
         return sum(s.credits for s in self.slots.values())
 
+    def running(self) -> int:
+        """Consumers holding a task: their first one is running (or about to start)."""
+        return sum(1 for s in self.slots.values() if s.held)
+
 
 class Broadcast(Generic[T]):
     """Every consumer gets every event; emit only as many as the least hungry can take."""

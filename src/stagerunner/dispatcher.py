@@ -20,7 +20,7 @@ from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, Pr
 
 log = logging.getLogger(__name__)
 
-OnOutcome = Callable[[Claim, Outcome], None]
+OnOutcome = Callable[[int, Claim, Outcome], None]  # (consumer slot, claim, outcome)
 
 
 class Dispatcher:
@@ -29,6 +29,9 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self.replacing = replacing if replacing is not None else set()  # killed on our word
         self.pipes: dict[int, Any] = {}
+        # what each pipe could not take yet: a consumer that is slow to read (or stopped)
+        # never blocks the producer, and two big messages crossing never deadlock
+        self.outboxes: dict[int, procs.Outbox] = {}
         self.releases: list[Claim] = []
         self.until = 0.0  # the lease every consumer holds (CLOCK_BOOTTIME)
         self.stopping = False
@@ -40,6 +43,7 @@ class Dispatcher:
             self.gone(slot, "replaced")
         self.ledger.add(slot, queue, now)
         self.pipes[slot] = pipe
+        self.outboxes[slot] = procs.Outbox(pipe)
         if self.until:
             self.send(slot, Lease(self.until))
         if self.stopping:
@@ -70,10 +74,10 @@ class Dispatcher:
                     log.error("outcome for a task this consumer does not hold", extra={
                         "event": "producer.excess_outcome", "slot": slot, "task_id": o.task_id})
                     return
-                self.on_outcome(claim, o)
+                self.on_outcome(slot, claim, o)
             case Bye(unstarted=ids):
                 self.releases += self.ledger.take_back(slot, ids)
-                self.pipes.pop(slot).close()
+                self._close(slot)
                 running, rest = self.ledger.drop(slot)  # empty unless the consumer misbehaved
                 self.releases += ([running] if running else []) + rest
             case _:
@@ -82,9 +86,7 @@ class Dispatcher:
 
     def gone(self, slot: int, why: str) -> None:
         """A consumer is no more: its prefetched tasks go back, the one it ran is lost."""
-        pipe = self.pipes.pop(slot, None)
-        if pipe is not None:
-            pipe.close()
+        self._close(slot)
         running, unstarted = self.ledger.drop(slot)
         self.releases += unstarted
         if running is not None:
@@ -92,7 +94,7 @@ class Dispatcher:
             # consumer killed for going silent, or its lease ran out (its kill timer fired)
             t = running.task
             suspect = slot not in self.replacing and procs.boottime() < self.until
-            self.on_outcome(running, Outcome(t.id, t.attempt, Status.ERROR, 0.0, lost=True,
+            self.on_outcome(slot, running, Outcome(t.id, t.attempt, Status.ERROR, 0.0, lost=True,
                                              suspect=suspect,
                                              error=f"lost: its consumer died while running it ({why})"))
         if not self.stopping:
@@ -132,13 +134,30 @@ class Dispatcher:
             self.gone(slot, why)
 
     def send(self, slot: int, message: Batch | Stop | Cancel | Lease) -> None:
-        pipe = self.pipes.get(slot)
-        if pipe is None:
+        outbox = self.outboxes.get(slot)
+        if outbox is None:
             return
         try:
-            pipe.send_bytes(encode(message))
+            outbox.send(encode(message))
         except OSError:
             self.gone(slot, "its pipe broke")
+
+    def waiting_to_write(self) -> list[procs.Outbox]:
+        return [o for o in self.outboxes.values() if o.pending]
+
+    def flush(self, outbox: procs.Outbox) -> None:
+        slot = next((s for s, o in self.outboxes.items() if o is outbox), None)
+        if slot is not None:
+            try:
+                outbox.flush()
+            except OSError:
+                self.gone(slot, "its pipe broke")
+
+    def _close(self, slot: int) -> None:
+        pipe, outbox = self.pipes.pop(slot, None), self.outboxes.pop(slot, None)
+        for end in (outbox, pipe):
+            if end is not None:
+                end.close()
 
     def take_releases(self) -> list[Claim]:
         out, self.releases = self.releases, []

@@ -1,12 +1,12 @@
-"""Job children, and the one way to watch a job: forked ahead of time, one job each (or K
-with child reuse), killed as a process group at the deadline.
+"""The one way to watch a job: the consumer's end of a job child, killed as a process
+group at the deadline.
 
-    consumer (through its fork helper) ──fork──> job child (own process group)
+    consumer (through its fork helper) ──fork──> job child (own process group, ``child``)
        │  job pipe   ──>  [len][json: id, name, args]
        │  result pipe <── [len][json: "ok", result] | ["error", text]
        └─ pidfd: tells the consumer the child exited without a result
 
-``fork_child`` makes a child that waits for its job; the consumer's fork helper
+``child.fork_child`` makes a child that waits for its job; the consumer's fork helper
 (``forker``) calls it, so the fork is paid while the consumer waits for work rather than
 between a task's arrival and its start. ``ChildHandle`` is the consumer's end of one
 child, and ``Job`` watches one task in it: the result, an exit without one, or the
@@ -22,191 +22,17 @@ import json
 import os
 import select
 import signal
-import struct
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from stagerunner import procs
+from stagerunner.child import HEADER, frame, write_all
 from stagerunner.protocol import Outcome, Status, Task
 
-_HEADER = struct.Struct(">I")
-# Error text a job sends back (a traceback, a message) is cut to this, keeping its head
-# and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
-ERROR_MAX_CHARS = 64 * 1024
 # A dying child closes its pipes a moment before its pidfd says it is gone: how long an
 # end of the result pipe is given to turn out to be an exit.
 EXIT_GRACE_S = 0.05
-
-Resolver = Callable[[str], Callable[..., Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What a consumer needs to run jobs; primitives only, so consumers stay lean."""
-
-    job_timeout: float = 1.0
-    max_job_timeout: float = 30.0
-    modules: tuple[str, ...] = ()
-    child_reuse: int = 1
-    memory_mb: int | None = None
-    result_max_bytes: int = 1 << 20
-
-    def deadline_for(self, task: Task, spec_timeout: float | None) -> float:
-        """The task's own timeout, else its @task timeout, else the node default; never
-        above the hard cap. A NaN, infinite or non-positive value counts as unset."""
-        for wanted in (task.timeout_s, spec_timeout):
-            if isinstance(wanted, (int, float)) and 0 < wanted < float("inf"):
-                return min(float(wanted), self.max_job_timeout)
-        return min(self.job_timeout, self.max_job_timeout)
-
-
-# Framing ---------------------------------------------------------------------------
-
-def frame(payload: bytes) -> bytes:
-    """A length-prefixed message, as both pipes of a job child carry them."""
-    return _HEADER.pack(len(payload)) + payload
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-# The job child ---------------------------------------------------------------------
-
-def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[Any]:
-    """Call the task; return the wire result ["ok", json] or ["error", text]. Never raises."""
-    try:
-        args = json.loads(args_text)
-        value = func(*args) if isinstance(args, list) else func(**args)
-    except BaseException as exc:  # the job's failure is data, whatever it was
-        return ["error", cap_error("".join(traceback.format_exception(exc)))]
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return ["error", f"result is not JSON-encodable: {exc}"]
-    if "\\u0000" in text:  # valid JSON, but PostgreSQL's jsonb cannot store it
-        return ["error", "result is not storable: it contains a NUL character (\\u0000)"]
-    if len(text) > max_bytes:
-        return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
-    return ["ok", text]
-
-
-def cap_error(text: str, limit: int = ERROR_MAX_CHARS) -> str:
-    """Storable error text of bounded size: NUL bytes escaped (PostgreSQL's text cannot
-    hold them), and beyond `limit` characters the head and the tail with what was cut."""
-    text = text.replace("\x00", "\\x00")
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return (f"{text[:half]}\n[... {len(text) - 2 * half:,} characters cut; the error was "
-            f"{len(text):,} characters long ...]\n{text[-half:]}")
-
-
-def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
-               title: str) -> None:
-    """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
-    prepare_child(parent, limits, title)
-    for _ in range(limits.child_reuse):
-        job = read_job(job_r)
-        if job is None:
-            return
-        _task_id, name, args_text = job
-        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
-        _flush_std()
-        _write_all(result_w, frame(json.dumps(reply).encode()))
-
-
-def prepare_child(parent: int, limits: Limits, title: str) -> None:
-    """Its own process group, death with its parent, stdio on fds 1-2, its name, default
-    signal dispositions and the memory limit."""
-    os.setpgrp()
-    procs.die_with_parent(parent)
-    _std_streams_on_fds()
-    if title:  # comm only: setproctitle would cost more than the rest of the set-up
-        procs.set_comm(title)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if limits.memory_mb:
-        import resource
-
-        size = limits.memory_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
-
-
-def read_job(job_r: int) -> list[Any] | None:
-    """The next job from the job pipe ([id, name, args]), or None once the pipe closed."""
-    try:
-        header = _read_exact(job_r, _HEADER.size)
-    except EOFError:
-        return None
-    job: list[Any] = json.loads(_read_exact(job_r, _HEADER.unpack(header)[0]))
-    return job
-
-
-def _std_streams_on_fds() -> None:
-    """print() in a job goes to fds 1 and 2, even where the parent had sys.stdout elsewhere
-    (a test harness capturing output): only fds 0-2 survive into the child."""
-    import sys
-
-    for name, fd in (("stdout", 1), ("stderr", 2)):
-        stream = getattr(sys, name)
-        try:
-            if stream is not None and stream.fileno() == fd:
-                continue
-        except (AttributeError, OSError, ValueError):
-            pass
-        setattr(sys, name, open(fd, "w", buffering=1, closefd=False, errors="replace"))
-
-
-def _flush_std() -> None:
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a closed or broken stream must not cost the result
-            pass
-
-
-def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
-    """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
-    read end)."""
-    job_r, job_w = os.pipe()
-    result_r, result_w = os.pipe()
-    parent = os.getpid()
-    pid = procs.fork_running({job_r, result_w},
-                             lambda: child_main(job_r, result_w, parent, limits, resolve, title))
-    try:
-        os.setpgid(pid, pid)  # the child does it too; whichever runs first, its group
-    except OSError:           # exists before anyone can signal it
-        pass
-    os.close(job_r)
-    os.close(result_w)
-    return pid, job_w, result_r
-
-
-# The consumer's end of a child -------------------------------------------------------
-
-def max_reply(limits: Limits) -> int:
-    """The largest reply a job child can honestly write: its result or its capped error,
-    JSON-escaped (at worst six bytes a character), in a two-element list."""
-    return 6 * max(limits.result_max_bytes, ERROR_MAX_CHARS) + 1024
 
 
 @dataclass(slots=True)
@@ -236,7 +62,7 @@ class ChildHandle:
         self.buffer.clear()
         payload = json.dumps([task.id, task.name, task.args]).encode()
         try:
-            _write_all(self.job_w, frame(payload))
+            write_all(self.job_w, frame(payload))
         except BrokenPipeError:
             pass  # the child already died; the pidfd will say so
 
@@ -267,19 +93,19 @@ class ChildHandle:
         return self._complete()
 
     def _complete(self) -> list[Any] | None:
-        if len(self.buffer) < _HEADER.size:
+        if len(self.buffer) < HEADER.size:
             return None
-        size = _HEADER.unpack_from(self.buffer)[0]
+        size = HEADER.unpack_from(self.buffer)[0]
         if size > self.max_reply:
             return self._broken(f"the job wrote garbage into its result pipe (a reply of "
                                 f"{size:,} bytes announced, at most {self.max_reply:,} possible)")
-        if len(self.buffer) < _HEADER.size + size:
+        if len(self.buffer) < HEADER.size + size:
             return None
         try:
-            reply = json.loads(bytes(self.buffer[_HEADER.size:_HEADER.size + size]))
+            reply = json.loads(bytes(self.buffer[HEADER.size:HEADER.size + size]))
         except (ValueError, RecursionError):
             reply = None
-        del self.buffer[:_HEADER.size + size]
+        del self.buffer[:HEADER.size + size]
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in ("ok", "error")
                 and isinstance(reply[1], str)):
             return self._broken("the job wrote garbage into its result pipe (not a reply)")
@@ -342,19 +168,21 @@ class Job:
         return Ending.EXPIRED if now >= self.deadline else None
 
     def outcome(self, ending: Ending, now: float, wait_status: int = 0) -> Outcome:
-        t, ms = self.task, self.runtime_ms(now)
+        t, ms, d = self.task, self.runtime_ms(now), self.timeout
         if ending is Ending.REPLIED and self.reply and self.reply[0] == "ok":
-            return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=self.reply[1])
+            return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=self.reply[1], deadline_s=d)
         if ending is Ending.REPLIED:
-            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str((self.reply or [""])[-1]))
+            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str((self.reply or [""])[-1]),
+                           deadline_s=d)
         if ending is Ending.EXITED:
-            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=describe_exit(wait_status))
-        return Outcome(t.id, t.attempt, Status.TIMEOUT, ms,
-                       error=f"killed at its deadline of {self.timeout:g} s")
+            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=describe_exit(wait_status),
+                           deadline_s=d)
+        return Outcome(t.id, t.attempt, Status.TIMEOUT, ms, deadline_s=d,
+                       error=f"killed at its deadline of {d:g} s")
 
     def cancelled(self, now: float) -> Outcome:
         return Outcome(self.task.id, self.task.attempt, Status.CANCELLED, self.runtime_ms(now),
-                       error="cancelled while running")
+                       error="cancelled while running", deadline_s=self.timeout)
 
     def runtime_ms(self, now: float) -> float:
         return (now - self.started) * 1000

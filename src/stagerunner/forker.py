@@ -40,7 +40,8 @@ import struct
 import time
 
 from stagerunner import logs, procs
-from stagerunner.executor import ChildHandle, Limits, Resolver, fork_child, max_reply
+from stagerunner.child import Limits, Resolver, fork_child, max_reply
+from stagerunner.executor import ChildHandle
 
 _PID = struct.Struct(">i")
 _EXIT = struct.Struct(">ii")

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
 
 from stagerunner import store
-
-if TYPE_CHECKING:
-    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,20 @@ class Link:
             "retry_in_s": round(self.backoff, 2), "buffered": buffered})
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
 
-    def retry_now(self) -> None:
-        """No backoff left to honour (the producer is leaving)."""
-        self.reconnect_at = 0.0
+    def last_chance(self, write: Callable[[psycopg.Connection[Any]], None], seconds: float) -> bool:
+        """Before exiting: run `write` on a connection until it succeeds or `seconds` have
+        passed, reconnecting without backoff (there is no later to back off to)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                write(self.conn or self.connect())
+                return True
+            except psycopg.Error as exc:
+                self.close()
+                log.warning("database unavailable while leaving; retrying", extra={
+                    "event": "db.disconnected", "error": str(exc).strip()[:300]})
+                time.sleep(0.1)  # bounded by the deadline; nothing else to wait for
+        return False
 
     def close(self) -> None:
         for c in (self.conn, self.listen):

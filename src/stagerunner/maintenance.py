@@ -1,14 +1,14 @@
 """The producer's periodic services (River calls them maintenance services), each on its
 own timer in ``wakeups``: the heartbeat with the rescue of dead owners' tasks
-(``rescuer``), cron ticks (``scheduler``) and retention (``pruner``). While the node
-stops, only the heartbeat and rescue go on."""
+(``rescuer``) and cron ticks (``scheduler``). While the node stops, only the heartbeat and
+rescue go on. (Retention runs beside the producer, in a thread of the supervisor:
+``pruner``.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stagerunner.pruner import Pruner
 from stagerunner.rescuer import Rescuer
 from stagerunner.scheduler import Scheduler
 from stagerunner.wakeups import Wakeups
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 class Maintenance:
     rescuer: Rescuer
     scheduler: Scheduler | None
-    pruner: Pruner | None
     heartbeat_interval: float
 
     def start(self, wakeups: Wakeups, now: float) -> None:
@@ -29,11 +28,15 @@ class Maintenance:
             wakeups.schedule("cron", self.scheduler.next_at(now))
 
     def beat(self, conn: psycopg.Connection[Any], wakeups: Wakeups, now: float,
-             registered: bool) -> float | None:
-        """Extend the lease (or, for an owner that may, take a fresh one); the seconds it
-        has left, or None if it had run out."""
+             registered: bool, consumers: int = 0,
+             info: dict[str, Any] | None = None) -> float | None:
+        """Extend the lease (or, for an owner that may, take a fresh one), recording
+        `consumers` and `info` on the node's row; the seconds it has left, or None if it
+        had run out."""
         wakeups.schedule("rescue", now + self.heartbeat_interval)
-        return self.rescuer.beat(conn) if registered else self.rescuer.register(conn)
+        if registered:
+            return self.rescuer.beat(conn, consumers, info)
+        return self.rescuer.register(conn, consumers, info)
 
     def rescue(self, conn: psycopg.Connection[Any]) -> int:
         """Hand back dead owners' tasks; how many."""
@@ -41,10 +44,8 @@ class Maintenance:
 
     def run_due(self, conn: psycopg.Connection[Any], wakeups: Wakeups, now: float,
                 queues: tuple[str, ...]) -> None:
-        """Cron and retention, if their time has come."""
+        """Cron ticks, if their time has come."""
         if self.scheduler is not None and wakeups.due("cron", now):
             if self.scheduler.step(conn):
                 wakeups.tasks_notified(queues)
             wakeups.schedule("cron", self.scheduler.next_at(now))
-        if self.pruner is not None and wakeups.due("prune", now):
-            wakeups.schedule("prune", now + self.pruner.step(conn))

@@ -53,6 +53,16 @@ class Stats:
         self.runtime_sum[queue] += seconds
         self.runtime_count[queue] += 1
 
+    def summary(self, running: int) -> dict[str, Any]:
+        """What a node's row says about it (``nodes.info``): outcomes by status since the
+        producer started, jobs running now, and the troubles it saw."""
+        by_status: Counter[str] = Counter()
+        for key, n in self.outcomes.items():
+            by_status[key.rpartition("\t")[2]] += n
+        return {"jobs_running": running, **{f"finished_{s}": n for s, n in sorted(by_status.items())},
+                "rescued": self.rescued, "reconnects": self.reconnects,
+                "consumer_deaths": self.consumer_deaths}
+
     def to_wire(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(self).items()}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
+import select
 import signal
 import socket
 import struct
@@ -39,6 +40,31 @@ def context(library: str = "multiprocessing") -> Any:
     if library not in ("multiprocess", "multiprocessing"):
         raise ValueError(f"unknown process library {library!r}")
     return importlib.import_module(library).get_context("spawn")
+
+
+def wait_rw(readers: list[Any], writers: list[Any], timeout: float | None
+            ) -> tuple[list[Any], list[Any]]:
+    """Like ``wait`` (objects with ``fileno()``, or fds), also for writability: (readable,
+    writable). A hang-up or an error counts as readable, so its reader sees the EOF."""
+    poller = select.poll()
+    by_fd: dict[int, Any] = {}
+    for source in readers:
+        fd = source if isinstance(source, int) else source.fileno()
+        by_fd[fd] = source
+        poller.register(fd, select.POLLIN)
+    out: dict[int, Any] = {}
+    for sink in writers:
+        fd = sink.fileno()
+        out[fd] = sink
+        poller.register(fd, select.POLLOUT | (select.POLLIN if fd in by_fd else 0))
+    events = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+    readable, writable = [], []
+    for fd, event in events:
+        if fd in by_fd and event & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            readable.append(by_fd[fd])
+        if fd in out and event & (select.POLLOUT | select.POLLERR):
+            writable.append(out[fd])
+    return readable, writable
 
 
 class Outbox:

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from stagerunner import faults, logs, procs, store
-from stagerunner.completer import Completer
+from stagerunner.completer import FLUSH_AFTER_S, Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
 from stagerunner.dispatcher import Dispatcher
@@ -34,7 +34,6 @@ from stagerunner.link import Link
 from stagerunner.metrics import Stats
 from stagerunner.protocol import Outcome, Status, Stop
 from stagerunner.maintenance import Maintenance
-from stagerunner.pruner import Pruner
 from stagerunner.rescuer import Rescuer
 from stagerunner.scheduler import Periodic, Scheduler
 from stagerunner.wakeups import Wakeups
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 
 EXIT_FENCED = 75  # could not heartbeat for too long: restart us and our consumers
 SILENCE_GRACE_S = 2.0
-FLUSH_AFTER_S = 0.02  # outcomes wait at most this long for a batch to fill
-FLUSH_BATCH = 64
 STOP_GRACE_S = 5.0
 FINAL_FLUSH_S = 10.0
 
@@ -60,7 +57,6 @@ class ProducerConfig:
     node_expiry: float
     max_job_timeout: float
     replaces: tuple[str, ...] = ()
-    retention_s: float = 0.0
     periodic: tuple[Periodic, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
@@ -79,7 +75,6 @@ class Producer:
         self.maintenance = Maintenance(
             Rescuer(config.owner, config.node, ",".join(config.queues), lease_s=config.node_expiry),
             Scheduler(config.periodic) if config.periodic else None,
-            Pruner(config.retention_s) if config.retention_s > 0 else None,
             config.heartbeat_interval)
         self.stats = Stats()
         self.stopping = False
@@ -100,7 +95,10 @@ class Producer:
 
     def step(self, now: float) -> None:
         self._ensure_connected(now)
-        ready = procs.wait(self._waitables(), timeout=self._timeout(now))
+        ready, writable = procs.wait_rw(self._waitables(), self.dispatcher.waiting_to_write(),
+                                        timeout=self._timeout(now))
+        for outbox in writable:
+            self.dispatcher.flush(outbox)
         now = time.monotonic()
         for source in ready:
             if source is self.control.pipe:
@@ -116,7 +114,7 @@ class Producer:
         self._database_work(now)
         if self.link.fenced(procs.boottime()):  # a statement that came back late, a stall
             self._fence("the lease ran out while the producer was held up")
-        self._watch_silence(now)
+        self.control.replace(self.ledger.silent(now, self.config.max_job_timeout + SILENCE_GRACE_S))
         self._tell_alive(time.monotonic())
         if self.stopping:
             self._maybe_finish_stop(now)
@@ -150,30 +148,21 @@ class Producer:
             case Stop():
                 self._begin_stop()
 
-    def _complete(self, claim: Claim, outcome: Outcome) -> None:
+    def _complete(self, slot: int, claim: Claim, outcome: Outcome) -> None:
         self.stats.observe(claim.task.queue, outcome.status, outcome.runtime_ms)
         finish = self.completer.add(outcome, lost=claim.lost, max_attempts=claim.max_attempts,
-                                    kills=claim.kills)
+                                    kills=claim.kills, consumer=slot)
         if finish.status == Status.WAITING:  # a retry: we know when it will be due
             self.wakeups.wake_at(time.monotonic() + finish.delay_s)
 
     def _drain_notifies(self) -> None:
-        """Notifications are hints to wake up, never orders: anyone who can connect may
-        send one, with any payload. A cancel makes us ask the database which of our tasks
-        really have a cancel requested; a queue name we do not serve is ignored."""
         try:
             notes = self.link.notifies()
         except psycopg.Error as exc:
             self._disconnected(exc)
             return
         for channel, payload in notes:
-            if channel == "stagerunner_cancel":
-                self.cancels_unknown = True
-            elif channel == "stagerunner_queues":
-                self.wakeups.pauses_changed()
-                self.wakeups.tasks_notified(payload.split(","))
-            elif channel == "stagerunner_tasks":
-                self.wakeups.tasks_notified(payload.split(","))
+            self.cancels_unknown |= self.wakeups.notified(channel, payload)
 
     def _check_cancels(self, conn: psycopg.Connection[Any]) -> None:
         held = [c.task.id for c in self.ledger.held()]
@@ -207,10 +196,11 @@ class Producer:
 
     def _beat_and_rescue(self, conn: psycopg.Connection[Any], now: float) -> None:
         sent = procs.boottime()
-        left = self.maintenance.beat(conn, self.wakeups, now, registered=self.registered)
+        consumers, info = len(self.dispatcher.pipes), self.stats.summary(self.ledger.running())
+        left = self.maintenance.beat(conn, self.wakeups, now, self.registered, consumers, info)
         if left is None:  # it ran out: our tasks may be someone else's by now
             self._fence("the lease ran out before this heartbeat")
-            left = self.maintenance.beat(conn, self.wakeups, now, registered=False)
+            left = self.maintenance.beat(conn, self.wakeups, now, False, consumers, info)
         self.registered = True
         self.dispatcher.lease(self.link.leased(sent, left))
         self.stats.rescued += self.maintenance.rescue(conn)
@@ -225,17 +215,8 @@ class Producer:
             os._exit(EXIT_FENCED)
 
     def _write_back(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
-        releases = self.dispatcher.take_releases()
-        if releases:
-            try:
-                store.release_tasks(conn, owner=self.config.owner, tasks=[c.task for c in releases])
-            except psycopg.Error:
-                self.dispatcher.releases += releases  # kept for the next connection
-                raise
-            log.info("unstarted tasks handed back", extra={"event": "task.released",
-                                                           "count": len(releases)})
-        if force or self.completer.due(now, FLUSH_AFTER_S, FLUSH_BATCH):
-            self.completer.flush(conn)
+        self.completer.release(self.dispatcher.take_releases())
+        self.completer.write(conn, now, force)
 
     def _claim(self, conn: psycopg.Connection[Any], now: float) -> bool:
         """Claim for every queue worth claiming for; True if a claim statement ran."""
@@ -299,9 +280,6 @@ class Producer:
 
     # Silence, stop -------------------------------------------------------------------
 
-    def _watch_silence(self, now: float) -> None:
-        self.control.replace(self.ledger.silent(now, self.config.max_job_timeout + SILENCE_GRACE_S))
-
     def _tell_alive(self, now: float) -> None:
         """The supervisor kills a producer that stops saying this (stuck on a dead socket)."""
         if self.wakeups.due("alive", now):
@@ -326,23 +304,15 @@ class Producer:
         self.done = True
 
     def _final_flush(self) -> None:
-        deadline = time.monotonic() + FINAL_FLUSH_S
-        while time.monotonic() < deadline:
-            if self.link.conn is None:
-                self.link.retry_now()  # no backoff left to honour: we are leaving
-                self._ensure_connected(time.monotonic())
-                if self.link.conn is None:
-                    time.sleep(0.1)  # bounded by the deadline; nothing else to wait for
-                continue
-            try:
-                self._write_back(self.link.conn, time.monotonic(), force=True)
-                store.delete_node(self.link.conn, owner=self.config.owner)
-                return
-            except psycopg.Error as exc:
-                self._disconnected(exc)
-        log.error("could not write back before exiting; a live node or the next start "
-                  "will rescue these tasks", extra={"event": "producer.unflushed",
-                                                    "buffered": len(self.completer.pending)})
+        def last_writes(conn: psycopg.Connection[Any]) -> None:
+            self._write_back(conn, time.monotonic(), force=True)
+            store.delete_node(conn, owner=self.config.owner)
+
+        if not self.link.last_chance(last_writes, FINAL_FLUSH_S):
+            log.error("could not write back before exiting; a live node or the next start "
+                      "will rescue these tasks", extra={"event": "producer.unflushed",
+                                                        "buffered": len(self.completer.pending)})
+
 
 
 def main(control: Any, config: ProducerConfig, parent: int) -> None:

@@ -85,6 +85,7 @@ class Outcome:
     lost: bool = False  # the run did not end for a reason of its own (not an attempt)
     final: bool = False  # retrying cannot help (unknown task, bad arguments)
     suspect: bool = False  # lost with its consumer dead under it: the job may be to blame
+    deadline_s: float = 0.0  # the deadline the run was given (0: it never started)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,7 @@ def encode(message: Message) -> bytes:
             wire: list[object] = ["D", n]
         case Outcome() as o:
             wire = ["O", o.task_id, o.attempt, o.status.value, o.runtime_ms, o.result, o.error,
-                    o.demand, o.lost, o.final, o.suspect]
+                    o.demand, o.lost, o.final, o.suspect, o.deadline_s]
         case Batch(tasks=tasks):
             wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue] for t in tasks]]
         case Stop():
@@ -195,9 +196,9 @@ def decode(data: bytes) -> Message:
             case ["D", int(n)]:
                 return Demand(n)
             case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final,
-                  suspect]:
+                  suspect, deadline_s]:
                 return Outcome(task_id, attempt, Status(status), runtime, result, error, demand,
-                               lost, final, suspect)
+                               lost, final, suspect, deadline_s)
             case ["B", list(rows)]:
                 return Batch(tuple(Task(*row) for row in rows))
             case ["S"]:

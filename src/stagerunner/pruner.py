@@ -1,30 +1,64 @@
-"""Retention on the producer's timer: finished tasks older than STAGERUNNER_RETENTION are
-deleted in small batches, by one node at a time (an advisory lock decides which)."""
+"""Retention: finished tasks older than STAGERUNNER_RETENTION are deleted in batches, by
+one node at a time (an advisory lock decides which).
+
+It runs in a thread of the supervisor, on a connection of its own, not in the producer's
+loop: a long delete never holds up claims, heartbeats or outcomes. While it finds full
+batches it goes on at once, so it keeps up with any rate a node can finish tasks at; once
+it is caught up it looks again every minute.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import Any
 
 from stagerunner import store
 
-if TYPE_CHECKING:
-    import psycopg
-
 log = logging.getLogger(__name__)
-BATCH = 500
+BATCH = 5000
 INTERVAL_S = 60.0
-CATCH_UP_S = 1.0  # a full batch means more is waiting: come back soon, in small bites
+RETRY_S = 5.0  # after a database error
 
 
-@dataclass
 class Pruner:
-    retention_s: float
+    def __init__(self, dsn: str, retention_s: float) -> None:
+        self.dsn = dsn
+        self.retention_s = retention_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="pruner", daemon=True)
+        self.conn: Any = None
 
-    def step(self, conn: psycopg.Connection[Any]) -> float:
-        """Delete one batch; seconds until the next one is due."""
-        deleted = store.purge_tasks(conn, older_s=self.retention_s, batch=BATCH, exclusive=True)
+    def start(self) -> None:
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                deleted = self.step()
+            except Exception as exc:  # the database went away: try again later
+                log.warning("pruning failed; retrying", extra={"event": "tasks.prune_failed",
+                                                               "error": str(exc).strip()[:200]})
+                self._close()
+                self.stop.wait(RETRY_S)
+                continue
+            if deleted < BATCH:
+                self.stop.wait(INTERVAL_S)
+
+    def step(self) -> int:
+        """Delete one batch; how many rows went."""
+        if self.conn is None:
+            self.conn = store.connect_guarded(self.dsn)
+        deleted = store.purge_tasks(self.conn, older_s=self.retention_s, batch=BATCH,
+                                    exclusive=True)
         if deleted:
             log.info("finished tasks pruned", extra={"event": "tasks.pruned", "count": deleted})
-        return CATCH_UP_S if deleted == BATCH else INTERVAL_S
+        return deleted
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None

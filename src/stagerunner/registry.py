@@ -13,13 +13,14 @@ consumer imports is paid on every fork.
 from __future__ import annotations
 
 import importlib
+import json
 import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagerunner.errors import UnknownTask
+from stagerunner.errors import BadArguments, UnknownTask
 
 _NAME = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 MAX_ATTEMPTS_DEFAULT = 3
@@ -111,3 +112,31 @@ def periodic(modules: Iterable[str]) -> list[Spec]:
     """Registered tasks with a cron schedule, from the allowed modules."""
     modules = list(modules)
     return [s for s in _REGISTRY.values() if s.cron and _allowed(s.module, modules)]
+
+
+def resolver(modules: tuple[str, ...]) -> Callable[[str], Callable[..., Any]]:
+    """A job child's way from a task name to the function it runs."""
+    def by_name(name: str) -> Any:
+        return resolve(name, modules).func
+
+    return by_name
+
+
+def check_arguments(spec: Spec, args_text: str) -> None:
+    """Refuse arguments that cannot be bound to the task's signature, before forking."""
+    try:
+        args = json.loads(args_text)
+    except (ValueError, RecursionError) as exc:
+        raise BadArguments(f"arguments for {spec.name} cannot be decoded: "
+                           f"{type(exc).__name__}: {exc}") from None
+    if spec.signature is None:
+        return
+    try:
+        if isinstance(args, list):
+            spec.signature.bind(*args)
+        elif isinstance(args, dict):
+            spec.signature.bind(**args)
+        else:
+            raise TypeError(f"expected a JSON array or object, got {type(args).__name__}")
+    except TypeError as exc:
+        raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None

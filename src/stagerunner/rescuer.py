@@ -36,15 +36,18 @@ class Rescuer:
     queues: str
     lease_s: float
 
-    def register(self, conn: psycopg.Connection[Any]) -> float:
+    def register(self, conn: psycopg.Connection[Any], consumers: int = 0,
+                 info: dict[str, Any] | None = None) -> float:
         """A fresh lease; the seconds it has left."""
         return store.register_node(conn, owner=self.owner, node=self.node,
                                    host=socket.gethostname(), pid=os.getpid(),
-                                   queues=self.queues, lease_s=self.lease_s)
+                                   queues=self.queues, lease_s=self.lease_s,
+                                   consumers=consumers, info=info)
 
-    def beat(self, conn: psycopg.Connection[Any]) -> float | None:
+    def beat(self, conn: psycopg.Connection[Any], consumers: int = 0,
+             info: dict[str, Any] | None = None) -> float | None:
         """Extend the lease; the seconds it has left, or None if it had run out."""
-        return store.beat_node(conn, owner=self.owner)
+        return store.beat_node(conn, owner=self.owner, consumers=consumers, info=info)
 
     def rescue(self, conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
         """Hand back the running tasks of dead owners; (task id, its status now)."""

@@ -6,6 +6,7 @@ timing, like Ecto's ``QUERY OK db=0.4ms`` lines in the tutorial.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -167,6 +168,8 @@ class Finish:
     lost: int = 0
     runtime_ms: float = 0.0
     kills: int = 0  # 1 when its consumer died under this run (completer.decide)
+    consumer: int | None = None  # the consumer slot that ran it (None: keep the row's)
+    deadline_s: float | None = None  # the deadline the run was given (None: keep the row's)
 
 
 def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]
@@ -182,6 +185,7 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "results": [f.result for f in finishes], "errors": [f.error for f in finishes],
         "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
         "kills": [f.kills for f in finishes], "runtimes": [f.runtime_ms for f in finishes],
+        "consumers": [f.consumer for f in finishes], "deadlines": [f.deadline_s for f in finishes],
     })
     return {r["id"]: r["status"] for r in rows}
 
@@ -198,17 +202,21 @@ def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[
 
 
 def register_node(conn: psycopg.Connection[Any], *, owner: str, node: str, host: str, pid: int,
-                  queues: str, lease_s: float) -> float:
+                  queues: str, lease_s: float, consumers: int = 0,
+                  info: dict[str, Any] | None = None) -> float:
     """A fresh lease for `owner`; the seconds it has left (from the database's now())."""
     rows = _run(conn, "register_node", {"owner": owner, "node": node, "host": host, "pid": pid,
-                                        "queues": queues, "lease_s": lease_s})
+                                        "queues": queues, "lease_s": lease_s,
+                                        "consumers": consumers, "info": json.dumps(info or {})})
     return float(rows[0]["lease_left_s"])
 
 
-def beat_node(conn: psycopg.Connection[Any], *, owner: str) -> float | None:
+def beat_node(conn: psycopg.Connection[Any], *, owner: str, consumers: int = 0,
+              info: dict[str, Any] | None = None) -> float | None:
     """Extend `owner`'s lease while it has not run out; the seconds it has left, or None
     when it had run out (or the row is gone): then the owner must stop its jobs."""
-    rows = _run(conn, "beat_node", {"owner": owner})
+    rows = _run(conn, "beat_node", {"owner": owner, "consumers": consumers,
+                                    "info": json.dumps(info or {})})
     return float(rows[0]["lease_left_s"]) if rows else None
 
 

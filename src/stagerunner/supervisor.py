@@ -23,15 +23,17 @@ import secrets
 import signal
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from stagerunner import consumer, logs, metrics, procs, producer, registry
 from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
-from stagerunner.executor import Limits
+from stagerunner.child import Limits
 from stagerunner.metrics import Stats
+from stagerunner.pruner import Pruner
+from stagerunner.restarts import Restarts
 from stagerunner.producer import EXIT_FENCED, ProducerConfig
 from stagerunner.protocol import (Alive, Attach, Died, ProtocolError, Replace, Stop, decode,
                                   encode)
@@ -44,21 +46,6 @@ EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
 PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
-EXPLAIN_S = 2.0  # how long a consumer's death waits for the producer to say a job ran in it
-
-
-class RestartIntensity:
-    """At most `limit` restarts within `window` seconds (pure)."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.times: deque[float] = deque()
-
-    def allow(self, now: float) -> bool:
-        self.times.append(now)
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
-        return len(self.times) <= self.limit
 
 
 @dataclass
@@ -78,7 +65,7 @@ class Supervisor:
         self.control: Any = None
         self.owner = ""
         self.consumers: dict[int, Stage] = {}
-        self.intensity = RestartIntensity(settings.max_restarts, settings.restart_window)
+        self.budget = Restarts(settings.max_restarts, settings.restart_window)
         self.stopping = False
         self.stop_deadline = 0.0
         self.signal_r, self.signal_w = socket.socketpair()
@@ -87,7 +74,6 @@ class Supervisor:
         self.alive_at = 0.0  # when the producer last said Alive
         self.alive_held = 0
         self.restarts: Counter[str] = Counter()
-        self.unexplained: dict[int, float] = {}  # consumer slot -> when it died, unexplained
         self.stats = Stats()  # the producer's counters, from its last liveness report
         self.periodic = tuple(
             Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
@@ -105,6 +91,8 @@ class Supervisor:
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
                            self._snapshot).start()
+        if self.settings.retention > 0:
+            Pruner(self.dsn, self.settings.retention).start()
         self._start_producer(replaces=())
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -126,7 +114,8 @@ class Supervisor:
         if self.control in ready:
             self._read_control()
         self._reap(now)
-        self._count_unexplained(now)
+        if not self.budget.overdue(now):
+            self._give_up()
         self._watch_producer(time.monotonic())
         if sweeping:
             self._sweep_orphans()
@@ -156,7 +145,7 @@ class Supervisor:
             dsn=self.dsn, owner=self.owner, node=s.node_name,
             queues=tuple(sorted(s.queue_consumers())), poll_interval=s.poll_interval,
             heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
-            max_job_timeout=s.max_job_timeout, replaces=replaces, retention_s=s.retention,
+            max_job_timeout=s.max_job_timeout, replaces=replaces,
             periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
             fault=s.fault)
         ours, theirs = self.ctx.Pipe(duplex=True)
@@ -206,7 +195,8 @@ class Supervisor:
             self.stats = Stats.from_wire(message.stats)
             return
         if isinstance(message, Died):
-            self._explained(message.slot, message.running, time.monotonic())
+            if not self.budget.explained(message.slot, message.running, time.monotonic()):
+                self._give_up()
             return
         if isinstance(message, Replace) and message.slot in self.consumers:
             stage = self.consumers[message.slot]
@@ -236,22 +226,8 @@ class Supervisor:
             "event": "stage.restarted", "stage": "consumer", "slot": stage.slot,
             "exitcode": stage.process.exitcode})
         self.restarts["consumer"] += 1
-        # counted against the restart limit once the producer says no job ran in it (or
-        # says nothing): a task that keeps killing its consumer is the task's problem, and
-        # it is quarantined (completer.decide), never a reason to stop the node
-        self.unexplained[stage.slot] = now
+        self.budget.consumer_died(stage.slot, now)  # counted once explained (restarts)
         self._start_consumer(stage.slot, stage.queue)
-
-    def _explained(self, slot: int, running: bool, now: float) -> None:
-        if self.unexplained.pop(slot, None) is not None and not running:
-            self._may_restart(now)
-
-    def _count_unexplained(self, now: float) -> None:
-        for slot, died_at in list(self.unexplained.items()):
-            if now - died_at > EXPLAIN_S:
-                del self.unexplained[slot]
-                if not self._may_restart(now):
-                    return
 
     def _producer_exited(self, code: int | None, now: float) -> None:
         self.producer = None
@@ -304,14 +280,19 @@ class Supervisor:
         procs.kill_and_reap(strays, keep=set())
 
     def _may_restart(self, now: float) -> bool:
-        if self.intensity.allow(now):
+        if self.budget.allow(now):
             return True
+        self._give_up()
+        return False
+
+    def _give_up(self) -> None:
+        if self.exit_code is not None:
+            return
         log.error("too many restarts; stopping the node", extra={
             "event": "node.restart_limit", "max_restarts": self.settings.max_restarts,
             "window_s": self.settings.restart_window})
         self._kill_all()
         self.exit_code = EXIT_FAILED
-        return False
 
     def _kill_all(self) -> None:
         for stage in self._stages():

@@ -45,6 +45,16 @@ class Wakeups:
             self.next_due = None
             self._everything_may_be_due()
 
+    def notified(self, channel: str, payload: str) -> bool:
+        """A notification, a hint to wake up and never an order: anyone who can connect
+        may send one, with any payload. True for a cancel (ask the database which of our
+        tasks really have one requested); a queue name we do not serve is ignored."""
+        if channel == "stagerunner_queues":
+            self.pauses_changed()
+        if channel in ("stagerunner_queues", "stagerunner_tasks"):
+            self.tasks_notified(payload.split(","))
+        return channel == "stagerunner_cancel"
+
     def tasks_notified(self, queues: Iterable[str]) -> None:
         """Work arrived in (or came back to) these queues; names we do not serve are ignored."""
         self.wanted.update(q for q in queues if q in self.queues)

@@ -114,7 +114,8 @@ STARTED_AT = f"{TASK_MODULE}:started_at"
 SLEEP_FOREVER = f"{TASK_MODULE}:sleep_forever"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LIBRARIES = ("multiprocess", "multiprocessing")
-MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline",
+MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline", "status",
+                "prune",
                 "rss", "pickle", "idle", "scale")
 DRAIN_MODES = (  # (label, extra node environment); "default" is what ships
     ("default", {}),
@@ -136,6 +137,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "scale_drain_small": ("tasks/s", "reuse drain, first K tasks of a 20,000-row backlog"),
     "scale_drain_large": ("tasks/s", "reuse drain, first K tasks of a --scale-rows backlog"),
     "scale_large_over_small": ("ratio", "large / small backlog drain (target >= 0.9)"),
+    "status_p50_ms": ("ms", "`status` with --status-rows finished rows, p50 (target <= 100)"),
+    "scrape_p50_ms": ("ms", "a metrics scrape's queries, same table, p50 (target <= 100)"),
+    "prune_rate": ("rows/s", "retention: finished rows deleted per second, one pruner"),
     "scale_producer_rss_growth_mib": ("MiB", "producer VmRSS max - min, large-backlog drain"),
     "drain_startup_s": ("s", "node Popen -> first claim (default mode)"),
     "cpu_ms_per_task_default_supervisor": ("CPU ms/task", "drain default: supervisor"),
@@ -268,6 +272,7 @@ class Options:
     pickle_messages: int
     quick: bool
     scale_rows: int = 1_000_000
+    status_rows: int = 2_000_000
     scale_tasks: int = 15_000
 
 
@@ -530,6 +535,52 @@ class Bench:
         out["deadline_overshoot_p50_ms"] = percentile(overshoot, 50)
         out["deadline_overshoot_p99_ms"] = percentile(overshoot, 99)
 
+    # 11
+    def status(self, out: dict[str, float]) -> None:
+        """`status` and a metrics scrape's queries on a table that keeps a week of finished
+        tasks (--status-rows of them) beside 20,000 waiting ones: p50 of 9 runs each."""
+        from stagerunner import admin, store
+
+        self.db.reset()
+        with self.db.connect() as conn:
+            conn.execute(
+                "INSERT INTO stagerunner.tasks (name, args, status, attempts, claimed_by, "
+                "finished_at) SELECT %s, '[]', (ARRAY['success', 'success', 'success', 'error', "
+                "'timeout'])[1 + g %% 5]::stagerunner.task_status, 1, 'bench/x', "
+                "now() - make_interval(secs => g %% 604800) FROM generate_series(1, %s) g",
+                (NOOP, self.o.status_rows))
+            conn.execute("INSERT INTO stagerunner.tasks (name, args) "
+                         "SELECT %s, '[]' FROM generate_series(1, 20000)", (NOOP,))
+        self.db.analyze()
+        with self.db.connect() as conn:
+            out["status_p50_ms"] = _p50_ms(lambda: admin.status_report(conn))
+            out["scrape_p50_ms"] = _p50_ms(lambda: (store.count_live_tasks(conn),
+                                                    store.count_finished_tasks(conn)))
+        self.db.reset()
+
+    # 12
+    def prune(self, out: dict[str, float]) -> None:
+        """How fast retention deletes: 200,000 finished rows past it, one pruner's batches
+        back to back (compare with the drain rates: it must keep up with them)."""
+        from stagerunner.pruner import BATCH, Pruner
+
+        self.db.reset()
+        rows = 200_000
+        with self.db.connect() as conn:
+            conn.execute(
+                "INSERT INTO stagerunner.tasks (name, args, status, attempts, claimed_by, "
+                "finished_at) SELECT %s, '[]', 'success', 1, 'bench/x', now() - interval '2 days' "
+                "FROM generate_series(1, %s)", (NOOP, rows))
+        self.db.analyze()
+        pruner = Pruner(self.db.dsn, retention_s=86400)
+        started, deleted = time.perf_counter(), 0
+        while (n := pruner.step()) == BATCH or (n and deleted + n < rows):
+            deleted += n
+        deleted += n
+        out["prune_rate"] = rate(deleted, time.perf_counter() - started)
+        pruner.stop.set()
+        self.db.reset()
+
     # 8
     def pickle(self, out: dict[str, float]) -> None:
         from stagerunner import procs
@@ -560,6 +611,15 @@ class Bench:
                  "protocol.encode": len(encode(outcome))}
         self.note("pickle: message sizes in bytes: "
                   + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+
+
+def _p50_ms(call: Callable[[], Any], runs: int = 9) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return median(times)
 
 
 def _pipe_cost(n: int, send: Callable[[], Any], recv: Callable[[], Any], batch: int = 64) -> float:
@@ -617,6 +677,8 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
         ("deadline", "deadline" in only, lambda out, r: bench.deadline(out)),
         ("pickle", "pickle" in only, lambda out, r: bench.pickle(out)),
         ("scale", "scale" in only, bench.scale),
+        ("status", "status" in only, lambda out, r: bench.status(out)),
+        ("prune", "prune" in only, lambda out, r: bench.prune(out)),
     ]
     steps = [(name, step) for name, wanted, step in table if wanted]
     for run in range(options.runs):
@@ -701,7 +763,8 @@ def options_from(args: argparse.Namespace) -> Options:
         deadline_tasks=(3 if quick else 10) * args.consumers,
         pickle_messages=10_000 if quick else 100_000, quick=quick,
         scale_rows=args.scale_rows if args.scale_rows else (100_000 if quick else 1_000_000),
-        scale_tasks=2_000 if quick else 15_000)
+        scale_tasks=2_000 if quick else 15_000,
+        status_rows=100_000 if quick else 2_000_000)
 
 
 def main(argv: list[str] | None = None) -> int:

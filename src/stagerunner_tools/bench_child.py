@@ -9,7 +9,7 @@ its own per fork, as the median of R interleaved runs:
     group     + its own process group and the parent-death signal
     setup     + stdio on fds 1-2, its ``comm``, default SIGTERM/SIGINT
     read      + reading and decoding its job from the job pipe
-    job       the real job child (``executor.child_main``): + running a no-op task,
+    job       the real job child (``jobchild.child_main``): + running a no-op task,
               encoding and writing the result
 
 The job is written into the pipe before the fork, so no child ever waits. The difference
@@ -26,11 +26,12 @@ import statistics
 from collections.abc import Callable
 
 import stagerunner.consumer  # noqa: F401  what a consumer has imported before it forks
-from stagerunner import executor, procs, registry
+from stagerunner import child as jobchild
+from stagerunner import procs, registry
 
 MODULES = ("stagerunner_tools.bench_tasks",)
 NOOP = "stagerunner_tools.bench_tasks:noop"
-LIMITS = executor.Limits(modules=MODULES)
+LIMITS = jobchild.Limits(modules=MODULES)
 
 
 def _resolve(name: str) -> Callable[..., object]:
@@ -43,16 +44,16 @@ def _group(job_r: int, result_w: int, parent: int) -> None:
 
 
 def _setup(job_r: int, result_w: int, parent: int) -> None:
-    executor.prepare_child(parent, LIMITS, "sr-job-bench")
+    jobchild.prepare_child(parent, LIMITS, "sr-job-bench")
 
 
 def _read(job_r: int, result_w: int, parent: int) -> None:
     _setup(job_r, result_w, parent)
-    executor.read_job(job_r)
+    jobchild.read_job(job_r)
 
 
 def _job(job_r: int, result_w: int, parent: int) -> None:
-    executor.child_main(job_r, result_w, parent, LIMITS, _resolve, "sr-job-bench")
+    jobchild.child_main(job_r, result_w, parent, LIMITS, _resolve, "sr-job-bench")
 
 
 STEPS: dict[str, Callable[[int, int, int], None] | None] = {
@@ -62,7 +63,7 @@ STEPS: dict[str, Callable[[int, int, int], None] | None] = {
 def measure(step: str, forks: int) -> tuple[float, float]:
     """(child CPU ms, parent CPU ms) per fork."""
     body = STEPS[step]
-    job = executor.frame(json.dumps([1, NOOP, "[]"]).encode())
+    job = jobchild.frame(json.dumps([1, NOOP, "[]"]).encode())
     before = os.times()
     for _ in range(forks):
         job_r, job_w = os.pipe()

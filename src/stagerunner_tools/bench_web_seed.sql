@@ -56,7 +56,7 @@ FROM (
                     WHEN r1 < 0.98 THEN 'waiting'
                     ELSE 'success' END::stagerunner.task_status AS status,
                'Traceback (most recent call last):' || E'\n' ||
-               '  File "/srv/app/.venv/lib/python3.11/site-packages/stagerunner/executor.py", line 212, in run_job' || E'\n' ||
+               '  File "/srv/app/.venv/lib/python3.11/site-packages/stagerunner/child.py", line 81, in run_job' || E'\n' ||
                '    result = spec.func(*args, **kwargs)' || E'\n' ||
                '  File "/srv/app/app/tasks.py", line ' || (40 + k * 13) || ', in task_' || k || E'\n' ||
                '    response = client.post(url, json=payload, timeout=10)' || E'\n' ||

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from stagerunner.protocol import TERMINAL
-from stagerunner_tools.runs import Run, overlap
+from stagerunner_tools.runs import Records, Run, overlap
 
 FINISHED = tuple(s.value for s in TERMINAL)
 
@@ -112,3 +113,32 @@ def check_rows(conn: psycopg.Connection[Any], ids: Sequence[int], *, allow_waiti
     bad = {i: p for i, r in found.items() if (p := row_problems(r, allow_waiting=allow_waiting))}
     assert not bad, f"rows break the promises: {bad}"
     return found
+
+
+@dataclass
+class Recorder(Records):
+    """The run records of one test; one key per task of tests.tasks:record."""
+
+    keys: dict[int, str] = field(default_factory=dict)
+
+    def args(self, key: str, seconds: float = 0.0) -> list[Any]:
+        return [str(self.path), key, seconds]
+
+    def enqueue(self, conn: psycopg.Connection[Any], count: int, seconds: float, prefix: str = "k",
+                **cols: Any) -> list[int]:
+        base = len(self.keys)
+        keys = [f"{prefix}{base + i}" for i in range(count)]
+        ids = insert_rows(conn, "tests.tasks:record",
+                                     [self.args(k, seconds) for k in keys], **cols)
+        self.keys.update(zip(ids, keys))
+        return ids
+
+    def check(self, conn: psycopg.Connection[Any], ids: list[int] | None = None
+              ) -> dict[str, list[Run]]:
+        """No overlaps; every run was a claim; a success ran to its end."""
+        runs = self.runs()
+        found = rows(conn, ids if ids is not None else list(self.keys))
+        problems = {i: p for i, r in found.items()
+                    if (p := run_problems(runs.get(self.keys[i], []), r))}
+        assert not problems, f"run records break the promises: {problems}"
+        return runs

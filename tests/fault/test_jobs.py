@@ -73,3 +73,18 @@ def test_a_hard_deadline_is_not_stretched_by_a_busy_node(conn, start_node, tmp_p
     wait_terminal(conn, ids, timeout=60, node=node)
     for r in rows(conn, ids).values():
         assert r["status"] == "timeout" and r["errors"][-1]["runtime_ms"] < 1500, r["errors"]
+
+
+def test_big_messages_crossing_between_producer_and_consumer_never_deadlock(conn, start_node):
+    """A batch of tasks with megabytes of arguments one way while a megabytes-long result
+    comes back the other: neither stage ever blocks writing to the other."""
+    node = start_node(consumers=1, prefetch=3, result_max_bytes=8 << 20, job_timeout=10,
+                      max_job_timeout=10)
+    big = "z" * (3 << 20)
+    ids = insert_rows(conn, "tests.tasks:echo", [[big]] * 2)
+    ids += insert_rows(conn, "tests.tasks:echo_big", [[3 << 20]] * 4)
+    wait_terminal(conn, ids, timeout=60, node=node)
+    found = check_rows(conn, ids)
+    assert {r["status"] for r in found.values()} == {"success"}, {
+        i: (r["status"], r["last_error"]) for i, r in found.items()}
+    assert not node.events("consumer.silent") and not node.events("stage.restarted")

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from stagerunner.consumer import Consumer, ConsumerConfig
-from stagerunner.executor import Limits
+from stagerunner.child import Limits
 from stagerunner import procs
 from stagerunner.protocol import Batch, Demand, Lease, Message, Outcome, Task, decode, encode
 

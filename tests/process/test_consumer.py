@@ -9,7 +9,7 @@ import pytest
 
 from stagerunner import consumer, procs
 from stagerunner.consumer import ConsumerConfig
-from stagerunner.executor import Limits
+from stagerunner.child import Limits
 from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, Status, Stop, Task,
                                   decode, encode)
 from stagerunner_tools.procfs import alive as pid_alive

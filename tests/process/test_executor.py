@@ -9,7 +9,8 @@ import pytest
 
 import tests.tasks  # noqa: F401  registers the test tasks
 from stagerunner import registry
-from stagerunner.executor import Ending, Job, Limits
+from stagerunner.child import Limits
+from stagerunner.executor import Ending, Job
 from stagerunner.forker import Forker
 from stagerunner.protocol import Status, Task
 from stagerunner_tools.procfs import alive as pid_alive
@@ -196,3 +197,12 @@ def test_a_reused_child_whose_pipe_broke_is_not_given_another_job():
                    ).status is Status.ERROR
         after = [run(c, "tests.tasks:record_run", '["/dev/null"]').result for _ in range(2)]
     assert after[0] != before and after[0] == after[1]  # a fresh child, reused from then on
+
+
+def test_descendants_that_escaped_twice_die_at_the_deadline(consumer, tmp_path):
+    pidfile = tmp_path / "pids"
+    outcome = run(consumer, "tests.tasks:escape_twice", f'["{pidfile}"]', timeout=1.5)
+    assert outcome.status is Status.TIMEOUT
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(set(pids)) == 2, pids  # the one that escaped, and the one that escaped it
+    eventually(lambda: not any(pid_alive(p) for p in pids), timeout=5)

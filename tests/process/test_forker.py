@@ -12,7 +12,7 @@ import pytest
 
 import tests.tasks  # noqa: F401  registers the test tasks
 from stagerunner import registry
-from stagerunner.executor import Limits
+from stagerunner.child import Limits
 from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import Task
 from stagerunner_tools.procfs import alive as pid_alive

@@ -223,8 +223,22 @@ def test_the_least_privilege_roles_are_enough(db, conn, start_node):
 
         with psycopg.connect(app, autocommit=True) as app_conn:
             task = stagerunner.enqueue("tests.tasks:ok", [], conn=app_conn, unique_key="lp")
+            assert stagerunner.enqueue("tests.tasks:ok", [], conn=app_conn, unique_key="lp") == task
+            many = stagerunner.enqueue_many([("tests.tasks:add", [1, 2])] * 3, conn=app_conn)
+            for forbidden in (  # a new task's own columns only: nothing a node decides
+                    "UPDATE stagerunner.tasks SET status = 'success'",
+                    "UPDATE stagerunner.tasks SET claimed_by = 'me', attempts = 0",
+                    "INSERT INTO stagerunner.tasks (id, name) VALUES (10000, 'x')",
+                    "INSERT INTO stagerunner.tasks (name, status) VALUES ('x', 'running')",
+                    "INSERT INTO stagerunner.tasks (name, attempts) VALUES ('x', 5)",
+                    "DELETE FROM stagerunner.tasks"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    app_conn.execute(forbidden)
+        out = run_cli("enqueue", "tests.tasks:ok", dsn=app)
+        assert out.returncode == 0 and out.stdout.strip().isdigit(), out.stderr
         start_node(dsn=runner, retention="1h")
-        eventually(lambda: status_of(conn, task) == "success", timeout=10)
+        for task_id in (task, *many, int(out.stdout)):
+            eventually(lambda: status_of(conn, task_id) == "success", timeout=10)
     finally:
         for role in (runner_role, app_role):
             conn.execute(f"DROP OWNED BY {role}")

@@ -43,6 +43,26 @@ def test_many_tasks_all_end_in_success(conn, start_node, statuses):
     assert node.stop() == 0
 
 
+def test_rows_say_where_and_how_long_each_run_ran_and_the_node_row_what_it_knows(conn, start_node):
+    [fast] = enqueue_many(conn, "tests.tasks:add", [[1, 2]])
+    [slow] = enqueue_many(conn, "tests.tasks:sleep_for", [[5]], timeout_s=0.5, max_attempts=1)
+    node = start_node(consumers=2)
+    wait_all(conn, [fast, slow])
+    got = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, consumer, deadline_s, runtime_ms FROM stagerunner.tasks").fetchall()}
+    assert got[fast][0] in (0, 1) and got[fast][1] == 1.0 and 0 < got[fast][2] < 1000
+    assert got[slow][0] in (0, 1) and got[slow][1] == 0.5 and 500 <= got[slow][2] < 900
+
+    def beat_recorded():
+        consumers, info = conn.execute("SELECT consumers, info FROM stagerunner.nodes "
+                                       "WHERE expires_at > now()").fetchone()
+        assert consumers == 2 and info["finished_success"] == 1 and info["finished_timeout"] == 1
+        return True
+
+    eventually(beat_recorded, timeout=10)
+    assert node.stop() == 0
+
+
 def test_a_sleeping_task_times_out_near_one_second_and_its_grandchild_is_gone(
         conn, start_node, get_task, tmp_path):
     pidfile = tmp_path / "grandchild.pid"

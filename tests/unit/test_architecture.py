@@ -45,7 +45,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_consumers_never_import_psycopg_or_pydantic():
-    loaded = _modules_after("import stagerunner.consumer, stagerunner.executor, stagerunner.forker")
+    loaded = _modules_after("import stagerunner.consumer, stagerunner.executor, stagerunner.child, stagerunner.forker")
     assert "psycopg" not in loaded
     assert "pydantic" not in loaded
 

@@ -3,7 +3,7 @@ import pytest
 from stagerunner.client import to_json
 from stagerunner.errors import NotJSON
 from stagerunner.logs import redact
-from stagerunner.supervisor import RestartIntensity
+from stagerunner.restarts import RestartIntensity
 
 
 def test_restart_intensity_allows_bursts_up_to_the_limit_within_the_window():

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
@@ -179,12 +180,17 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 _JSON = {"args", "result", "errors", "info"}
 
 
+_FINISHED = ("success", "error", "timeout", "cancelled")
+
+
 def insert_row(conn: Any, table: str = "tasks", **fields: Any) -> dict[str, Any]:
     """One row of stagerunner.<table> with exactly these columns (JSON ones given as Python)."""
     import json
 
     from psycopg.rows import dict_row
 
+    if table == "tasks" and fields.get("status") in _FINISHED:
+        fields.setdefault("finished_at", datetime.now(timezone.utc))  # the schema insists
     values = {k: json.dumps(v) if k in _JSON and not isinstance(v, str) else v for k, v in fields.items()}
     cols = list(values)
     marks = ", ".join(f"%({c})s::stagerunner.task_status" if c == "status" else

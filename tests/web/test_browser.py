@@ -104,7 +104,7 @@ def test_overview_shows_queues_nodes_the_chart_and_recent_failures(browser, star
     insert_row(conn, name="app:later", queue="mail", run_at=ago(minutes=-30))
     insert_row(conn, name="app:due", queue="mail", run_at=ago(minutes=4))
     insert_row(conn, "nodes", owner="box-1/77-abc", node="box-1", host="box-1.internal", pid=77,
-               queues="default,mail", consumers=8,
+               queues="default,mail", consumers=8, expires_at=ago(seconds=-30),
                info={"forkers_alive": 8, "jobs_running": 3, "killed_at_deadline": 12, "overshoot_ms_p99": 2.5})
     insert_row(conn, "queues", name="mail", paused=True, paused_at=ago(minutes=2))
     web = start_web()

@@ -66,8 +66,10 @@ def test_queue_counts_come_from_the_partial_indexes_and_the_last_hour(conn):
     insert_row(conn, name="app:x", queue="mail", status="running", attempts=1, claimed_by="n/1")
     insert_row(conn, name="app:x", queue="mail", status="error", attempts=1, finished_at=ago(minutes=5))
     insert_row(conn, name="app:x", queue="mail", status="error", attempts=1, finished_at=ago(hours=2))
-    insert_row(conn, "nodes", owner="n/1", node="n", host="h", pid=1, queues="default,mail")
-    rows = {r["queue"]: r for r in queries.queues(conn, window_s=3600, expiry_s=3)}
+    insert_row(conn, "nodes", owner="n/1", node="n", host="h", pid=1, queues="default,mail",
+               expires_at=ago(seconds=-30))
+    insert_row(conn, "nodes", owner="gone/1", node="gone", host="h", pid=2, queues="old")
+    rows = {r["queue"]: r for r in queries.queues(conn, window_s=3600)}
     assert set(rows) == {"default", "mail"} and rows["default"]["served"]
     mail = rows["mail"]
     assert (mail["due"], mail["scheduled"], mail["running"], mail["error"]) == (1, 1, 1, 1)

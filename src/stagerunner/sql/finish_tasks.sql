@@ -18,12 +18,18 @@ SET status = o.status,
                   ELSE t.run_at END,
     claimed_by = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_by END,
     claimed_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_at END,
-    finished_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE now() END
+    finished_at = CASE WHEN o.status = 'waiting' THEN NULL ELSE now() END,
+    -- the last run that started: where it ran, its deadline and how long it took
+    runtime_ms = CASE WHEN o.deadline_s IS NULL THEN t.runtime_ms ELSE o.runtime_ms END,
+    deadline_s = coalesce(o.deadline_s, t.deadline_s),
+    consumer = CASE WHEN o.deadline_s IS NULL THEN t.consumer ELSE o.consumer END
 FROM unnest(
     %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::stagerunner.task_status[],
     %(reported)s::text[], %(results)s::jsonb[], %(errors)s::text[], %(delays)s::double precision[],
-    %(lost)s::integer[], %(kills)s::integer[], %(runtimes)s::double precision[]
-) AS o(id, attempt, status, reported, result, error, delay_s, lost, kills, runtime_ms)
+    %(lost)s::integer[], %(kills)s::integer[], %(runtimes)s::double precision[],
+    %(consumers)s::integer[], %(deadlines)s::double precision[]
+) AS o(id, attempt, status, reported, result, error, delay_s, lost, kills, runtime_ms,
+       consumer, deadline_s)
 WHERE t.id = o.id
   AND t.status = 'running'
   AND t.claimed_by = %(owner)s

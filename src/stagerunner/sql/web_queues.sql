@@ -31,7 +31,7 @@ finished AS (
 served AS (
     SELECT DISTINCT unnest(string_to_array(queues, ',')) AS queue
     FROM stagerunner.nodes
-    WHERE heartbeat_at >= now() - make_interval(secs => %(expiry_s)s)
+    WHERE expires_at > now()
 ),
 names AS (
     SELECT queue FROM waiting

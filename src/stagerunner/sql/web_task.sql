@@ -6,8 +6,8 @@ SELECT t.id, t.name, t.args, t.queue, t.priority, t.status::text AS status, t.at
        t.created_at, t.cancel_requested_at,
        extract(epoch FROM t.claimed_at - t.run_at)::double precision AS wait_s,
        n.node, n.host, n.pid, n.consumers AS node_consumers, n.info AS node_info,
-       CASE WHEN isfinite(n.heartbeat_at)
-            THEN extract(epoch FROM now() - n.heartbeat_at)::double precision END AS node_beat_age_s
+       extract(epoch FROM now() - n.heartbeat_at)::double precision AS node_beat_age_s,
+       n.expires_at > now() AS node_alive
 FROM stagerunner.tasks AS t
 LEFT JOIN stagerunner.nodes AS n ON n.owner = t.claimed_by
 WHERE t.id = %(id)s;

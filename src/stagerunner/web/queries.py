@@ -22,8 +22,8 @@ def session(conn: Conn, *, timeout_ms: int) -> None:
     store.query(conn, "web_session", {"timeout_ms": timeout_ms})
 
 
-def queues(conn: Conn, *, window_s: float, expiry_s: float) -> list[Row]:
-    return store.query(conn, "web_queues", {"window_s": window_s, "expiry_s": expiry_s})
+def queues(conn: Conn, *, window_s: float) -> list[Row]:
+    return store.query(conn, "web_queues", {"window_s": window_s})
 
 
 def throughput(conn: Conn, *, window_s: float, bucket_s: float) -> list[Row]:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 
-from stagerunner import database, logs, store
+from stagerunner import database, logs, migrations, store
 from stagerunner.config import Settings
 from stagerunner.web import guard, queries
 from stagerunner.web.app import Dashboard, Request, Response
@@ -138,7 +138,7 @@ def serve(settings: Settings) -> int:
     db = database.open_database(settings)
     try:
         with store.connect(db.dsn, connect_timeout=10) as conn:
-            store.check_schema(conn)
+            migrations.check_schema(conn)
     except psycopg.OperationalError as exc:
         print(f"stagerunner: cannot connect to the database: {logs.redact(str(exc).strip())}", file=sys.stderr)
         return 1

@@ -44,10 +44,10 @@ class Redirect(Exception):
 # Overview -------------------------------------------------------------------------------
 
 def overview(conn: Conn, args: dict[str, str], settings: Settings) -> Page:
-    queue_rows = queries.queues(conn, window_s=OVERVIEW_WINDOW_S, expiry_s=settings.node_expiry)
+    queue_rows = queries.queues(conn, window_s=OVERVIEW_WINDOW_S)
     buckets = charts.fill(queries.throughput(conn, window_s=OVERVIEW_WINDOW_S,
                                              bucket_s=OVERVIEW_BUCKET_S), OVERVIEW_WINDOW_S // OVERVIEW_BUCKET_S)
-    nodes = [_node(n, settings.node_expiry) for n in queries.nodes(conn)]
+    nodes = [_node(n) for n in queries.nodes(conn)]
     finished = sum(b.total for b in buckets)
     failed = sum(b.failed for b in buckets)
     totals = {key: sum(q[key] for q in queue_rows)
@@ -66,11 +66,9 @@ def overview(conn: Conn, args: dict[str, str], settings: Settings) -> Page:
     }
 
 
-def _node(row: Row, expiry_s: float) -> dict[str, Any]:
-    age = row["beat_age_s"]
+def _node(row: Row) -> dict[str, Any]:
     info = row["info"]
-    return {**row, "alive": age is not None and age <= expiry_s,
-            "info_items": sorted(info.items()) if isinstance(info, dict) else [("info", info)]}
+    return {**row, "info_items": sorted(info.items()) if isinstance(info, dict) else [("info", info)]}
 
 
 # Tasks ------------------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def task(conn: Conn, task_id: int, settings: Settings) -> Page:
     return "task.html", {
         "task": row, "overshoot_ms": overshoot, "attempts": [_attempt(e) for e in _entries(row["errors"])],
         "node_info": sorted(node_info.items()) if isinstance(node_info, dict) else [],
-        "node_alive": row["node_beat_age_s"] is not None and row["node_beat_age_s"] <= settings.node_expiry,
+        "node_alive": bool(row["node_alive"]),
         "default_deadline_s": min(settings.job_timeout, settings.max_job_timeout),
     }
 

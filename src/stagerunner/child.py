@@ -1,0 +1,193 @@
+"""The job child: forked ahead of time by the consumer's fork helper, it waits for its job
+(or K with child reuse), runs it, and writes one reply per job. Framing, the child's
+set-up and the bounds on what it sends back live here; the consumer's end of the pipes is
+``executor``.
+
+    job pipe     -> [len][json: id, name, args]
+    result pipe  <- [len][json: "ok", result] | ["error", text]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stagerunner import procs
+from stagerunner.protocol import Task
+
+HEADER = struct.Struct(">I")
+# Error text a job sends back (a traceback, a message) is cut to this, keeping its head
+# and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
+ERROR_MAX_CHARS = 64 * 1024
+
+Resolver = Callable[[str], Callable[..., Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a consumer needs to run jobs; primitives only, so consumers stay lean."""
+
+    job_timeout: float = 1.0
+    max_job_timeout: float = 30.0
+    modules: tuple[str, ...] = ()
+    child_reuse: int = 1
+    memory_mb: int | None = None
+    result_max_bytes: int = 1 << 20
+
+    def deadline_for(self, task: Task, spec_timeout: float | None) -> float:
+        """The task's own timeout, else its @task timeout, else the node default; never
+        above the hard cap. A NaN, infinite or non-positive value counts as unset."""
+        for wanted in (task.timeout_s, spec_timeout):
+            if isinstance(wanted, (int, float)) and 0 < wanted < float("inf"):
+                return min(float(wanted), self.max_job_timeout)
+        return min(self.job_timeout, self.max_job_timeout)
+
+
+# Framing ---------------------------------------------------------------------------
+
+def frame(payload: bytes) -> bytes:
+    """A length-prefixed message, as both pipes of a job child carry them."""
+    return HEADER.pack(len(payload)) + payload
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# The job child ---------------------------------------------------------------------
+
+def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[Any]:
+    """Call the task; return the wire result ["ok", json] or ["error", text]. Never raises."""
+    try:
+        args = json.loads(args_text)
+        value = func(*args) if isinstance(args, list) else func(**args)
+    except BaseException as exc:  # the job's failure is data, whatever it was
+        return ["error", cap_error("".join(traceback.format_exception(exc)))]
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return ["error", f"result is not JSON-encodable: {exc}"]
+    if "\\u0000" in text:  # valid JSON, but PostgreSQL's jsonb cannot store it
+        return ["error", "result is not storable: it contains a NUL character (\\u0000)"]
+    if len(text) > max_bytes:
+        return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
+    return ["ok", text]
+
+
+def cap_error(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """Storable error text of bounded size: NUL bytes escaped (PostgreSQL's text cannot
+    hold them), and beyond `limit` characters the head and the tail with what was cut."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return (f"{text[:half]}\n[... {len(text) - 2 * half:,} characters cut; the error was "
+            f"{len(text):,} characters long ...]\n{text[-half:]}")
+
+
+def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
+               title: str) -> None:
+    """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
+    prepare_child(parent, limits, title)
+    for _ in range(limits.child_reuse):
+        job = read_job(job_r)
+        if job is None:
+            return
+        _task_id, name, args_text = job
+        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
+        _flush_std()
+        write_all(result_w, frame(json.dumps(reply).encode()))
+
+
+def prepare_child(parent: int, limits: Limits, title: str) -> None:
+    """Its own process group, death with its parent, stdio on fds 1-2, its name, default
+    signal dispositions and the memory limit."""
+    os.setpgrp()
+    procs.die_with_parent(parent)
+    _std_streams_on_fds()
+    if title:  # comm only: setproctitle would cost more than the rest of the set-up
+        procs.set_comm(title)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if limits.memory_mb:
+        import resource
+
+        size = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+
+def read_job(job_r: int) -> list[Any] | None:
+    """The next job from the job pipe ([id, name, args]), or None once the pipe closed."""
+    try:
+        header = _read_exact(job_r, HEADER.size)
+    except EOFError:
+        return None
+    job: list[Any] = json.loads(_read_exact(job_r, HEADER.unpack(header)[0]))
+    return job
+
+
+def _std_streams_on_fds() -> None:
+    """print() in a job goes to fds 1 and 2, even where the parent had sys.stdout elsewhere
+    (a test harness capturing output): only fds 0-2 survive into the child."""
+    import sys
+
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        try:
+            if stream is not None and stream.fileno() == fd:
+                continue
+        except (AttributeError, OSError, ValueError):
+            pass
+        setattr(sys, name, open(fd, "w", buffering=1, closefd=False, errors="replace"))
+
+
+def _flush_std() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream must not cost the result
+            pass
+
+
+def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
+    """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
+    read end)."""
+    job_r, job_w = os.pipe()
+    result_r, result_w = os.pipe()
+    parent = os.getpid()
+    pid = procs.fork_running({job_r, result_w},
+                             lambda: child_main(job_r, result_w, parent, limits, resolve, title))
+    try:
+        os.setpgid(pid, pid)  # the child does it too; whichever runs first, its group
+    except OSError:           # exists before anyone can signal it
+        pass
+    os.close(job_r)
+    os.close(result_w)
+    return pid, job_w, result_r
+
+
+def max_reply(limits: Limits) -> int:
+    """The largest reply a job child can honestly write: its result or its capped error,
+    JSON-escaped (at worst six bytes a character), in a two-element list."""
+    return 6 * max(limits.result_max_bytes, ERROR_MAX_CHARS) + 1024

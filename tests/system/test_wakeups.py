@@ -1,0 +1,63 @@
+"""Every task that becomes runnable starts within moments, whatever the fallback poll
+(60 s here): a new task, a retry from the CLI, a retry after its backoff, a task handed
+back by a stopping node, a rescued task, and a delay that runs out."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from stagerunner_tools.invariants import insert_rows, rows, wait_terminal
+from tests.helpers import eventually, run_cli
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
+SLOW_POLL = {"poll_interval": 60}
+
+
+def started_within(conn, task_id: int, seconds: float) -> None:
+    eventually(lambda: rows(conn, [task_id])[task_id]["status"] != "waiting", timeout=seconds,
+               interval=0.02)
+
+
+def test_a_retry_from_the_cli_starts_at_once(db, conn, start_node):
+    start_node(**SLOW_POLL)
+    [task] = insert_rows(conn, "tests.tasks:ok", [[]], status="error", attempts=3,
+                         finished_at="now")
+    assert run_cli("retry", str(task), dsn=db).returncode == 0
+    retried = time.monotonic()
+    wait_terminal(conn, [task], timeout=10)
+    assert time.monotonic() - retried < 3 and rows(conn, [task])[task]["status"] == "success"
+
+
+def test_a_retry_runs_when_its_backoff_ends_not_at_the_next_poll(conn, start_node):
+    start_node(**SLOW_POLL)
+    [task] = insert_rows(conn, "tests.tasks:boom", [["once"]], max_attempts=2)
+    wait_terminal(conn, [task], timeout=15)  # 1 s backoff between the two attempts
+    row = rows(conn, [task])[task]
+    assert row["attempts"] == 2 and row["status"] == "error"
+
+
+def test_a_delayed_task_runs_when_due(conn, start_node):
+    start_node(**SLOW_POLL)
+    for _ in range(5):  # the race between the claim and the next due time was per claim
+        [task] = insert_rows(conn, "tests.tasks:ok", [[]])
+        conn.execute("UPDATE stagerunner.tasks SET run_at = now() + interval '0.7 seconds' "
+                     "WHERE id = %s", [task])
+        conn.execute("NOTIFY stagerunner_tasks, 'default'")
+        wait_terminal(conn, [task], timeout=5)
+
+
+def test_tasks_handed_back_by_a_stopping_node_start_at_once_on_another(conn, start_node,
+                                                                        recorder):
+    leaving = start_node(consumers=1, prefetch=3, **SLOW_POLL)
+    ids = recorder.enqueue(conn, 6, 0.5, timeout_s=10)
+    eventually(recorder.running_now, timeout=20)
+    staying = start_node(consumers=1, prefetch=0, **SLOW_POLL)
+    staying.wait_stages(1)
+    leaving.stop(signal.SIGTERM)  # it finishes its job and hands the prefetched ones back
+    stopped = time.monotonic()
+    wait_terminal(conn, ids, timeout=30, node=staying)
+    assert time.monotonic() - stopped < 10  # 6 x 0.5 s of work, no 60 s poll in between
+    assert leaving.events("task.released")
