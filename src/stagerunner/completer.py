@@ -3,7 +3,8 @@ that writes them in one guarded statement per flush and survives database outage
 
 Retry policy: a run that ended in error or timeout is a failed attempt. While the task
 has failed fewer than max_attempts times it goes back to ``waiting`` with run_at pushed
-by ``backoff`` (1 s, 2 s, 4 s, ... capped at 5 minutes); after that it keeps its final
+back (``retry``: exponential backoff with jitter, the task's own or 1 s, 2 s, 4 s, ...
+capped at 5 minutes; its retry_on / discard_on; snoozes); after that it keeps its final
 status and its last error. A run lost for reasons that were not the job's (its
 consumer or node died under it) is not an attempt: it goes back to ``waiting``, unless
 the task has now been lost LOST_LIMIT times, which points at a job that kills its own
@@ -20,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import store
+from stagerunner import retry, store
 from stagerunner.protocol import TERMINAL, Outcome, Status
 from stagerunner.store import Finish
 
@@ -52,11 +53,10 @@ def decide(outcome: Outcome, *, lost: int, max_attempts: int, lost_backoff: bool
         return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0, o.runtime_ms)
     if o.status not in TERMINAL:
         raise ValueError(f"an outcome cannot report {o.status}")
-    failures = o.attempt - lost
-    if failures < max_attempts and not o.final:
-        return Finish(o.task_id, o.attempt, Status.WAITING, o.status, None, o.error,
-                      backoff(failures), 0, o.runtime_ms)
-    return Finish(o.task_id, o.attempt, o.status, o.status, None, o.error, 0.0, 0, o.runtime_ms)
+    d = retry.decide(o, failures=o.attempt - lost, max_attempts=max_attempts)
+    error = None if d.refund else o.error  # a snooze is not a failure: no history entry
+    return Finish(o.task_id, o.attempt, d.status, d.reported, None, error, d.delay_s, 0,
+                  o.runtime_ms, d.refund)
 
 
 @dataclass
@@ -124,8 +124,8 @@ def _log_finish(f: Finish, status: str) -> None:
     event = {Status.SUCCESS: "task.finished", Status.WAITING: "task.retrying",
              Status.TIMEOUT: "task.timed_out", Status.CANCELLED: "task.cancelled"}.get(
         Status(status), "task.failed")
-    if f.reported == "lost" and status != Status.CANCELLED:
-        event = "task.lost"
+    if f.reported in ("lost", "snoozed") and status != Status.CANCELLED:
+        event = f"task.{f.reported}"
     level = logging.INFO if status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
     log.log(level, event.replace("task.", "task ").replace("_", " "),
             extra={"event": event, "task_id": f.task_id, "attempt": f.attempt,

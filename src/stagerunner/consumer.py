@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import faults, logs, procs, registry
+from stagerunner import arguments, faults, logs, procs, registry
 from stagerunner.errors import BadArguments, StagerunnerError
 from stagerunner.executor import ChildHandle, Ending, Job, Limits, Resolver
 from stagerunner.forker import Forker, ForkerGone
@@ -201,7 +201,7 @@ class Consumer:
             timeout = self.limits.deadline_for(task, spec.timeout)
             self.job = Job(task, self.spare, now, now + timeout, timeout)
             faults.hit(self.config.fault, "consumer", "before_job")
-            self.spare.send(task)
+            self.spare.send(task, time.time() + timeout)
             log.debug("task started", extra={"event": "task.started", "task_id": task.id,
                                              "attempt": task.attempt, "child": self.spare.pid})
 
@@ -261,7 +261,7 @@ class Consumer:
 
 def _resolver(modules: tuple[str, ...]) -> Resolver:
     def resolve(name: str) -> Any:
-        return registry.resolve(name, modules).func
+        return registry.resolve(name, modules)
 
     return resolve
 
@@ -273,15 +273,8 @@ def _check_arguments(spec: registry.Spec, args_text: str) -> None:
     except (ValueError, RecursionError) as exc:
         raise BadArguments(f"arguments for {spec.name} cannot be decoded: "
                            f"{type(exc).__name__}: {exc}") from None
-    if spec.signature is None:
-        return
     try:
-        if isinstance(args, list):
-            spec.signature.bind(*args)
-        elif isinstance(args, dict):
-            spec.signature.bind(**args)
-        else:
-            raise TypeError(f"expected a JSON array or object, got {type(args).__name__}")
+        arguments.check(spec.signature, *arguments.unpack(args))
     except TypeError as exc:
         raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None
 

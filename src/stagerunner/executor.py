@@ -2,8 +2,8 @@
 with child reuse), killed as a process group at the deadline.
 
     consumer (through its fork helper) ──fork──> job child (own process group)
-       │  job pipe   ──>  [len][json: id, name, args]
-       │  result pipe <── [len][json: "ok", result] | ["error", text]
+       │  job pipe   ──>  [len][json: id, name, args, attempt, max attempts, queue, times]
+       │  result pipe <── [len][json: "ok", result] | ["error", text(, retry fields)]
        └─ pidfd: tells the consumer the child exited without a result
 
 ``fork_child`` makes a child that waits for its job; the consumer's fork helper
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from stagerunner import procs
+from stagerunner import arguments, procs, retry, running
 from stagerunner.protocol import Outcome, Status, Task
 
 _HEADER = struct.Struct(">I")
@@ -40,7 +40,7 @@ ERROR_MAX_CHARS = 64 * 1024
 # end of the result pipe is given to turn out to be an exit.
 EXIT_GRACE_S = 0.05
 
-Resolver = Callable[[str], Callable[..., Any]]
+Resolver = Callable[[str], Any]  # a task name -> its registry.Spec (or a bare function)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +89,15 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # The job child ---------------------------------------------------------------------
 
-def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[Any]:
-    """Call the task; return the wire result ["ok", json] or ["error", text]. Never raises."""
+def run_job(func: Any, args_text: str, max_bytes: int) -> list[Any]:
+    """Call the task (a registry.Spec or a function; ``running`` awaits an async one);
+    return the wire result ["ok", json] or ["error", text(, retry fields)]. Never raises."""
     try:
-        args = json.loads(args_text)
-        value = func(*args) if isinstance(args, list) else func(**args)
+        args, kwargs = arguments.unpack(json.loads(args_text))
+        value = running.call(func, args, kwargs)
     except BaseException as exc:  # the job's failure is data, whatever it was
-        return ["error", cap_error("".join(traceback.format_exception(exc)))]
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return ["error", f"result is not JSON-encodable: {exc}"]
-    if "\\u0000" in text:  # valid JSON, but PostgreSQL's jsonb cannot store it
-        return ["error", "result is not storable: it contains a NUL character (\\u0000)"]
-    if len(text) > max_bytes:
-        return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
-    return ["ok", text]
+        return running.failed(func, exc, cap_error("".join(traceback.format_exception(exc))))
+    return running.finished(value, max_bytes)
 
 
 def cap_error(text: str, limit: int = ERROR_MAX_CHARS) -> str:
@@ -122,12 +115,14 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
                title: str) -> None:
     """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
     prepare_child(parent, limits, title)
+    running.prepare()
     for _ in range(limits.child_reuse):
         job = read_job(job_r)
         if job is None:
             return
-        _task_id, name, args_text = job
-        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
+        running.enter(job)
+        reply = run_job(resolve(job[1]), job[2], limits.result_max_bytes)
+        running.leave()
         _flush_std()
         _write_all(result_w, frame(json.dumps(reply).encode()))
 
@@ -150,7 +145,7 @@ def prepare_child(parent: int, limits: Limits, title: str) -> None:
 
 
 def read_job(job_r: int) -> list[Any] | None:
-    """The next job from the job pipe ([id, name, args]), or None once the pipe closed."""
+    """The next job from the job pipe ([id, name, args, ...]), or None once it closed."""
     try:
         header = _read_exact(job_r, _HEADER.size)
     except EOFError:
@@ -231,10 +226,12 @@ class ChildHandle:
         if self.pidfd < 0:
             self.pidfd = os.pidfd_open(self.pid)
 
-    def send(self, task: Task) -> None:
+    def send(self, task: Task, deadline: float | None = None) -> None:
+        """The job, with what its context needs (`deadline`: epoch seconds)."""
         self.jobs_sent += 1
         self.buffer.clear()
-        payload = json.dumps([task.id, task.name, task.args]).encode()
+        payload = json.dumps([task.id, task.name, task.args, task.attempt, task.max_attempts,
+                              task.queue, task.enqueued_at, deadline]).encode()
         try:
             _write_all(self.job_w, frame(payload))
         except BrokenPipeError:
@@ -280,8 +277,8 @@ class ChildHandle:
         except (ValueError, RecursionError):
             reply = None
         del self.buffer[:_HEADER.size + size]
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in ("ok", "error")
-                and isinstance(reply[1], str)):
+        if not (isinstance(reply, list) and len(reply) in (2, 3) and reply[0] in ("ok", "error")
+                and isinstance(reply[1], str) and isinstance((reply + [{}])[2], dict)):
             return self._broken("the job wrote garbage into its result pipe (not a reply)")
         return reply
 
@@ -346,7 +343,9 @@ class Job:
         if ending is Ending.REPLIED and self.reply and self.reply[0] == "ok":
             return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=self.reply[1])
         if ending is Ending.REPLIED:
-            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str((self.reply or [""])[-1]))
+            reply = self.reply or ["error", ""]
+            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str(reply[1]),
+                           **retry.from_reply(reply[2] if len(reply) > 2 else {}))
         if ending is Ending.EXITED:
             return Outcome(t.id, t.attempt, Status.ERROR, ms, error=describe_exit(wait_status))
         return Outcome(t.id, t.attempt, Status.TIMEOUT, ms,

@@ -51,6 +51,8 @@ class Task:
     args: str  # JSON text, decoded only inside the job child
     timeout_s: float | None = None
     queue: str = "default"
+    max_attempts: int = 1  # for the job context (stagerunner.current())
+    enqueued_at: float | None = None  # epoch seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,9 @@ class Outcome:
     demand: int = 0
     lost: bool = False  # the run did not end for a reason of its own (not an attempt)
     final: bool = False  # retrying cannot help (unknown task, bad arguments)
+    retry: bool | None = None  # False: the task's retry_on / discard_on rule out another try
+    snooze_s: float | None = None  # the job asked to run again later, spending no attempt
+    backoff: tuple[float, float, float] | None = None  # the task's own retry.Backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +146,10 @@ def encode(message: Message) -> bytes:
             wire: list[object] = ["D", n]
         case Outcome() as o:
             wire = ["O", o.task_id, o.attempt, o.status.value, o.runtime_ms, o.result, o.error,
-                    o.demand, o.lost, o.final]
+                    o.demand, o.lost, o.final, o.retry, o.snooze_s, o.backoff]
         case Batch(tasks=tasks):
-            wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue] for t in tasks]]
+            wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue, t.max_attempts,
+                           t.enqueued_at] for t in tasks]]
         case Stop():
             wire = ["S"]
         case Bye(unstarted=ids):
@@ -167,9 +173,11 @@ def decode(data: bytes) -> Message:
         match wire:
             case ["D", int(n)]:
                 return Demand(n)
-            case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final]:
+            case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final,
+                  *policy]:
+                retry, snooze, backoff = [*policy, None, None, None][:3]
                 return Outcome(task_id, attempt, Status(status), runtime, result, error, demand,
-                               lost, final)
+                               lost, final, retry, snooze, tuple(backoff) if backoff else None)
             case ["B", list(rows)]:
                 return Batch(tuple(Task(*row) for row in rows))
             case ["S"]:

@@ -149,7 +149,8 @@ def claim_tasks(conn: psycopg.Connection[Any], *, owner: str, queue: str, limit:
     next_due = rows[0]["next_due_s"] if rows else None
     rows = [r for r in rows if r["id"] is not None]
     rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))  # RETURNING has no order
-    return [Claim(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"]),
+    return [Claim(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"],
+                       r["max_attempts"], r["enqueued_at"]),
                   r["lost"], r["max_attempts"]) for r in rows], next_due
 
 
@@ -166,6 +167,7 @@ class Finish:
     delay_s: float = 0.0
     lost: int = 0
     runtime_ms: float = 0.0
+    refund: int = 0  # attempts given back: a snoozed run spent none
 
 
 def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]
@@ -180,7 +182,7 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "statuses": [f.status for f in finishes], "reported": [f.reported for f in finishes],
         "results": [f.result for f in finishes], "errors": [f.error for f in finishes],
         "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
-        "runtimes": [f.runtime_ms for f in finishes],
+        "runtimes": [f.runtime_ms for f in finishes], "refunds": [f.refund for f in finishes],
     })
     return {r["id"]: r["status"] for r in rows}
 
