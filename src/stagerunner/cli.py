@@ -122,7 +122,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
 
     import psycopg
 
-    from stagerunner import database, migrations, registry, store, supervisor
+    from stagerunner import catalog, database, migrations, registry, store, supervisor
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:
@@ -133,10 +133,17 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"stagerunner: STAGERUNNER_TASK_MODULES: cannot import: {exc!r}", file=sys.stderr)
         return EXIT_USAGE
+    for spec in registry.over_cap(settings.task_modules, settings.max_job_timeout):
+        print(f"stagerunner: task {spec.name} has timeout={spec.timeout:g} s, above "
+              f"STAGERUNNER_MAX_JOB_TIMEOUT={settings.max_job_timeout:g} s: raise the cap or "
+              "lower the task's timeout", file=sys.stderr)
+        return EXIT_USAGE
     try:
         db = database.open_database(settings)
         with store.connect(db.dsn, connect_timeout=10) as conn:
             migrations.check_schema(conn)
+            store.publish_catalog(conn, node=settings.node_name, columns=catalog.columns(
+                registry.specs(settings.task_modules)))
     except psycopg.OperationalError as exc:
         print(f"stagerunner: cannot connect to the database: {str(exc).strip()}", file=sys.stderr)
         return EXIT_FAILED

@@ -27,7 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import arguments, faults, logs, procs, registry
+from stagerunner import arguments, faults, hooks, logs, procs, registry
+from stagerunner.context import JobContext
 from stagerunner.errors import BadArguments, StagerunnerError
 from stagerunner.executor import ChildHandle, Ending, Job, Limits, Resolver
 from stagerunner.forker import Forker, ForkerGone
@@ -59,6 +60,7 @@ class Consumer:
         self.spare: ChildHandle | None = None  # the child that runs (or will run) the next job
         self.forker: Forker | None = None
         self.job: Job | None = None
+        self.backoff: tuple[float, float, float] | None = None  # the running task's policy
         self.stopping = False
         self.done = False
 
@@ -199,6 +201,7 @@ class Consumer:
             if self.spare is None:
                 self.spare = self._forker().take()
             timeout = self.limits.deadline_for(task, spec.timeout)
+            self.backoff = spec.backoff.wire() if spec.backoff else None
             self.job = Job(task, self.spare, now, now + timeout, timeout)
             faults.hit(self.config.fault, "consumer", "before_job")
             self.spare.send(task, time.time() + timeout)
@@ -219,9 +222,13 @@ class Consumer:
         # before we report)
         status = self._retire_child(wait=ending is Ending.EXITED)
         self._finish(job.outcome(ending, now, status or 0), keep_child=False)
+        if ending is Ending.EXPIRED and hooks.registered("timeout"):
+            hooks.call("timeout", JobContext.from_task(job.task))
 
     def _finish(self, outcome: Outcome, keep_child: bool) -> None:
         self.job = None
+        if self.backoff is not None:  # the task's own retry backoff, for the producer
+            outcome = dataclasses.replace(outcome, backoff=self.backoff)
         self._report(outcome)
         if not keep_child:
             self._retire_child()  # done with it (if not killed already); the helper kills

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,12 @@ class JobContext:
             [*job, None, None, None, None, None][:8])
         return cls(int(id_), str(name), int(attempt or 0), int(max_attempts or 1),  # type: ignore[call-overload]
                    str(queue or "default"), _utc(enqueued), _utc(deadline))
+
+    @classmethod
+    def from_task(cls, task: Any) -> JobContext:
+        """From a protocol.Task (in the consumer or the producer: no deadline known)."""
+        return cls(task.id, task.name, task.attempt, task.max_attempts, task.queue,
+                   _utc(task.enqueued_at), None)
 
     @property
     def is_last_attempt(self) -> bool:

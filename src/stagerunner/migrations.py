@@ -12,7 +12,7 @@ import psycopg
 from stagerunner import store
 from stagerunner.errors import SchemaMissing
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: task catalog, results NOTIFY (issue 13)
 
 
 def schema_text() -> str:

@@ -25,7 +25,8 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import faults, logs, procs, store
+from stagerunner import faults, hooks, logs, procs, registry, store
+from stagerunner.context import JobContext
 from stagerunner.completer import Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
@@ -65,6 +66,7 @@ class ProducerConfig:
     log_level: str = "info"
     log_format: str = "text"
     fault: str = ""
+    hook_modules: tuple[str, ...] = ()  # task modules to import for their on_lost hooks
 
 
 class Producer:
@@ -145,6 +147,8 @@ class Producer:
 
     def _complete(self, claim: Claim, outcome: Outcome) -> None:
         self.stats.observe(claim.task.queue, outcome.status, outcome.runtime_ms)
+        if outcome.lost and self.config.hook_modules:
+            hooks.call("lost", JobContext.from_task(claim.task))
         finish = self.completer.add(outcome, lost=claim.lost, max_attempts=claim.max_attempts)
         if finish.status == Status.WAITING:  # a retry: we know when it will be due
             self.wakeups.wake_at(time.monotonic() + finish.delay_s)
@@ -321,4 +325,5 @@ def main(control: Any, config: ProducerConfig, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(config.log_level, config.log_format, "producer", config.node)
+    registry.load(config.hook_modules)
     procs.exit_with(Producer(control, config).run, log, "producer")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _sql(name: str) -> str:
+def sql_text(name: str) -> str:
+    """The statement in sql/<name>.sql (astore, the async twin, runs the same files)."""
     return resources.files("stagerunner.sql").joinpath(f"{name}.sql").read_text()
 
 
@@ -32,7 +33,7 @@ def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None
          ) -> list[dict[str, Any]]:
     started = time.perf_counter()
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_sql(name), params)
+        cur.execute(sql_text(name), params)
         rows = cur.fetchall() if cur.description else []
     if log.isEnabledFor(logging.DEBUG):
         log.debug("QUERY OK", extra={"event": "sql", "query": name, "rows": len(rows),
@@ -92,6 +93,20 @@ class NewTask:
 
 INSERT_ROUNDS = 3  # a key whose holder finishes between our insert and our lookup: retry
 
+# A statement sequence for sync (drive) and async (astore.drive) connections: it yields
+# (sql file name, params), is sent the rows, and returns its answer.
+Steps = Generator[tuple[str, dict[str, Any]], list[dict[str, Any]], Any]
+
+
+def drive(conn: psycopg.Connection[Any], steps: Steps) -> Any:
+    """Run a statement sequence on a sync connection."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(_run(conn, *step))
+    except StopIteration as done:
+        return done.value
+
 
 def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
     """(new) -> waiting for all of them in one statement; ids in input order.
@@ -99,28 +114,31 @@ def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> lis
     A task whose unique_key is already held by a waiting or running task (or by an
     earlier task of the same call) yields that task's id instead of a new row.
     """
+    return drive(conn, insert_steps(tasks))  # type: ignore[no-any-return]
+
+
+def insert_steps(tasks: Sequence[NewTask]) -> Steps:
     ids: list[int | None] = [None] * len(tasks)
     todo = list(range(len(tasks)))
     for _ in range(INSERT_ROUNDS):
         if not todo:
             break
-        todo = _insert_round(conn, tasks, todo, ids)
+        todo = yield from _insert_round(tasks, todo, ids)
     if todo:
         raise RuntimeError(f"could not settle the uniqueness keys of {len(todo)} task(s)")
     return [i for i in ids if i is not None]
 
 
-def _insert_round(conn: psycopg.Connection[Any], tasks: Sequence[NewTask], todo: list[int],
-                  ids: list[int | None]) -> list[int]:
+def _insert_round(tasks: Sequence[NewTask], todo: list[int], ids: list[int | None]) -> Steps:
     """Insert tasks[todo]; fill ids; return the indexes still without an id."""
     batch = [tasks[i] for i in todo]
-    rows = _run(conn, "insert_tasks", _columns(batch))
+    rows = yield "insert_tasks", _columns(batch)
     plain = iter(sorted(r["id"] for r in rows if r["unique_key"] is None))
     made = {r["unique_key"]: r["id"] for r in rows if r["unique_key"] is not None}
     held = [t.unique_key for t in batch if t.unique_key is not None and t.unique_key not in made]
     if held:
-        made.update((r["unique_key"], r["id"])
-                    for r in _run(conn, "find_unique_tasks", {"keys": held}))
+        found = yield "find_unique_tasks", {"keys": held}
+        made.update((r["unique_key"], r["id"]) for r in found)
     left = []
     for i, task in zip(todo, batch):
         ids[i] = next(plain) if task.unique_key is None else made.get(task.unique_key)
@@ -233,6 +251,12 @@ def forget_nodes(conn: psycopg.Connection[Any], *, expiry_s: float) -> None:
 
 def delete_node(conn: psycopg.Connection[Any], *, owner: str) -> None:
     _run(conn, "delete_node", {"owner": owner})
+
+
+def publish_catalog(conn: psycopg.Connection[Any], *, node: str, columns: dict[str, list[Any]]
+                    ) -> None:
+    """Upsert a node's registered tasks into the task catalog (columns: catalog.columns)."""
+    _run(conn, "publish_catalog", {"node": node, **columns})
 
 
 def paused_queues(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> set[str]:

@@ -27,7 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, logs, metrics, procs, producer, registry
+from stagerunner import consumer, hooks, logs, metrics, procs, producer, registry
 from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
@@ -154,7 +154,8 @@ class Supervisor:
             heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
             max_job_timeout=s.max_job_timeout, replaces=replaces, retention_s=s.retention,
             periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
-            fault=s.fault)
+            fault=s.fault,
+            hook_modules=tuple(s.task_modules) if hooks.registered("lost") else ())
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
                                    name="stagerunner-producer", daemon=False)

@@ -43,7 +43,7 @@ def test_the_claim_uses_the_claim_index(conn):
                  "SELECT 'x', 'success', now() FROM generate_series(1, 20000)")
     conn.execute("INSERT INTO stagerunner.tasks (name) SELECT 'x' FROM generate_series(1, 100)")
     conn.execute("ANALYZE stagerunner.tasks")
-    sql = store._sql("claim_tasks").replace("%(queue)s", "'default'").replace("%(limit)s", "10") \
+    sql = store.sql_text("claim_tasks").replace("%(queue)s", "'default'").replace("%(limit)s", "10") \
         .replace("%(owner)s", "'o'")
     plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql).fetchall())
     assert "tasks_claim_idx" in plan, plan
