@@ -25,8 +25,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import faults, hooks, logs, procs, registry, store
-from stagerunner.context import JobContext
+from stagerunner import context, faults, hooks, logs, procs, registry, store
 from stagerunner.completer import Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
@@ -66,7 +65,8 @@ class ProducerConfig:
     log_level: str = "info"
     log_format: str = "text"
     fault: str = ""
-    hook_modules: tuple[str, ...] = ()  # task modules to import for their on_lost hooks
+    hook_modules: tuple[str, ...] = ()
+    failed_retention_s: float = 0.0  # task modules to import for their on_lost hooks
 
 
 class Producer:
@@ -81,7 +81,8 @@ class Producer:
         self.maintenance = Maintenance(
             Rescuer(config.owner, config.node, ",".join(config.queues), config.node_expiry),
             Scheduler(config.periodic) if config.periodic else None,
-            Pruner(config.retention_s) if config.retention_s > 0 else None,
+            Pruner(config.retention_s, config.failed_retention_s)
+            if config.retention_s > 0 or config.failed_retention_s > 0 else None,
             config.heartbeat_interval)
         self.stats = Stats()
         self.stopping = False
@@ -148,7 +149,7 @@ class Producer:
     def _complete(self, claim: Claim, outcome: Outcome) -> None:
         self.stats.observe(claim.task.queue, outcome.status, outcome.runtime_ms)
         if outcome.lost and self.config.hook_modules:
-            hooks.call("lost", JobContext.from_task(claim.task))
+            hooks.call("lost", context.JobContext.from_task(claim.task))
         finish = self.completer.add(outcome, lost=claim.lost, max_attempts=claim.max_attempts)
         if finish.status == Status.WAITING:  # a retry: we know when it will be due
             self.wakeups.wake_at(time.monotonic() + finish.delay_s)

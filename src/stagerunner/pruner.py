@@ -1,5 +1,6 @@
-"""Retention on the producer's timer: finished tasks older than STAGERUNNER_RETENTION are
-deleted in small batches, by one node at a time (an advisory lock decides which)."""
+"""Retention on the producer's timer: finished tasks older than STAGERUNNER_RETENTION (failed
+ones: STAGERUNNER_FAILED_RETENTION, so they can be inspected and retried) are deleted in
+small batches, by one node at a time (an advisory lock decides which). 0 keeps forever."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ CATCH_UP_S = 1.0  # a full batch means more is waiting: come back soon, in small
 @dataclass
 class Pruner:
     retention_s: float
+    failed_retention_s: float = 0.0
 
     def step(self, conn: psycopg.Connection[Any]) -> float:
         """Delete one batch; seconds until the next one is due."""
-        deleted = store.purge_tasks(conn, older_s=self.retention_s, batch=BATCH, exclusive=True)
+        deleted = store.purge_tasks(conn, older_s=self.retention_s or None, batch=BATCH,
+                                    exclusive=True, failed_older_s=self.failed_retention_s or None)
         if deleted:
             log.info("finished tasks pruned", extra={"event": "tasks.pruned", "count": deleted})
         return CATCH_UP_S if deleted == BATCH else INTERVAL_S

@@ -292,10 +292,12 @@ def retry_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int] = (), faile
     return sorted(r["id"] for r in _run(conn, "retry_tasks", {"ids": list(ids), "failed": failed}))
 
 
-def purge_tasks(conn: psycopg.Connection[Any], *, older_s: float, batch: int = 1000,
-                exclusive: bool = False) -> int:
+def purge_tasks(conn: psycopg.Connection[Any], *, older_s: float | None, batch: int = 1000,
+                exclusive: bool = False, failed_older_s: float | None = -1.0) -> int:
     """Delete up to `batch` finished tasks older than `older_s`; returns how many."""
-    return len(_run(conn, "purge_tasks", {"older_s": older_s, "batch": batch, "exclusive": exclusive}))
+    failed = older_s if failed_older_s == -1.0 else failed_older_s  # failed: by default the same
+    return len(_run(conn, "purge_tasks", {"older_s": older_s, "batch": batch,
+                                          "exclusive": exclusive, "failed_older_s": failed}))
 
 
 def pause_queue(conn: psycopg.Connection[Any], *, queue: str, paused: bool) -> None:

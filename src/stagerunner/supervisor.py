@@ -155,7 +155,8 @@ class Supervisor:
             max_job_timeout=s.max_job_timeout, replaces=replaces, retention_s=s.retention,
             periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
             fault=s.fault,
-            hook_modules=tuple(s.task_modules) if hooks.registered("lost") else ())
+            hook_modules=tuple(s.task_modules) if hooks.registered("lost") else (),
+            failed_retention_s=s.failed_retention)
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
                                    name="stagerunner-producer", daemon=False)
