@@ -89,7 +89,7 @@ def sync(conn: Any) -> Iterator[Any]:
         conn = pool()
     if isinstance(conn, psycopg.Connection):
         yield conn
-    elif hasattr(conn, "connection") and type(conn).__module__.startswith("psycopg_pool"):
+    elif type(conn).__module__.startswith("psycopg_pool"):
         with conn.connection() as pooled:
             yield pooled
     else:
@@ -107,7 +107,7 @@ async def asynchronous(conn: Any) -> AsyncIterator[Any]:
         conn = await apool()
     if isinstance(conn, psycopg.AsyncConnection):
         yield conn
-    elif hasattr(conn, "connection") and type(conn).__module__.startswith("psycopg_pool"):
+    elif type(conn).__module__.startswith("psycopg_pool"):
         async with conn.connection() as pooled:
             yield pooled
     else:
