@@ -14,8 +14,8 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class JobContext:
     """The task being run: its id (the key for idempotency under at-least-once), this
-    attempt and how many are allowed, its queue and name, when it was enqueued, and the
-    deadline at which its process group is killed (both UTC)."""
+    attempt and how many are allowed, its queue and name, when it was enqueued, the
+    deadline at which its process group is killed, and when this run started (UTC)."""
 
     id: int
     name: str
@@ -24,6 +24,7 @@ class JobContext:
     queue: str
     enqueued_at: datetime | None
     deadline: datetime | None
+    started_at: datetime | None = None  # when this run started (in the job child)
 
     @classmethod
     def from_job(cls, job: list[object]) -> JobContext:
@@ -32,7 +33,8 @@ class JobContext:
         id_, name, _args, attempt, max_attempts, queue, enqueued, deadline = (
             [*job, None, None, None, None, None][:8])
         return cls(int(id_), str(name), int(attempt or 0), int(max_attempts or 1),  # type: ignore[call-overload]
-                   str(queue or "default"), _utc(enqueued), _utc(deadline))
+                   str(queue or "default"), _utc(enqueued), _utc(deadline),
+                   datetime.now(timezone.utc))
 
     @classmethod
     def from_task(cls, task: Any) -> JobContext:
