@@ -18,22 +18,24 @@ from typing import Any
 
 from stagerunner import enqueueing
 
-# What the first enqueue imports: ~0.3-0.5 s of CPU, done in a thread.
-_HEAVY = ("psycopg", "psycopg_pool", "pydantic_settings", "stagerunner.astore",
-          "stagerunner.connections", "stagerunner.config", "stagerunner.catalog")
+# What the first enqueue imports (~0.2-0.4 s of CPU), done in a thread; the pool and the
+# settings only when no connection is passed.
+_HEAVY = ("psycopg", "stagerunner.astore", "stagerunner.connections", "stagerunner.catalog")
+_POOL = ("psycopg_pool", "pydantic_settings", "stagerunner.config")
 
 
-def _import_heavy() -> None:
+def _import(modules: tuple[str, ...]) -> None:
     import importlib
 
-    for module in _HEAVY:
+    for module in modules:
         importlib.import_module(module)
 
 
-async def ready() -> None:
+async def ready(pool: bool = True) -> None:
     """Import what enqueueing needs, off the event loop (a no-op once done)."""
-    if any(module not in sys.modules for module in _HEAVY):
-        await asyncio.to_thread(_import_heavy)
+    modules = _HEAVY + _POOL if pool else _HEAVY
+    if any(module not in sys.modules for module in modules):
+        await asyncio.to_thread(_import, modules)
 
 
 async def enqueue(target: Any, function: Any = None, args: Any = None, /, **options: Any
@@ -48,7 +50,7 @@ async def enqueue_many(items: Iterable[tuple[Any, Any]], /, **options: Any) -> l
     if enqueueing.INLINE[0] is not None:  # stagerunner.testing: run them now, off the loop
         ids: list[int] = await asyncio.to_thread(enqueueing.INLINE[0].run_many, pairs, options)
         return ids
-    await ready()
+    await ready(pool=conn is None)
     from stagerunner import astore, connections
 
     async with connections.asynchronous(conn) as c:
