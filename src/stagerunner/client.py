@@ -143,8 +143,12 @@ def enqueue_many(items: Iterable[tuple[Any, Any]], /, **options: Any) -> list[in
     conn, pairs = check_options(options), list(items)
     if INLINE[0] is not None:
         return INLINE[0].run_many(pairs, options)  # type: ignore[no-any-return]
+    from psycopg import Connection
+
     from stagerunner import connections, store
 
+    if isinstance(conn, Connection):  # the common case, without a context manager's cost
+        return store.drive(conn, steps(connections.database_key(conn), pairs, options))  # type: ignore[no-any-return]
     with connections.sync(conn) as c:
         ids: list[int] = store.drive(c, steps(connections.database_key(c), pairs, options))
     return ids

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -116,7 +117,14 @@ async def asynchronous(conn: Any) -> AsyncIterator[Any]:
         yield await orm.adriver_connection(conn)
 
 
+_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def database_key(conn: Any) -> str:
-    """Which database a connection talks to (the catalog is cached per database)."""
-    info = conn.info
-    return f"{info.host}:{info.port}/{info.dbname}"
+    """Which database a connection talks to (the catalog is cached per database); asked
+    of libpq once per connection (~10 µs), not on every enqueue."""
+    key = _keys.get(conn)
+    if key is None:
+        info = conn.info
+        key = _keys[conn] = f"{info.host}:{info.port}/{info.dbname}"
+    return key

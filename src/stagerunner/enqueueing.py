@@ -46,36 +46,49 @@ def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> st
     named = [(_name_of(name, None), args) for name, args in items]
     foreign = {name for name, _ in named if registry.lookup(name) is None}
     known = (yield from catalog.entries(key, foreign)) if foreign else {}
-    rows = [_new_task(name, args, options, known) for name, args in named]
+    fixed = _when(options)
+    made: dict[str, tuple[Any, ...]] = {}  # per task name: its options, worked out once
+    rows = []
+    for name, args in named:
+        if name not in made:
+            made[name] = _options(name, options, known)
+        spec, queue, priority, max_attempts, timeout = made[name]
+        args = [] if args is None else args
+        text = to_json(name, args)
+        if spec is not None:
+            _check_signature(spec, args)
+        rows.append(store.NewTask(name, text, queue, priority, max_attempts, timeout, *fixed))
     ids = yield from store.insert_steps(rows)
     return ids
 
 
-def _new_task(name: str, args: Any, options: dict[str, Any], known: dict[str, Any]
-              ) -> store.NewTask:
-    from stagerunner import catalog, store
+def _options(name: str, options: dict[str, Any], known: dict[str, Any]) -> tuple[Any, ...]:
+    """(spec, queue, priority, max_attempts, timeout): the call's options, else the task's
+    own (registered here, or from the catalog), else the defaults."""
+    from stagerunner import catalog
 
     spec = registry.lookup(name)
-    own: Any = spec if spec is not None else catalog.check_known(name, known) or {}
-    get = (lambda k: getattr(spec, k)) if spec is not None else own.get
-    args = [] if args is None else args
-    text = to_json(name, args)
     if spec is not None:
-        _check_signature(spec, args)
+        own = {"queue": spec.queue, "priority": spec.priority,
+               "max_attempts": spec.max_attempts, "timeout_s": spec.timeout}
+    else:
+        own = catalog.check_known(name, known) or {}
+    return (spec, options.get("queue") or own.get("queue") or "default",
+            int(options.get("priority", own.get("priority") or 0)),
+            int(options.get("max_attempts") or own.get("max_attempts")
+                or registry.MAX_ATTEMPTS_DEFAULT),
+            options.get("timeout") or own.get("timeout_s"))
+
+
+def _when(options: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(delay_s, run_at, unique_key), checked once per call."""
     delay = options.get("delay")
     if isinstance(delay, timedelta):
         delay = delay.total_seconds()
     run_at = options.get("run_at")
     if run_at is not None and not isinstance(run_at, datetime):
         raise TypeError(f"run_at must be a datetime, got {type(run_at).__name__}")
-    return store.NewTask(
-        name=name, args=text,
-        queue=options.get("queue") or get("queue") or "default",
-        priority=int(options.get("priority", get("priority") or 0)),
-        max_attempts=int(options.get("max_attempts") or get("max_attempts")
-                         or registry.MAX_ATTEMPTS_DEFAULT),
-        timeout_s=options.get("timeout") or get("timeout" if spec else "timeout_s"),
-        delay_s=delay, run_at=run_at, unique_key=options.get("unique_key"))
+    return delay, run_at, options.get("unique_key")
 
 
 def _check_signature(spec: registry.Spec, args: Any) -> None:
@@ -104,6 +117,8 @@ def _refuse(value: Any) -> Any:
 
 
 def _name_of(target: Any, function: Any) -> str:
+    if function is None and isinstance(target, str):  # by name: the common case, first
+        return target
     for candidate in (function, target):
         if isinstance(getattr(candidate, "spec", None), registry.Spec):  # a TaskFunction
             return str(candidate.name)
