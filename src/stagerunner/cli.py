@@ -180,7 +180,7 @@ def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
     import json
     from datetime import datetime
 
-    from stagerunner import client, database, migrations, registry, store
+    from stagerunner import arguments, client, database, migrations, registry, store
     from stagerunner.errors import NotJSON
 
     values = []
@@ -195,8 +195,12 @@ def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
             task_args = json.loads(args.kwargs)
         except ValueError:
             raise NotJSON(f"--kwargs {args.kwargs!r} is not a JSON object") from None
-        if values or not isinstance(task_args, dict):
-            raise NotJSON("--kwargs takes one JSON object and no positional arguments")
+        if not isinstance(task_args, dict):
+            raise NotJSON("--kwargs takes one JSON object")
+        try:
+            task_args = arguments.pack(values, task_args)  # both: stored with "*args"
+        except TypeError as exc:
+            raise NotJSON(f"--kwargs: {exc}") from None
     registry.load(settings.task_modules)  # picks up the task's own defaults when listed
     options = {k: v for k, v in (("queue", args.queue), ("priority", args.priority),
                                  ("max_attempts", args.max_attempts), ("timeout", args.timeout),

@@ -6,7 +6,6 @@ and failed tasks kept longer than successful ones."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 import stagerunner
 from stagerunner import store
 from stagerunner_tools.nodes import ROOT, SCRUBBED, node_env
-from tests.helpers import eventually, run_cli
+from tests.helpers import end_embedded_node, eventually, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,13 +60,7 @@ def test_an_application_uses_the_embedded_server_a_running_node_owns():
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=30) == 0
     finally:
-        if node.poll() is None:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
-        subprocess.run(["pkill", "-f", str(data / "pgdata")], check=False)
-        eventually(lambda: subprocess.run(["pgrep", "-f", str(data / "pgdata")],
-                                          capture_output=True).returncode != 0, timeout=10)
-        shutil.rmtree(data, ignore_errors=True)
+        end_embedded_node(node, data)
 
 
 @pytest.mark.system
