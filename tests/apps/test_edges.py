@@ -135,3 +135,10 @@ def test_failed_tasks_are_kept_longer_than_successful_ones(conn, insert_task):
     assert deleted == 3 and left == {old["error"], old["timeout"]}
     assert older not in left
     assert store.purge_tasks(conn, older_s=60, failed_older_s=None) == 0  # kept forever
+
+
+@pytest.mark.system
+def test_the_cli_takes_positional_values_and_keywords_together(db, get_task):
+    out = run_cli("enqueue", "tests.tasks:echo", "1", "--kwargs", '{"k": 2}', dsn=db)
+    assert out.returncode == 0, out.stderr
+    assert get_task(int(out.stdout))["args"] == {"*args": [1], "k": 2}
