@@ -54,8 +54,8 @@ def decide(outcome: Outcome, *, lost: int, max_attempts: int, lost_backoff: bool
     if o.status not in TERMINAL:
         raise ValueError(f"an outcome cannot report {o.status}")
     d = retry.decide(o, failures=o.attempt - lost, max_attempts=max_attempts)
-    error = None if d.refund else o.error  # a snooze is not a failure: no history entry
-    return Finish(o.task_id, o.attempt, d.status, d.reported, None, error, d.delay_s, 0,
+    failure = None if d.refund else o.error  # a snooze is not a failure: no history entry
+    return Finish(o.task_id, o.attempt, d.status, d.reported, None, failure, d.delay_s, 0,
                   o.runtime_ms, d.refund)
 
 

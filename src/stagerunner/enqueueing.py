@@ -68,6 +68,7 @@ def _options(name: str, options: dict[str, Any], known: dict[str, Any]) -> tuple
     from stagerunner import catalog
 
     spec = registry.lookup(name)
+    own: dict[str, Any]
     if spec is not None:
         own = {"queue": spec.queue, "priority": spec.priority,
                "max_attempts": spec.max_attempts, "timeout_s": spec.timeout}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from stagerunner.protocol import Outcome, Status
 
@@ -89,10 +90,10 @@ def classify(exc: BaseException, retry_on: tuple[type[BaseException], ...],
     return {}
 
 
-def from_reply(fields: dict[str, object]) -> dict[str, object]:
+def from_reply(fields: dict[str, Any]) -> dict[str, Any]:
     """Outcome fields from what a job child's reply said (untrusted: anything that is not
     a bool retry or a finite snooze of at most a day is ignored)."""
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     if isinstance(fields.get("retry"), bool):
         out["retry"] = fields["retry"]
     snooze = fields.get("snooze")
