@@ -63,6 +63,11 @@ def current() -> JobContext:
     return _current[-1]
 
 
+def active() -> bool:
+    """Is a job running in this process?"""
+    return bool(_current)
+
+
 def enter(ctx: JobContext) -> None:
     _current.append(ctx)
 

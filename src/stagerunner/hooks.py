@@ -56,7 +56,7 @@ def call(kind: str, *args: Any) -> None:
         try:
             fn(*args)
         except Exception as exc:
-            log.error("a %s hook raised", kind, extra={
+            log.error("hook raised", extra={
                 "event": "hook.failed", "hook": kind,
                 "function": getattr(fn, "__qualname__", repr(fn)),
                 "error": f"{type(exc).__name__}: {exc}"[:500]})

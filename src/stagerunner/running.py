@@ -90,5 +90,5 @@ def _result(value: Any, max_bytes: int) -> list[Any]:
 
 
 def _hook(kind: str, *args: Any) -> None:
-    if hooks.registered(kind) and context._current:
+    if hooks.registered(kind) and context.active():
         hooks.call(kind, context.current(), *args)
