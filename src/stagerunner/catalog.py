@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from stagerunner.errors import UnknownTask
 
 if TYPE_CHECKING:
+    import psycopg
+
     from stagerunner import registry, store
 
 TTL_S = 30.0
@@ -26,12 +28,15 @@ MISS_TTL_S = 1.0
 _cache: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
 
 
-def columns(specs: Sequence[registry.Spec]) -> dict[str, list[Any]]:
-    """A node's registered tasks as the columns of ``store.publish_catalog``."""
-    return {"names": [s.name for s in specs], "queues": [s.queue for s in specs],
-            "priorities": [s.priority for s in specs],
-            "max_attempts": [s.max_attempts for s in specs],
-            "timeouts": [s.timeout for s in specs], "asyncs": [s.is_async for s in specs]}
+def publish(conn: psycopg.Connection[Any], node: str, specs: Sequence[registry.Spec]) -> None:
+    """A node's registered tasks -> the catalog (sql/publish_catalog.sql, an upsert)."""
+    from stagerunner import store
+
+    store.query(conn, "publish_catalog", {
+        "node": node, "names": [s.name for s in specs], "queues": [s.queue for s in specs],
+        "priorities": [s.priority for s in specs],
+        "max_attempts": [s.max_attempts for s in specs],
+        "timeouts": [s.timeout for s in specs], "asyncs": [s.is_async for s in specs]})
 
 
 def entries(key: str, names: Iterable[str]) -> store.Steps:

@@ -142,8 +142,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
         db = database.open_database(settings)
         with store.connect(db.dsn, connect_timeout=10) as conn:
             migrations.check_schema(conn)
-            store.publish_catalog(conn, node=settings.node_name, columns=catalog.columns(
-                registry.specs(settings.task_modules)))
+            catalog.publish(conn, settings.node_name, registry.specs(settings.task_modules))
     except psycopg.OperationalError as exc:
         print(f"stagerunner: cannot connect to the database: {str(exc).strip()}", file=sys.stderr)
         return EXIT_FAILED

@@ -44,8 +44,8 @@ def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None
 
 def query(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None
           ) -> list[dict[str, Any]]:
-    """Run sql/<name>.sql and return its rows as dicts (for read-only callers outside
-    this module, such as the dashboard, that keep their statements in sql/ too)."""
+    """Run sql/<name>.sql and return its rows as dicts (for callers outside this module
+    that keep their statements in sql/ too: the dashboard's reads, the task catalog)."""
     return _run(conn, name, params)
 
 
@@ -93,8 +93,7 @@ class NewTask:
 
 INSERT_ROUNDS = 3  # a key whose holder finishes between our insert and our lookup: retry
 
-# A statement sequence for sync (drive) and async (astore.drive) connections: it yields
-# (sql file name, params), is sent the rows, and returns its answer.
+# Statements as a generator (yields (sql file, params), is sent the rows) for drive / astore.
 Steps = Generator[tuple[str, dict[str, Any]], list[dict[str, Any]], Any]
 
 
@@ -253,12 +252,6 @@ def delete_node(conn: psycopg.Connection[Any], *, owner: str) -> None:
     _run(conn, "delete_node", {"owner": owner})
 
 
-def publish_catalog(conn: psycopg.Connection[Any], *, node: str, columns: dict[str, list[Any]]
-                    ) -> None:
-    """Upsert a node's registered tasks into the task catalog (columns: catalog.columns)."""
-    _run(conn, "publish_catalog", {"node": node, **columns})
-
-
 def paused_queues(conn: psycopg.Connection[Any], *, queues: Sequence[str]) -> set[str]:
     return {r["name"] for r in _run(conn, "paused_queues", {"queues": list(queues)})}
 
@@ -294,10 +287,11 @@ def retry_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int] = (), faile
 
 def purge_tasks(conn: psycopg.Connection[Any], *, older_s: float | None, batch: int = 1000,
                 exclusive: bool = False, failed_older_s: float | None = -1.0) -> int:
-    """Delete up to `batch` finished tasks older than `older_s`; returns how many."""
-    failed = older_s if failed_older_s == -1.0 else failed_older_s  # failed: by default the same
-    return len(_run(conn, "purge_tasks", {"older_s": older_s, "batch": batch,
-                                          "exclusive": exclusive, "failed_older_s": failed}))
+    """Delete up to `batch` finished tasks older than `older_s` (failed ones: than
+    `failed_older_s`, by default the same; None keeps that kind); returns how many."""
+    return len(_run(conn, "purge_tasks", {"older_s": older_s, "batch": batch, "exclusive": exclusive,
+                                          "failed_older_s": older_s if failed_older_s == -1.0
+                                          else failed_older_s}))
 
 
 def pause_queue(conn: psycopg.Connection[Any], *, queue: str, paused: bool) -> None:
