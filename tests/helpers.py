@@ -48,3 +48,19 @@ def assert_no_job_leftovers(node: Any, seen: dict[int, float] | None = None,
         return True
 
     eventually(clean, timeout=timeout, interval=0.1)
+
+
+def end_embedded_node(node: Any, data: Any) -> None:
+    """Kill a node started on an embedded server in `data` (its session), that server's
+    processes, and the directory."""
+    import os
+    import shutil
+    import signal
+
+    if node.poll() is None:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+    subprocess.run(["pkill", "-f", str(data / "pgdata")], check=False)
+    eventually(lambda: subprocess.run(["pgrep", "-f", str(data / "pgdata")],
+                                      capture_output=True).returncode != 0, timeout=10)
+    shutil.rmtree(data, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from stagerunner import store
+from stagerunner import opstore, store
 from stagerunner.protocol import Status
 
 STATUSES = tuple(s.value for s in Status)
@@ -24,17 +24,17 @@ STATUSES = tuple(s.value for s in Status)
 def status_report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Counts per status (finished ones exact on a small table, estimated on a large one:
     `status` stays cheap whatever the retention), live nodes, the oldest due waiting age."""
-    live = store.count_live_tasks(conn)
-    finished = store.count_finished_tasks(conn)
+    live = opstore.count_live_tasks(conn)
+    finished = opstore.count_finished_tasks(conn)
     totals = {s: 0 for s in STATUSES}
     for row in [*live, *finished]:
         totals[row["status"]] += row["n"]
     oldest = max((r["oldest_waiting_s"] or 0.0 for r in live), default=0.0)
-    nodes = store.live_nodes(conn)
+    nodes = opstore.live_nodes(conn)
     return {"statuses": {k: v for k, v in totals.items() if v}, "queues": live,
             "estimated": not all(r["exact"] for r in finished),
             "nodes_alive": len(nodes), "nodes": nodes, "oldest_waiting_s": round(oldest, 3),
-            "paused": [q["name"] for q in store.list_queues(conn) if q["paused"]]}
+            "paused": [q["name"] for q in opstore.list_queues(conn) if q["paused"]]}
 
 
 def format_status(report: dict[str, Any], throughput: float | None = None) -> str:
@@ -60,7 +60,7 @@ def watch(connect: Callable[[], psycopg.Connection[Any]], *, interval: float,
     with connect() as conn:
         while count is None or shown < count:
             report = status_report(conn)
-            rate = store.count_finished_since(conn, seconds=interval) / interval
+            rate = opstore.count_finished_since(conn, seconds=interval) / interval
             if as_json:
                 out.write(json.dumps({**report, "throughput_per_s": rate}, default=str) + "\n")
             else:
@@ -152,7 +152,7 @@ def cmd_list(settings: Any, args: argparse.Namespace) -> int:
     older = parse_duration(args.older_than) if args.older_than else None
     newer = parse_duration(args.newer_than) if args.newer_than else None
     with _connect(settings) as conn:
-        rows = store.list_tasks(conn, status=args.status, queue=args.queue, name=args.name,
+        rows = opstore.list_tasks(conn, status=args.status, queue=args.queue, name=args.name,
                                 older_s=older, newer_s=newer, limit=args.limit)
     columns = ["id", "status", "name", "queue", "attempts", "created_at", "error_head"]
     return _emit(args, rows, table(rows, columns))
@@ -160,7 +160,7 @@ def cmd_list(settings: Any, args: argparse.Namespace) -> int:
 
 def cmd_show(settings: Any, args: argparse.Namespace) -> int:
     with _connect(settings) as conn:
-        task = store.get_task(conn, task_id=args.id)
+        task = opstore.get_task(conn, task_id=args.id)
     if task is None:
         print(f"stagerunner: no task {args.id}", file=sys.stderr)
         return 1
@@ -172,7 +172,7 @@ def cmd_retry(settings: Any, args: argparse.Namespace) -> int:
         print("stagerunner: retry needs task ids or --failed", file=sys.stderr)
         return 2
     with _connect(settings) as conn:
-        ids, held = store.retry_tasks(conn, ids=args.ids, failed=args.failed)
+        ids, held = opstore.retry_tasks(conn, ids=args.ids, failed=args.failed)
     text = f"{len(ids)} task(s) back to waiting: " + " ".join(map(str, ids))
     if held:
         text += (f"\n{len(held)} task(s) skipped: their unique key is held by another waiting "
@@ -182,7 +182,7 @@ def cmd_retry(settings: Any, args: argparse.Namespace) -> int:
 
 def cmd_cancel(settings: Any, args: argparse.Namespace) -> int:
     with _connect(settings) as conn:
-        changed = dict(store.cancel_tasks(conn, ids=args.ids))
+        changed = dict(opstore.cancel_tasks(conn, ids=args.ids))
     missing = [i for i in args.ids if i not in changed]
     lines = [f"{i}: {'cancelled' if st == 'cancelled' else 'cancel requested (running)'}"
              for i, st in changed.items()]
@@ -196,7 +196,7 @@ def cmd_purge(settings: Any, args: argparse.Namespace) -> int:
     older = parse_duration(args.older_than)
     deleted = 0
     with _connect(settings) as conn:
-        while (n := store.purge_tasks(conn, older_s=older, batch=1000)) > 0:
+        while (n := opstore.purge_tasks(conn, older_s=older, batch=1000)) > 0:
             deleted += n
     return _emit(args, {"deleted": deleted}, f"{deleted} finished task(s) deleted")
 
@@ -204,7 +204,7 @@ def cmd_purge(settings: Any, args: argparse.Namespace) -> int:
 def cmd_pause(settings: Any, args: argparse.Namespace) -> int:
     paused = args.command == "pause"
     with _connect(settings) as conn:
-        store.pause_queue(conn, queue=args.queue, paused=paused)
+        opstore.pause_queue(conn, queue=args.queue, paused=paused)
     state = "paused" if paused else "resumed"
     return _emit(args, {"queue": args.queue, "paused": paused}, f"queue {args.queue} {state}")
 

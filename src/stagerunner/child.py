@@ -3,8 +3,8 @@
 set-up and the bounds on what it sends back live here; the consumer's end of the pipes is
 ``executor``.
 
-    job pipe     -> [len][json: id, name, args]
-    result pipe  <- [len][json: "ok", result] | ["error", text]
+    job pipe     -> [len][json: id, name, args, attempt, max attempts, queue, times]
+    result pipe  <- [len][json: "ok", result] | ["error", text(, retry fields)]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import procs
+from stagerunner import arguments, procs, running
 from stagerunner.protocol import Task
 
 HEADER = struct.Struct(">I")
@@ -26,7 +26,7 @@ HEADER = struct.Struct(">I")
 # and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
 ERROR_MAX_CHARS = 64 * 1024
 
-Resolver = Callable[[str], Callable[..., Any]]
+Resolver = Callable[[str], Any]  # a task name -> its registry.Spec (or a bare function)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +75,15 @@ def write_all(fd: int, data: bytes) -> None:
 
 # The job child ---------------------------------------------------------------------
 
-def run_job(func: Callable[..., Any], args_text: str, max_bytes: int) -> list[Any]:
-    """Call the task; return the wire result ["ok", json] or ["error", text]. Never raises."""
+def run_job(func: Any, args_text: str, max_bytes: int) -> list[Any]:
+    """Call the task (a registry.Spec or a function; ``running`` awaits an async one);
+    return the wire result ["ok", json] or ["error", text(, retry fields)]. Never raises."""
     try:
-        args = json.loads(args_text)
-        value = func(*args) if isinstance(args, list) else func(**args)
+        args, kwargs = arguments.unpack(json.loads(args_text))
+        value = running.call(func, args, kwargs)
     except BaseException as exc:  # the job's failure is data, whatever it was
-        return ["error", cap_error("".join(traceback.format_exception(exc)))]
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return ["error", f"result is not JSON-encodable: {exc}"]
-    if "\\u0000" in text:  # valid JSON, but PostgreSQL's jsonb cannot store it
-        return ["error", "result is not storable: it contains a NUL character (\\u0000)"]
-    if len(text) > max_bytes:
-        return ["error", f"result too large: {len(text)} bytes of JSON, limit {max_bytes}"]
-    return ["ok", text]
+        return running.failed(func, exc, cap_error("".join(traceback.format_exception(exc))))
+    return running.finished(value, max_bytes)
 
 
 def cap_error(text: str, limit: int = ERROR_MAX_CHARS) -> str:
@@ -108,12 +101,14 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
                title: str) -> None:
     """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
     prepare_child(parent, limits, title)
+    running.prepare()
     for _ in range(limits.child_reuse):
         job = read_job(job_r)
         if job is None:
             return
-        _task_id, name, args_text = job
-        reply = run_job(resolve(name), args_text, limits.result_max_bytes)
+        running.enter(job)
+        reply = run_job(resolve(job[1]), job[2], limits.result_max_bytes)
+        running.leave()
         _flush_std()
         write_all(result_w, frame(json.dumps(reply).encode()))
 
@@ -136,7 +131,7 @@ def prepare_child(parent: int, limits: Limits, title: str) -> None:
 
 
 def read_job(job_r: int) -> list[Any] | None:
-    """The next job from the job pipe ([id, name, args]), or None once the pipe closed."""
+    """The next job from the job pipe ([id, name, args, ...]), or None once it closed."""
     try:
         header = _read_exact(job_r, HEADER.size)
     except EOFError:

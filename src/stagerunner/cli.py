@@ -130,7 +130,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
 
     import psycopg
 
-    from stagerunner import database, migrations, registry, store, supervisor
+    from stagerunner import catalog, database, migrations, registry, store, supervisor
     from stagerunner.logs import redact
 
     log = logging.getLogger("stagerunner.main")
@@ -143,10 +143,16 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
         print(f"stagerunner: STAGERUNNER_TASK_MODULES: cannot import: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return EXIT_USAGE
+    for spec in registry.over_cap(settings.task_modules, settings.max_job_timeout):
+        print(f"stagerunner: task {spec.name} has timeout={spec.timeout:g} s, above "
+              f"STAGERUNNER_MAX_JOB_TIMEOUT={settings.max_job_timeout:g} s: raise the cap or "
+              "lower the task's timeout", file=sys.stderr)
+        return EXIT_USAGE
     try:
         db = database.open_database(settings)
         with store.connect(db.dsn, connect_timeout=10) as conn:
             migrations.check_schema(conn)
+            catalog.publish(conn, settings.node_name, registry.specs(settings.task_modules))
     except psycopg.OperationalError as exc:
         print(f"stagerunner: cannot connect to the database: {redact(str(exc).strip())}",
               file=sys.stderr)
@@ -185,7 +191,7 @@ def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
     import json
     from datetime import datetime
 
-    from stagerunner import client, database, migrations, registry, store
+    from stagerunner import arguments, client, database, migrations, registry, store
     from stagerunner.errors import NotJSON
 
     values = []
@@ -200,8 +206,12 @@ def cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
             task_args = json.loads(args.kwargs)
         except ValueError:
             raise NotJSON(f"--kwargs {args.kwargs!r} is not a JSON object") from None
-        if values or not isinstance(task_args, dict):
-            raise NotJSON("--kwargs takes one JSON object and no positional arguments")
+        if not isinstance(task_args, dict):
+            raise NotJSON("--kwargs takes one JSON object")
+        try:
+            task_args = arguments.pack(values, task_args)  # both: stored with "*args"
+        except TypeError as exc:
+            raise NotJSON(f"--kwargs: {exc}") from None
     registry.load(settings.task_modules)  # picks up the task's own defaults when listed
     options = {k: v for k, v in (("queue", args.queue), ("priority", args.priority),
                                  ("max_attempts", args.max_attempts), ("timeout", args.timeout),

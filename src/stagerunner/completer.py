@@ -3,7 +3,8 @@ that writes them in one guarded statement per flush and survives database outage
 
 Retry policy: a run that ended in error or timeout is a failed attempt. While the task
 has failed fewer than max_attempts times it goes back to ``waiting`` with run_at pushed
-by ``backoff`` (1 s, 2 s, 4 s, ... capped at 5 minutes); after that it keeps its final
+back (``retry``: exponential backoff with jitter, the task's own or 1 s, 2 s, 4 s, ...
+capped at 5 minutes; its retry_on / discard_on; snoozes); after that it keeps its final
 status and its last error. A run refused before it started (unknown task name,
 arguments that do not fit the signature) is final: retrying cannot help.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import store
+from stagerunner import retry, store
 from stagerunner.demand import Claim
 from stagerunner.protocol import TERMINAL, Outcome, Status
 from stagerunner.store import Finish
@@ -36,15 +37,8 @@ from stagerunner.store import Finish
 log = logging.getLogger(__name__)
 
 QUARANTINE_KILLS = 3
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 300.0
 FLUSH_AFTER_S = 0.02  # outcomes wait at most this long for a batch to fill
 FLUSH_BATCH = 64
-
-
-def backoff(failures: int) -> float:
-    """Seconds to wait before the next attempt after `failures` failed attempts (>= 1)."""
-    return min(BACKOFF_BASE_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
 
 
 def decide(outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0) -> Finish:
@@ -57,11 +51,10 @@ def decide(outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0) ->
         return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0, o.runtime_ms)
     if o.status not in TERMINAL:
         raise ValueError(f"an outcome cannot report {o.status}")
-    failures = o.attempt - lost
-    if failures < max_attempts and not o.final:
-        return Finish(o.task_id, o.attempt, Status.WAITING, o.status, None, o.error,
-                      backoff(failures), 0, o.runtime_ms)
-    return Finish(o.task_id, o.attempt, o.status, o.status, None, o.error, 0.0, 0, o.runtime_ms)
+    d = retry.decide(o, failures=o.attempt - lost, max_attempts=max_attempts)
+    failure = None if d.refund else o.error  # a snooze is not a failure: no history entry
+    return Finish(o.task_id, o.attempt, d.status, d.reported, None, failure, d.delay_s, 0,
+                  o.runtime_ms, refund=d.refund)
 
 
 def _lost(o: Outcome, kills: int) -> Finish:
@@ -75,8 +68,8 @@ def _lost(o: Outcome, kills: int) -> Finish:
                  "so it will not run again until it is retried")
         return Finish(o.task_id, o.attempt, Status.ERROR, "lost", None, error, lost=1, kills=1,
                       runtime_ms=o.runtime_ms)
-    return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error, backoff(kills + 1),
-                  lost=1, kills=1, runtime_ms=o.runtime_ms)
+    return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error,
+                  retry.DEFAULT.delay(kills + 1), lost=1, kills=1, runtime_ms=o.runtime_ms)
 
 
 @dataclass
@@ -166,8 +159,8 @@ def _log_finish(f: Finish, status: str) -> None:
     event = {Status.SUCCESS: "task.finished", Status.WAITING: "task.retrying",
              Status.TIMEOUT: "task.timed_out", Status.CANCELLED: "task.cancelled"}.get(
         Status(status), "task.failed")
-    if f.reported == "lost" and status != Status.CANCELLED:
-        event = "task.lost"
+    if f.reported in ("lost", "snoozed") and status != Status.CANCELLED:
+        event = f"task.{f.reported}"
     level = logging.INFO if status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
     log.log(level, event.replace("task.", "task ").replace("_", " "),
             extra={"event": event, "task_id": f.task_id, "attempt": f.attempt,

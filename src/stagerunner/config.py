@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     restart_window: float = Field(default=RESTART_WINDOW_DEFAULT, gt=0)
     process_library: Literal["multiprocess", "multiprocessing"] = "multiprocessing"
     retention: float = Field(default=7 * 86400, ge=0)  # seconds; 0 keeps finished tasks forever
+    failed_retention: float = Field(default=30 * 86400, ge=0)  # error / timeout tasks; 0: forever
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
     fault: str = ""  # test-only: "stage:point" makes that stage SIGKILL itself there
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("retention", mode="before")
+    @field_validator("retention", "failed_retention", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value

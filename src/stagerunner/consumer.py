@@ -33,9 +33,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import faults, logs, procs, registry
-from stagerunner.errors import StagerunnerError
+from stagerunner import faults, hooks, logs, procs, registry
 from stagerunner.child import Limits
+from stagerunner.context import JobContext
+from stagerunner.errors import StagerunnerError
 from stagerunner.executor import ChildHandle, Ending, Job
 from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError,
@@ -71,6 +72,7 @@ class Consumer:
         self.job: Job | None = None
         self.lease_until = 0.0  # CLOCK_BOOTTIME; no job starts past it
         self.kill_timer: procs.KillTimer | None = None
+        self.backoff: tuple[float, float, float] | None = None  # the running task's policy
         self.stopping = False
         self.done = False
 
@@ -216,10 +218,11 @@ class Consumer:
             if self.spare is None:
                 self.spare = self._forker().take()
             timeout = self.limits.deadline_for(task, spec.timeout)
+            self.backoff = spec.backoff.wire() if spec.backoff else None
             self.job = Job(task, self.spare, now, now + timeout, timeout)
             self._arm()
             faults.hit(self.config.fault, "consumer", "before_job")
-            self.spare.send(task)
+            self.spare.send(task, time.time() + timeout)
             log.debug("task started", extra={"event": "task.started", "task_id": task.id,
                                              "attempt": task.attempt, "child": self.spare.pid})
 
@@ -237,6 +240,8 @@ class Consumer:
         # before we report)
         status = self._retire_child(wait=ending is Ending.EXITED)
         self._finish(job.outcome(ending, now, status or 0), keep_child=False)
+        if ending is Ending.EXPIRED and hooks.registered("timeout"):
+            hooks.call("timeout", JobContext.from_task(job.task))
 
     def _arm(self) -> None:
         """The kill timer: while a job runs, at the lease's end or the deadline's backstop,
@@ -252,6 +257,8 @@ class Consumer:
     def _finish(self, outcome: Outcome, keep_child: bool) -> None:
         self.job = None
         self._arm()
+        if self.backoff is not None:  # the task's own retry backoff, for the producer
+            outcome = dataclasses.replace(outcome, backoff=self.backoff)
         self._report(outcome)
         if not keep_child:
             self._retire_child()  # done with it (if not killed already); the helper kills

@@ -45,6 +45,14 @@ def open_database(settings: Settings, *, install: bool = True) -> Database:
     return _embedded(settings, install)
 
 
+def running_embedded(settings: Settings) -> str | None:
+    """The DSN of the embedded server a running node owns in STAGERUNNER_DATA_DIR, or
+    None; never starts one (applications use this, see connections)."""
+    from stagerunner.embedded import EmbeddedServer
+
+    return EmbeddedServer(settings.data_dir).running_dsn()
+
+
 def _embedded(settings: Settings, install: bool) -> Database:
     from stagerunner.embedded import EmbeddedServer  # lazy: only without a configured database
 

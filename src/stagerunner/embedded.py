@@ -78,6 +78,15 @@ class EmbeddedServer:
             if not self._users(remove=os.getpid()) and self._running():
                 self._ctl("stop", "-m", "fast", "-w")
 
+    def running_dsn(self) -> str | None:
+        """The DSN if the server is up (started by someone else), else None; never starts
+        it, never registers as a user of it."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+            return self.dsn() if _alive(pid) else None
+        except (OSError, ValueError):
+            return None
+
     def dsn(self) -> str:
         return (f"postgresql://postgres:{quote(self.password(), safe='')}@/postgres"
                 f"?host={quote(str(self.socket_dir()), safe='')}")

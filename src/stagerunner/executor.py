@@ -2,8 +2,8 @@
 group at the deadline.
 
     consumer (through its fork helper) ──fork──> job child (own process group, ``child``)
-       │  job pipe   ──>  [len][json: id, name, args]
-       │  result pipe <── [len][json: "ok", result] | ["error", text]
+       │  job pipe   ──>  [len][json: id, name, args, attempt, max attempts, queue, times]
+       │  result pipe <── [len][json: "ok", result] | ["error", text(, retry fields)]
        └─ pidfd: tells the consumer the child exited without a result
 
 ``child.fork_child`` makes a child that waits for its job; the consumer's fork helper
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from stagerunner import procs
+from stagerunner import procs, retry
 from stagerunner.child import HEADER, frame, write_all
 from stagerunner.protocol import Outcome, Status, Task
 
@@ -57,10 +57,12 @@ class ChildHandle:
         if self.pidfd < 0:
             self.pidfd = os.pidfd_open(self.pid)
 
-    def send(self, task: Task) -> None:
+    def send(self, task: Task, deadline: float | None = None) -> None:
+        """The job, with what its context needs (`deadline`: epoch seconds)."""
         self.jobs_sent += 1
         self.buffer.clear()
-        payload = json.dumps([task.id, task.name, task.args]).encode()
+        payload = json.dumps([task.id, task.name, task.args, task.attempt, task.max_attempts,
+                              task.queue, task.enqueued_at, deadline]).encode()
         try:
             write_all(self.job_w, frame(payload))
         except BrokenPipeError:
@@ -106,8 +108,8 @@ class ChildHandle:
         except (ValueError, RecursionError):
             reply = None
         del self.buffer[:HEADER.size + size]
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in ("ok", "error")
-                and isinstance(reply[1], str)):
+        if not (isinstance(reply, list) and len(reply) in (2, 3) and reply[0] in ("ok", "error")
+                and isinstance(reply[1], str) and isinstance((reply + [{}])[2], dict)):
             return self._broken("the job wrote garbage into its result pipe (not a reply)")
         return reply
 
@@ -172,8 +174,9 @@ class Job:
         if ending is Ending.REPLIED and self.reply and self.reply[0] == "ok":
             return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=self.reply[1], deadline_s=d)
         if ending is Ending.REPLIED:
-            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str((self.reply or [""])[-1]),
-                           deadline_s=d)
+            reply = self.reply or ["error", ""]
+            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str(reply[1]), deadline_s=d,
+                           **retry.from_reply(reply[2] if len(reply) > 2 else {}))
         if ending is Ending.EXITED:
             return Outcome(t.id, t.attempt, Status.ERROR, ms, error=describe_exit(wait_status),
                            deadline_s=d)

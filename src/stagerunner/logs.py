@@ -103,3 +103,31 @@ def set_title(title: str) -> None:
                 f.write(title.replace("stagerunner: ", "sr-")[:15])
         except OSError:
             pass
+
+
+_JOB: dict[str, Any] = {}  # in a job child: the running job's fields (task_id, attempt)
+
+
+def job_fields(**fields: Any) -> None:
+    """Set (or, without arguments, clear) the fields every record of this job carries."""
+    _JOB.clear()
+    _JOB.update(fields)
+
+
+def route_job_logs() -> None:
+    """In a job child: records of any logger (the task's own ``logging``) carry the job's
+    task_id and attempt, and, unless the task modules configured logging themselves, reach
+    the node's log in its format and at its level."""
+    ours, root = logging.getLogger("stagerunner"), logging.getLogger()
+    if ours.handlers and not root.handlers:
+        root.addHandler(ours.handlers[0])
+        root.setLevel(ours.level)
+    make = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        rec = make(*args, **kwargs)
+        if _JOB:
+            rec.__dict__.update(_JOB)
+        return rec
+
+    logging.setLogRecordFactory(record)

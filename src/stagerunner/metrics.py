@@ -217,9 +217,9 @@ class Server:
         return live, finished
 
     def _query(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        from stagerunner import store
+        from stagerunner import opstore, store
 
         if self.conn is None or self.conn.closed:
             self.conn = store.connect_guarded(self.dsn)
-        return (store.count_live_tasks(self.conn),
-                store.count_finished_tasks(self.conn, exact_below=EXACT_BELOW_ROWS))
+        return (opstore.count_live_tasks(self.conn),
+                opstore.count_finished_tasks(self.conn, exact_below=EXACT_BELOW_ROWS))

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import faults, logs, procs, store
+from stagerunner import context, faults, hooks, logs, procs, registry, store
 from stagerunner.completer import FLUSH_AFTER_S, Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
@@ -61,6 +61,7 @@ class ProducerConfig:
     log_level: str = "info"
     log_format: str = "text"
     fault: str = ""
+    hook_modules: tuple[str, ...] = ()  # task modules to import for their on_lost hooks
 
 
 class Producer:
@@ -150,6 +151,8 @@ class Producer:
 
     def _complete(self, slot: int, claim: Claim, outcome: Outcome) -> None:
         self.stats.observe(claim.task.queue, outcome.status, outcome.runtime_ms)
+        if outcome.lost and self.config.hook_modules:
+            hooks.call("lost", context.JobContext.from_task(claim.task))
         finish = self.completer.add(outcome, lost=claim.lost, max_attempts=claim.max_attempts,
                                     kills=claim.kills, consumer=slot)
         if finish.status == Status.WAITING:  # a retry: we know when it will be due
@@ -323,4 +326,5 @@ def main(control: Any, config: ProducerConfig, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(config.log_level, config.log_format, "producer", config.node)
+    registry.load(config.hook_modules)
     procs.exit_with(Producer(control, config).run, log, "producer")

@@ -54,6 +54,8 @@ class Task:
     args: str  # JSON text, decoded only inside the job child
     timeout_s: float | None = None
     queue: str = "default"
+    max_attempts: int = 1  # for the job context (stagerunner.current())
+    enqueued_at: float | None = None  # epoch seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,9 @@ class Outcome:
     final: bool = False  # retrying cannot help (unknown task, bad arguments)
     suspect: bool = False  # lost with its consumer dead under it: the job may be to blame
     deadline_s: float = 0.0  # the deadline the run was given (0: it never started)
+    retry: bool | None = None  # False: the task's retry_on / discard_on rule out another try
+    snooze_s: float | None = None  # the job asked to run again later, spending no attempt
+    backoff: tuple[float, float, float] | None = None  # the task's own retry.Backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +170,11 @@ def encode(message: Message) -> bytes:
             wire: list[object] = ["D", n]
         case Outcome() as o:
             wire = ["O", o.task_id, o.attempt, o.status.value, o.runtime_ms, o.result, o.error,
-                    o.demand, o.lost, o.final, o.suspect, o.deadline_s]
+                    o.demand, o.lost, o.final, o.suspect, o.deadline_s, o.retry, o.snooze_s,
+                    o.backoff]
         case Batch(tasks=tasks):
-            wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue] for t in tasks]]
+            wire = ["B", [[t.id, t.attempt, t.name, t.args, t.timeout_s, t.queue, t.max_attempts,
+                           t.enqueued_at] for t in tasks]]
         case Stop():
             wire = ["S"]
         case Bye(unstarted=ids):
@@ -196,9 +203,12 @@ def decode(data: bytes) -> Message:
             case ["D", int(n)]:
                 return Demand(n)
             case ["O", task_id, attempt, status, runtime, result, error, demand, lost, final,
-                  suspect, deadline_s]:
+                  *later]:  # fields added later default, so an older stage's still decode
+                suspect, deadline_s, retry, snooze, backoff = [*later, False, 0.0, None, None,
+                                                               None][:5]
                 return Outcome(task_id, attempt, Status(status), runtime, result, error, demand,
-                               lost, final, suspect, deadline_s)
+                               lost, final, suspect, deadline_s, retry, snooze,
+                               tuple(backoff) if backoff else None)
             case ["B", list(rows)]:
                 return Batch(tuple(Task(*row) for row in rows))
             case ["S"]:

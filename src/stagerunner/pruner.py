@@ -1,5 +1,6 @@
-"""Retention: finished tasks older than STAGERUNNER_RETENTION are deleted in batches, by
-one node at a time (an advisory lock decides which).
+"""Retention: finished tasks older than STAGERUNNER_RETENTION (failed ones: older than
+STAGERUNNER_FAILED_RETENTION, so they can be inspected and retried) are deleted in
+batches, by one node at a time (an advisory lock decides which). 0 keeps them forever.
 
 It runs in a thread of the supervisor, on a connection of its own, not in the producer's
 loop: a long delete never holds up claims, heartbeats or outcomes. While it finds full
@@ -13,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from stagerunner import store
+from stagerunner import opstore, store
 
 log = logging.getLogger(__name__)
 BATCH = 5000
@@ -22,9 +23,10 @@ RETRY_S = 5.0  # after a database error
 
 
 class Pruner:
-    def __init__(self, dsn: str, retention_s: float) -> None:
+    def __init__(self, dsn: str, retention_s: float, failed_retention_s: float = 0.0) -> None:
         self.dsn = dsn
         self.retention_s = retention_s
+        self.failed_retention_s = failed_retention_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name="pruner", daemon=True)
         self.conn: Any = None
@@ -49,8 +51,8 @@ class Pruner:
         """Delete one batch; how many rows went."""
         if self.conn is None:
             self.conn = store.connect_guarded(self.dsn)
-        deleted = store.purge_tasks(self.conn, older_s=self.retention_s, batch=BATCH,
-                                    exclusive=True)
+        deleted = opstore.purge_tasks(self.conn, older_s=self.retention_s or None, batch=BATCH,
+                                    exclusive=True, failed_older_s=self.failed_retention_s or None)
         if deleted:
             log.info("finished tasks pruned", extra={"event": "tasks.pruned", "count": deleted})
         return deleted

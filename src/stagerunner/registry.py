@@ -20,7 +20,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stagerunner import arguments
 from stagerunner.errors import BadArguments, UnknownTask
+from stagerunner.retry import Backoff
+
+Errors = tuple[type[BaseException], ...]
 
 _NAME = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 MAX_ATTEMPTS_DEFAULT = 3
@@ -37,6 +41,10 @@ class Spec:
     priority: int = 0
     signature: inspect.Signature | None = field(default=None, compare=False)
     cron: str | None = None
+    is_async: bool = False
+    retry_on: Errors = ()  # when given, other exceptions are not retried
+    discard_on: Errors = ()  # never retried
+    backoff: Backoff | None = None
 
 
 _REGISTRY: dict[str, Spec] = {}
@@ -44,11 +52,12 @@ _REGISTRY: dict[str, Spec] = {}
 
 def register(fn: Callable[..., Any], *, name: str | None = None,
              max_attempts: int | None = None, timeout: float | None = None,
-             queue: str = "default", priority: int = 0, cron: str | None = None) -> Spec:
+             queue: str = "default", priority: int = 0, cron: str | None = None,
+             retry_on: Errors = (), discard_on: Errors = (), backoff: Backoff | None = None
+             ) -> Spec:
     """Check a task's options and record it under its stable name (``module:function``
     unless `name` is given); what ``@stagerunner.task`` does."""
-    if not inspect.isfunction(fn):
-        raise TypeError(f"@task decorates plain functions, not {fn!r}")
+    _check_callable(fn, name)
     task_name = name or f"{fn.__module__}:{fn.__qualname__}"
     _check_name(task_name)
     if max_attempts is not None and max_attempts < 1:
@@ -59,14 +68,35 @@ def register(fn: Callable[..., Any], *, name: str | None = None,
         from stagerunner import cron as cron_module
 
         cron_module.parse(cron)  # a bad expression fails at import, not at the first tick
+    for option, classes in (("retry_on", retry_on), ("discard_on", discard_on)):
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+            raise TypeError(f"{option} takes a tuple of exception classes, got {classes!r}")
     spec = Spec(task_name, fn, fn.__module__, max_attempts, timeout, queue, priority,
-                inspect.signature(fn), cron)
+                inspect.signature(fn), cron, inspect.iscoroutinefunction(fn), tuple(retry_on),
+                tuple(discard_on), backoff)
     previous = _REGISTRY.get(task_name)
     if previous is not None and previous.func.__qualname__ != fn.__qualname__:
         raise ValueError(f"task name {task_name!r} is already registered by "
                          f"{previous.module}:{previous.func.__qualname__}")
     _REGISTRY[task_name] = spec
     return spec
+
+
+def _check_callable(fn: Any, name: str | None) -> None:
+    """Refuse, at import, what can never run as a task, saying why."""
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise TypeError(f"@task cannot run {fn.__qualname__}: it is {kind}, whose values "
+                        "are produced lazily and cannot be stored as one JSON result; "
+                        "return a list instead")
+    if isinstance(fn, (staticmethod, classmethod)):
+        raise TypeError("@task decorates module-level functions; put it below @staticmethod "
+                        "or @classmethod, or better, on a plain function")
+    if not inspect.isfunction(fn):
+        raise TypeError(f"@task decorates plain functions (def or async def), not {fn!r}")
+    if "<locals>" in fn.__qualname__ and name is None:
+        raise TypeError(f"@task cannot run {fn.__qualname__}: a function defined inside "
+                        "another has no importable name; give it one with name=")
 
 
 def _check_name(name: str) -> None:
@@ -81,7 +111,23 @@ def load(modules: Iterable[str]) -> list[str]:
     """Import the operator's task modules; returns the names registered."""
     for module in modules:
         importlib.import_module(module)
+    if any(s.is_async for s in _REGISTRY.values()):
+        import asyncio  # noqa: F401  (imported once here, not in every job child)
     return sorted(_REGISTRY)
+
+
+def over_cap(modules: Iterable[str], cap: float) -> list[Spec]:
+    """Tasks of the allowed modules whose own timeout exceeds the node's hard cap."""
+    modules = list(modules)
+    return [s for s in _REGISTRY.values()
+            if s.timeout is not None and s.timeout > cap and _allowed(s.module, modules)]
+
+
+def specs(modules: Iterable[str]) -> list[Spec]:
+    """Every registered task of the allowed modules (the catalog a node publishes)."""
+    modules = list(modules)
+    return sorted((s for s in _REGISTRY.values() if _allowed(s.module, modules)),
+                  key=lambda s: s.name)
 
 
 def _allowed(module: str, modules: Iterable[str]) -> bool:
@@ -114,10 +160,10 @@ def periodic(modules: Iterable[str]) -> list[Spec]:
     return [s for s in _REGISTRY.values() if s.cron and _allowed(s.module, modules)]
 
 
-def resolver(modules: tuple[str, ...]) -> Callable[[str], Callable[..., Any]]:
-    """A job child's way from a task name to the function it runs."""
-    def by_name(name: str) -> Any:
-        return resolve(name, modules).func
+def resolver(modules: tuple[str, ...]) -> Callable[[str], Spec]:
+    """A job child's way from a task name to what it runs (``running.call`` takes a Spec)."""
+    def by_name(name: str) -> Spec:
+        return resolve(name, modules)
 
     return by_name
 
@@ -129,14 +175,7 @@ def check_arguments(spec: Spec, args_text: str) -> None:
     except (ValueError, RecursionError) as exc:
         raise BadArguments(f"arguments for {spec.name} cannot be decoded: "
                            f"{type(exc).__name__}: {exc}") from None
-    if spec.signature is None:
-        return
     try:
-        if isinstance(args, list):
-            spec.signature.bind(*args)
-        elif isinstance(args, dict):
-            spec.signature.bind(**args)
-        else:
-            raise TypeError(f"expected a JSON array or object, got {type(args).__name__}")
+        arguments.check(spec.signature, *arguments.unpack(args))
     except TypeError as exc:
         raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None

@@ -221,8 +221,44 @@ CREATE TABLE IF NOT EXISTS stagerunner.periodic (
     last_tick timestamptz NOT NULL
 );
 
+-- Applications (issue 13) -------------------------------------------------------------
+-- The task catalog: every node publishes the tasks of its STAGERUNNER_TASK_MODULES at
+-- start, so a process that enqueues by name without importing the task module still
+-- gets the task's own queue, priority, attempts and timeout, and an unknown name is
+-- refused at enqueue.
+CREATE TABLE IF NOT EXISTS stagerunner.task_catalog (
+    name         text PRIMARY KEY,
+    queue        text NOT NULL DEFAULT 'default',
+    priority     smallint NOT NULL DEFAULT 0,
+    max_attempts integer,
+    timeout_s    double precision,
+    is_async     boolean NOT NULL DEFAULT false,
+    node         text NOT NULL DEFAULT '',
+    published_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Results: one NOTIFY on stagerunner_results, payload the task id, whenever a task
+-- reaches a terminal status, so stagerunner.result() waits without polling.
+CREATE OR REPLACE FUNCTION stagerunner.notify_task_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('stagerunner_results', NEW.id::text);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS tasks_notify_finished ON stagerunner.tasks;
+CREATE TRIGGER tasks_notify_finished
+    AFTER UPDATE OF status ON stagerunner.tasks
+    FOR EACH ROW
+    WHEN (NEW.status IN ('success', 'error', 'timeout', 'cancelled')
+          AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION stagerunner.notify_task_finished();
+
 -- Bumped when the layout changes; `run` refuses a database whose version differs.
 CREATE TABLE IF NOT EXISTS stagerunner.schema_version (
     version integer PRIMARY KEY
 );
-INSERT INTO stagerunner.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
+-- 3: leases, kills, run details (the production issues), the task catalog and results
+-- NOTIFY (applications)
+INSERT INTO stagerunner.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;

@@ -9,7 +9,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _sql(name: str) -> str:
+def sql_text(name: str) -> str:
+    """The statement in sql/<name>.sql (astore, the async twin, runs the same files)."""
     return resources.files("stagerunner.sql").joinpath(f"{name}.sql").read_text()
 
 
@@ -33,7 +34,7 @@ def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None
          ) -> list[dict[str, Any]]:
     started = time.perf_counter()
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_sql(name), params)
+        cur.execute(sql_text(name), params)
         rows = cur.fetchall() if cur.description else []
     if log.isEnabledFor(logging.DEBUG):
         log.debug("QUERY OK", extra={"event": "sql", "query": name, "rows": len(rows),
@@ -44,8 +45,8 @@ def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None
 
 def query(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None
           ) -> list[dict[str, Any]]:
-    """Run sql/<name>.sql and return its rows as dicts (for read-only callers outside
-    this module, such as the dashboard, that keep their statements in sql/ too)."""
+    """Run sql/<name>.sql and return its rows as dicts (for callers outside this module
+    that keep their statements in sql/ too: the dashboard's reads, the task catalog)."""
     return _run(conn, name, params)
 
 
@@ -93,6 +94,19 @@ class NewTask:
 
 INSERT_ROUNDS = 3  # a key whose holder finishes between our insert and our lookup: retry
 
+# Statements as a generator (yields (sql file, params), is sent the rows) for drive / astore.
+Steps = Generator[tuple[str, dict[str, Any]], list[dict[str, Any]], Any]
+
+
+def drive(conn: psycopg.Connection[Any], steps: Steps) -> Any:
+    """Run a statement sequence on a sync connection."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(_run(conn, *step))
+    except StopIteration as done:
+        return done.value
+
 
 def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
     """(new) -> waiting for all of them in one statement; ids in input order.
@@ -100,28 +114,31 @@ def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> lis
     A task whose unique_key is already held by a waiting or running task (or by an
     earlier task of the same call) yields that task's id instead of a new row.
     """
+    return drive(conn, insert_steps(tasks))  # type: ignore[no-any-return]
+
+
+def insert_steps(tasks: Sequence[NewTask]) -> Steps:
     ids: list[int | None] = [None] * len(tasks)
     todo = list(range(len(tasks)))
     for _ in range(INSERT_ROUNDS):
         if not todo:
             break
-        todo = _insert_round(conn, tasks, todo, ids)
+        todo = yield from _insert_round(tasks, todo, ids)
     if todo:
         raise RuntimeError(f"could not settle the uniqueness keys of {len(todo)} task(s)")
     return [i for i in ids if i is not None]
 
 
-def _insert_round(conn: psycopg.Connection[Any], tasks: Sequence[NewTask], todo: list[int],
-                  ids: list[int | None]) -> list[int]:
+def _insert_round(tasks: Sequence[NewTask], todo: list[int], ids: list[int | None]) -> Steps:
     """Insert tasks[todo]; fill ids; return the indexes still without an id."""
     batch = [tasks[i] for i in todo]
-    rows = _run(conn, "insert_tasks", _columns(batch))
+    rows = yield "insert_tasks", _columns(batch)
     plain = iter(sorted(r["id"] for r in rows if r["unique_key"] is None))
     made = {r["unique_key"]: r["id"] for r in rows if r["unique_key"] is not None}
     held = [t.unique_key for t in batch if t.unique_key is not None and t.unique_key not in made]
     if held:
-        made.update((r["unique_key"], r["id"])
-                    for r in _run(conn, "find_unique_tasks", {"keys": held}))
+        found = yield "find_unique_tasks", {"keys": held}
+        made.update((r["unique_key"], r["id"]) for r in found)
     left = []
     for i, task in zip(todo, batch):
         ids[i] = next(plain) if task.unique_key is None else made.get(task.unique_key)
@@ -150,7 +167,8 @@ def claim_tasks(conn: psycopg.Connection[Any], *, owner: str, queue: str, limit:
     next_due = rows[0]["next_due_s"] if rows else None
     rows = [r for r in rows if r["id"] is not None]
     rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))  # RETURNING has no order
-    return [Claim(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"]),
+    return [Claim(Task(r["id"], r["attempts"], r["name"], r["args"], r["timeout_s"], r["queue"],
+                       r["max_attempts"], r["enqueued_at"]),
                   r["lost"], r["max_attempts"], r["kills"]) for r in rows], next_due
 
 
@@ -170,6 +188,7 @@ class Finish:
     kills: int = 0  # 1 when its consumer died under this run (completer.decide)
     consumer: int | None = None  # the consumer slot that ran it (None: keep the row's)
     deadline_s: float | None = None  # the deadline the run was given (None: keep the row's)
+    refund: int = 0  # attempts given back: a snoozed run spent none
 
 
 def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]
@@ -186,6 +205,7 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
         "kills": [f.kills for f in finishes], "runtimes": [f.runtime_ms for f in finishes],
         "consumers": [f.consumer for f in finishes], "deadlines": [f.deadline_s for f in finishes],
+        "refunds": [f.refund for f in finishes],
     })
     return {r["id"]: r["status"] for r in rows}
 
@@ -271,68 +291,8 @@ def enqueue_periodic(conn: psycopg.Connection[Any], *, name: str, tick: datetime
     return rows[0]["id"] if rows else None
 
 
-# Inspection and repair ------------------------------------------------------------------
-
-def list_tasks(conn: psycopg.Connection[Any], *, status: str | None = None, queue: str | None = None,
-               name: str | None = None, older_s: float | None = None, newer_s: float | None = None,
-               limit: int = 50) -> list[dict[str, Any]]:
-    return _run(conn, "list_tasks", {"status": status, "queue": queue, "name": name,
-                                     "older_s": older_s, "newer_s": newer_s, "limit": limit})
-
-
-def get_task(conn: psycopg.Connection[Any], *, task_id: int) -> dict[str, Any] | None:
-    rows = _run(conn, "get_task", {"id": task_id})
-    return rows[0] if rows else None
-
-
-def retry_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int] = (), failed: bool = False
-                ) -> tuple[list[int], list[int]]:
-    """error | timeout | cancelled -> waiting (by id, or all failed ones); (the ids retried,
-    the ids skipped because their uniqueness key is held by another task)."""
-    rows = _run(conn, "retry_tasks", {"ids": list(ids), "failed": failed})
-    return [r["id"] for r in rows if r["retried"]], [r["id"] for r in rows if not r["retried"]]
-
-
-def purge_tasks(conn: psycopg.Connection[Any], *, older_s: float, batch: int = 1000,
-                exclusive: bool = False) -> int:
-    """Delete up to `batch` finished tasks older than `older_s`; returns how many."""
-    return len(_run(conn, "purge_tasks", {"older_s": older_s, "batch": batch, "exclusive": exclusive}))
-
-
-def pause_queue(conn: psycopg.Connection[Any], *, queue: str, paused: bool) -> None:
-    _run(conn, "pause_queue", {"queue": queue, "paused": paused})
-
-
-def list_queues(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return _run(conn, "list_queues")
-
-
-def count_finished_since(conn: psycopg.Connection[Any], *, seconds: float) -> int:
-    return int(_run(conn, "count_finished_since", {"seconds": seconds})[0]["n"])
-
-
-def count_live_tasks(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Waiting and running tasks per queue (and the oldest due waiting age)."""
-    return _run(conn, "count_live_tasks")
-
-
-def count_finished_tasks(conn: psycopg.Connection[Any], *, exact_below: int = 100_000
-                         ) -> list[dict[str, Any]]:
-    """Finished tasks per status: exact on a small table, estimated on a large one."""
-    return _run(conn, "count_finished_tasks", {"exact_below": exact_below})
-
-
-def cancel_tasks(conn: psycopg.Connection[Any], *, ids: Sequence[int]) -> list[tuple[int, str]]:
-    """waiting -> cancelled; running -> cancel requested (its owner kills it). (id, status)."""
-    return [(r["id"], r["status"]) for r in _run(conn, "cancel_tasks", {"ids": list(ids)})]
-
-
 def find_cancelled(conn: psycopg.Connection[Any], *, owner: str, ids: Sequence[int]) -> list[int]:
     """Which of `ids` (running, held by `owner`) have a cancel requested."""
     if not ids:
         return []
     return [r["id"] for r in _run(conn, "find_cancelled", {"owner": owner, "ids": list(ids)})]
-
-
-def live_nodes(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return _run(conn, "live_nodes")

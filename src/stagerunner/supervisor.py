@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, logs, metrics, procs, producer, registry
+from stagerunner import consumer, hooks, logs, metrics, procs, producer, registry
 from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.child import Limits
@@ -91,8 +91,8 @@ class Supervisor:
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
                            self._snapshot).start()
-        if self.settings.retention > 0:
-            Pruner(self.dsn, self.settings.retention).start()
+        if self.settings.retention > 0 or self.settings.failed_retention > 0:
+            Pruner(self.dsn, self.settings.retention, self.settings.failed_retention).start()
         self._start_producer(replaces=())
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -147,7 +147,8 @@ class Supervisor:
             heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
             max_job_timeout=s.max_job_timeout, replaces=replaces,
             periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
-            fault=s.fault)
+            fault=s.fault,
+            hook_modules=tuple(s.task_modules) if hooks.registered("lost") else ())
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
                                    name="stagerunner-producer", daemon=False)

@@ -21,6 +21,9 @@ Measurements (``--only`` takes the names in brackets):
    the wall time of the call (client-side validation included).
 2. [enqueue_single] ``stagerunner.enqueue(name, [], conn=conn)`` on an autocommit
    connection, one statement and commit per task, 2000 tasks; tasks/s.
+2b. [enqueue_async] the same two from asyncio on a psycopg ``AsyncConnection``
+   (autocommit): ``await stagerunner.aenqueue_many([...], conn=aconn)`` of N tasks, then
+   ``await stagerunner.aenqueue(name, [], conn=aconn)`` one at a time, 2000 tasks; tasks/s.
 3. [drain] N no-op tasks (``--drain-tasks``, default 5000) are enqueued, then a node is
    started (STAGERUNNER_CONSUMERS=C, default = cores; task module
    ``stagerunner_tools.bench_tasks``; log level warning). Rate = successes / (max(finished_at)
@@ -114,8 +117,8 @@ STARTED_AT = f"{TASK_MODULE}:started_at"
 SLEEP_FOREVER = f"{TASK_MODULE}:sleep_forever"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LIBRARIES = ("multiprocess", "multiprocessing")
-MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "drain", "fork", "latency", "deadline", "status",
-                "prune",
+MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "enqueue_async", "drain", "fork", "latency",
+                "deadline", "status", "prune",
                 "rss", "pickle", "idle", "scale")
 DRAIN_MODES = (  # (label, extra node environment); "default" is what ships
     ("default", {}),
@@ -131,6 +134,8 @@ RATIO_TARGET = 0.85
 METRICS: dict[str, tuple[str, str]] = {
     "enqueue_bulk_rate": ("tasks/s", "enqueue_many of N tasks, one call"),
     "enqueue_single_rate": ("tasks/s", "enqueue one at a time, autocommit"),
+    "enqueue_async_bulk_rate": ("tasks/s", "aenqueue_many of N tasks, AsyncConnection"),
+    "enqueue_async_single_rate": ("tasks/s", "aenqueue one at a time, AsyncConnection"),
     "drain_default": ("tasks/s", "drain, fresh child per job (defaults: multiprocessing)"),
     "drain_default_multiprocess": ("tasks/s", "drain, fresh child per job, multiprocess"),
     "drain_reuse100": ("tasks/s", "drain, CHILD_REUSE=100 (default prefetch 32)"),
@@ -312,6 +317,29 @@ class Bench:
             stagerunner.enqueue(NOOP, [], conn=self.db.conn)
         elapsed = time.perf_counter() - started
         out["enqueue_single_rate"] = rate(n, elapsed)
+        self.db.reset()
+
+    def enqueue_async(self, out: dict[str, float]) -> None:
+        import asyncio
+
+        import psycopg
+
+        import stagerunner
+
+        self.db.reset()
+
+        async def run() -> None:
+            async with await psycopg.AsyncConnection.connect(self.db.dsn, autocommit=True) as aconn:
+                started = time.perf_counter()
+                ids = await stagerunner.aenqueue_many([(NOOP, [])] * self.o.tasks, conn=aconn)
+                out["enqueue_async_bulk_rate"] = rate(len(ids), time.perf_counter() - started)
+                n = self.o.single_tasks
+                started = time.perf_counter()
+                for _ in range(n):
+                    await stagerunner.aenqueue(NOOP, [], conn=aconn)
+                out["enqueue_async_single_rate"] = rate(n, time.perf_counter() - started)
+
+        asyncio.run(run())
         self.db.reset()
 
     # 3, 7 (while draining)
@@ -539,7 +567,7 @@ class Bench:
     def status(self, out: dict[str, float]) -> None:
         """`status` and a metrics scrape's queries on a table that keeps a week of finished
         tasks (--status-rows of them) beside 20,000 waiting ones: p50 of 9 runs each."""
-        from stagerunner import admin, store
+        from stagerunner import admin, opstore
 
         self.db.reset()
         with self.db.connect() as conn:
@@ -554,8 +582,8 @@ class Bench:
         self.db.analyze()
         with self.db.connect() as conn:
             out["status_p50_ms"] = _p50_ms(lambda: admin.status_report(conn))
-            out["scrape_p50_ms"] = _p50_ms(lambda: (store.count_live_tasks(conn),
-                                                    store.count_finished_tasks(conn)))
+            out["scrape_p50_ms"] = _p50_ms(lambda: (opstore.count_live_tasks(conn),
+                                                    opstore.count_finished_tasks(conn)))
         self.db.reset()
 
     # 12
@@ -670,6 +698,7 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
     table: list[tuple[str, bool, Callable[[dict[str, float], int], None]]] = [
         ("enqueue_bulk", "enqueue_bulk" in only, lambda out, r: bench.enqueue_bulk(out)),
         ("enqueue_single", "enqueue_single" in only, lambda out, r: bench.enqueue_single(out)),
+        ("enqueue_async", "enqueue_async" in only, lambda out, r: bench.enqueue_async(out)),
         ("fork", "fork" in only, lambda out, r: bench.fork(out)),
         ("drain", "drain" in only, bench.drain),
         ("idle node", bool({"latency", "idle", "rss"} & set(only)),

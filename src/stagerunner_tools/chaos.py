@@ -189,9 +189,9 @@ class Chaos:
 
     @staticmethod
     def unfinished(conn: Any) -> int:
-        from stagerunner import store
+        from stagerunner import opstore
 
-        return sum(r["n"] for r in store.count_live_tasks(conn))
+        return sum(r["n"] for r in opstore.count_live_tasks(conn))
 
     # Checks ----------------------------------------------------------------------------
 
@@ -200,9 +200,9 @@ class Chaos:
         return sorted(set(self.ours()) | set(recorded))
 
     def check(self, conn: Any) -> dict[str, Any]:
-        from stagerunner import store
+        from stagerunner import opstore
 
-        rows = {r["id"]: r for r in store.list_tasks(conn, limit=2**31 - 1)}
+        rows = {r["id"]: r for r in opstore.list_tasks(conn, limit=2**31 - 1)}
         runs = self.records.runs()
         torn = self.records.lines()[1]
         if torn:

@@ -26,14 +26,13 @@ def test_enqueue_by_function_name_and_tutorial_shape(conn, get_task):
 @pytest.fixture(autouse=True)
 def _default_db(db, monkeypatch):
     """Enqueue without conn= uses STAGERUNNER_DATABASE_URL."""
-    from stagerunner import client
+    from stagerunner import catalog, connections
 
     monkeypatch.setenv("STAGERUNNER_DATABASE_URL", db)
-    client._default.clear()
+    connections.close_pools()
+    catalog.forget()
     yield
-    if client._default.get("conn") is not None:
-        client._default["conn"].close()
-    client._default.clear()
+    connections.close_pools()
 
 
 def test_task_defaults_travel_with_the_row(conn, get_task):
@@ -75,8 +74,13 @@ def test_non_json_arguments_are_refused_before_the_database(conn, statuses):
         stagerunner.enqueue("tests.tasks:echo", [object()], conn=conn)
     assert "not JSON" in str(err.value)
     with pytest.raises(NotJSON):
-        tests.tasks.echo.options(conn=conn).enqueue(1, key=2)
+        tests.tasks.echo.options(conn=conn).enqueue(1, key={2})
     assert statuses() == {}
+
+
+def test_positional_and_keyword_arguments_together_are_stored_with_the_reserved_key(conn, get_task):
+    task_id = tests.tasks.echo.options(conn=conn).enqueue(1, 2, key="k")
+    assert get_task(task_id)["args"] == {"*args": [1, 2], "key": "k"}
 
 
 def test_a_unique_key_returns_the_existing_task_while_it_is_waiting_or_running(conn, get_task):

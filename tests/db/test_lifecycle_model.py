@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from stagerunner import store
+from stagerunner import opstore, store
 from stagerunner.completer import QUARANTINE_KILLS, decide
 from stagerunner.protocol import Outcome, Status
 from stagerunner.rescuer import Rescuer
@@ -142,7 +142,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
         def cancel(self, data: st.DataObject) -> None:
             task_id = data.draw(st.sampled_from(sorted(self.model)))
             row = self.model[task_id]
-            changed = dict(store.cancel_tasks(self.conn, ids=[task_id]))
+            changed = dict(opstore.cancel_tasks(self.conn, ids=[task_id]))
             if row.status == "waiting":
                 row.status, row.cancel_requested = "cancelled", True
                 assert changed == {task_id: "cancelled"}
@@ -154,7 +154,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
 
         @rule()
         def retry_failed(self) -> None:
-            retried = set(store.retry_tasks(self.conn, failed=True)[0])
+            retried = set(opstore.retry_tasks(self.conn, failed=True)[0])
             expected = {i for i, r in self.model.items() if r.status in ("error", "timeout")}
             assert retried == expected
             for i in retried:

@@ -45,7 +45,7 @@ def test_the_claim_uses_the_claim_index(conn):
                  "SELECT 'x', 'success', now() FROM generate_series(1, 20000)")
     conn.execute("INSERT INTO stagerunner.tasks (name) SELECT 'x' FROM generate_series(1, 100)")
     conn.execute("ANALYZE stagerunner.tasks")
-    sql = store._sql("claim_tasks").replace("%(queue)s", "'default'").replace("%(limit)s", "10") \
+    sql = store.sql_text("claim_tasks").replace("%(queue)s", "'default'").replace("%(limit)s", "10") \
         .replace("%(owner)s", "'o'")
     plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql).fetchall())
     assert "tasks_claim_idx" in plan, plan
@@ -69,6 +69,7 @@ def test_named_constraints_refuse_impossible_rows(conn, column, value):
 # under an old version number would never be applied to an existing database.
 SCHEMA_DIGESTS = {
     2: "438ebba26b715e2ba94959bb52588ff6434ad39a65fd03a52b4af12b428a8f08",
+    3: "8809096e3788abd97754c05d22af8c3244addbbd1a185d63cbcd473d7cf68edd",
 }
 
 

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from stagerunner import store
+from stagerunner import opstore, store
 from stagerunner.completer import decide
 from stagerunner.protocol import Outcome, Status, Task
 from stagerunner.rescuer import Rescuer
@@ -207,7 +207,7 @@ class TestUniqueKeys:
         blocked = insert_task(status="error", unique_key="k", attempts=3)
         twins = [insert_task(status="error", unique_key="j", attempts=3) for _ in range(2)]
         free = insert_task(status="timeout", attempts=3)
-        retried, skipped = store.retry_tasks(conn, failed=True)
+        retried, skipped = opstore.retry_tasks(conn, failed=True)
         assert retried == sorted([twins[1]["id"], free["id"]])  # the newest of the twins
         assert skipped == sorted([blocked["id"], twins[0]["id"]])
         assert get_task(blocked["id"])["status"] == "error"

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from stagerunner import store
+from stagerunner import opstore, store
 from stagerunner_tools.dbs import dbname_of, terminate_node_sessions
 from stagerunner_tools.invariants import check_rows, insert_rows, rows, wait_terminal
 from tests.helpers import eventually
@@ -64,7 +64,7 @@ def test_a_cancel_sent_while_the_node_is_reconnecting_is_not_lost(db, conn, star
     with psycopg.connect(db, autocommit=True) as admin:
         terminate_node_sessions(admin, dbname_of(db))
         # the node's LISTEN connection is gone: this notification reaches nobody
-        assert store.cancel_tasks(conn, ids=[task]) == [(task, "running")]
+        assert opstore.cancel_tasks(conn, ids=[task]) == [(task, "running")]
     eventually(lambda: rows(conn, [task])[task]["status"] == "cancelled", timeout=20)
     eventually(lambda: not recorder.running_now(), timeout=5)
     assert node.events("db.disconnected")
@@ -79,7 +79,7 @@ def test_cancelling_thousands_of_running_tasks_in_one_call_works(conn, start_nod
                         queues="default", lease_s=600)
     others = insert_rows(conn, "tests.tasks:ok", [[]] * 3000, status="running",
                          claimed_by="elsewhere/1", attempts=1)
-    changed = store.cancel_tasks(conn, ids=live + others)
+    changed = opstore.cancel_tasks(conn, ids=live + others)
     assert len(changed) == 3002 and {s for _, s in changed} == {"running"}
     eventually(lambda: {r["status"] for r in rows(conn, live).values()} == {"cancelled"},
                timeout=20)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, eventually, run_cli
+from tests.helpers import ROOT, end_embedded_node, eventually, run_cli
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -162,11 +162,5 @@ def test_readme_quickstart_with_the_embedded_server():
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=30) == 0
     finally:
-        if node.poll() is None:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
         log.close()
-        subprocess.run(["pkill", "-f", str(data / "pgdata")], check=False)
-        eventually(lambda: subprocess.run(["pgrep", "-f", str(data / "pgdata")],
-                                          capture_output=True).returncode != 0, timeout=10)
-        shutil.rmtree(data, ignore_errors=True)
+        end_embedded_node(node, data)

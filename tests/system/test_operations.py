@@ -239,6 +239,7 @@ def test_the_least_privilege_roles_are_enough(db, conn, start_node):
         start_node(dsn=runner, retention="1h")
         for task_id in (task, *many, int(out.stdout)):
             eventually(lambda: status_of(conn, task_id) == "success", timeout=10)
+        assert stagerunner.result(many[0], timeout=10, dsn=app) == 3  # the app reads its result
     finally:
         for role in (runner_role, app_role):
             conn.execute(f"DROP OWNED BY {role}")

@@ -30,16 +30,14 @@ def test_every_status_is_documented():
 
 @pytest.mark.db
 def test_the_python_example_runs(db, monkeypatch, conn):
-    from stagerunner import client
+    from stagerunner import connections
 
     [block] = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "# readme-example" in b]
     monkeypatch.setenv("STAGERUNNER_DATABASE_URL", db)
-    client._default.clear()
+    connections.close_pools()
     try:
         exec(compile(block, "README.md", "exec"), {"DSN": db})
     finally:
-        if client._default.get("conn") is not None:
-            client._default["conn"].close()
-        client._default.clear()
+        connections.close_pools()
     count = conn.execute("SELECT count(*) FROM stagerunner.tasks").fetchone()[0]
     assert count == 1 + 1 + 1 + 1 + 1 + 1000 + 1

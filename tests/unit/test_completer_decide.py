@@ -1,6 +1,7 @@
 import pytest
 
-from stagerunner.completer import BACKOFF_MAX_S, QUARANTINE_KILLS, backoff, decide
+from stagerunner.completer import QUARANTINE_KILLS, decide
+from stagerunner.retry import DEFAULT
 from stagerunner.protocol import Outcome, Status
 
 
@@ -17,7 +18,7 @@ def test_success_is_final_and_keeps_the_result():
 def test_a_failed_attempt_is_retried_with_backoff_while_attempts_remain(status):
     f = decide(outcome(status, attempt=2, error="boom"), lost=0, max_attempts=3)
     assert f.status == Status.WAITING and f.reported == status
-    assert f.delay_s == backoff(2) == 2.0
+    assert 2.0 * 0.8 <= f.delay_s <= 2.0 * 1.2  # the default jitter: +/-20 %
     assert f.error == "boom"
 
 
@@ -42,7 +43,7 @@ def test_a_run_lost_with_its_consumer_counts_against_the_task_until_quarantine()
     died = outcome(Status.ERROR, error="consumer died", lost=True, suspect=True)
     f = decide(died, lost=0, max_attempts=3)
     assert (f.status, f.lost, f.kills, f.reported) == (Status.WAITING, 1, 1, "lost")
-    assert f.delay_s == backoff(1)
+    assert 0.8 <= f.delay_s <= 1.2
     f = decide(died, lost=5, kills=QUARANTINE_KILLS - 1, max_attempts=3)
     assert f.status == Status.ERROR and "quarantined" in (f.error or "") and f.kills == 1
 
@@ -59,8 +60,8 @@ def test_cancelled_is_final():
 
 
 def test_backoff_doubles_and_is_capped():
-    assert [backoff(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
-    assert backoff(50) == BACKOFF_MAX_S
+    assert [DEFAULT.delay(n, rand=lambda: 0.5) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert DEFAULT.delay(50, rand=lambda: 1.0) == DEFAULT.max_s
 
 
 def test_an_outcome_cannot_report_waiting():

@@ -26,7 +26,8 @@ claimed AS (
     FROM due
     WHERE t.id = due.id
     RETURNING t.id, t.attempts, t.name, t.args::text AS args, t.timeout_s, t.queue,
-              t.lost, t.kills, t.max_attempts, t.priority, t.run_at
+              t.lost, t.kills, t.max_attempts, t.priority, t.run_at,
+              extract(epoch FROM t.created_at)::double precision AS enqueued_at
 ),
 scheduled AS (
     SELECT extract(epoch FROM min(run_at) - now())::double precision AS next_due_s

@@ -1,4 +1,5 @@
--- finish_tasks: running -> success | error | timeout | cancelled | waiting (retry or lost run).
+-- finish_tasks: running -> success | error | timeout | cancelled | waiting (retry, lost run or
+-- snooze; a snooze gives its attempt back: refund).
 -- Many outcomes in one statement. Guarded by status, owner and attempt: a row that was
 -- rescued, released or re-claimed since is left alone and is not returned; the others
 -- come back with the status they now have.
@@ -14,6 +15,7 @@ SET status = o.status,
              END,
     lost = t.lost + o.lost,
     kills = t.kills + o.kills,
+    attempts = t.attempts - o.refund,
     run_at = CASE WHEN o.status = 'waiting' THEN now() + make_interval(secs => o.delay_s)
                   ELSE t.run_at END,
     claimed_by = CASE WHEN o.status = 'waiting' THEN NULL ELSE t.claimed_by END,
@@ -27,9 +29,9 @@ FROM unnest(
     %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::stagerunner.task_status[],
     %(reported)s::text[], %(results)s::jsonb[], %(errors)s::text[], %(delays)s::double precision[],
     %(lost)s::integer[], %(kills)s::integer[], %(runtimes)s::double precision[],
-    %(consumers)s::integer[], %(deadlines)s::double precision[]
+    %(consumers)s::integer[], %(deadlines)s::double precision[], %(refunds)s::integer[]
 ) AS o(id, attempt, status, reported, result, error, delay_s, lost, kills, runtime_ms,
-       consumer, deadline_s)
+       consumer, deadline_s, refund)
 WHERE t.id = o.id
   AND t.status = 'running'
   AND t.claimed_by = %(owner)s

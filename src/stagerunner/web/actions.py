@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stagerunner import store
+from stagerunner import opstore
 from stagerunner.config import parse_duration
 from stagerunner.web import filters, views
 from stagerunner.web.queries import Conn
@@ -43,19 +43,19 @@ class Done:
 
 
 def retry(conn: Conn, task_id: int) -> Done:
-    ids, _held = store.retry_tasks(conn, ids=[task_id])
+    ids, _held = opstore.retry_tasks(conn, ids=[task_id])
     return Done("retried", len(ids)) if ids else Done("not_retried")
 
 
 def cancel(conn: Conn, task_id: int) -> Done:
-    changed = dict(store.cancel_tasks(conn, ids=[task_id]))
+    changed = dict(opstore.cancel_tasks(conn, ids=[task_id]))
     if task_id not in changed:
         return Done("not_cancelled")
     return Done("cancelled" if changed[task_id] == "cancelled" else "cancel_requested")
 
 
 def pause(conn: Conn, queue: str, *, paused: bool) -> Done:
-    store.pause_queue(conn, queue=queue, paused=paused)
+    opstore.pause_queue(conn, queue=queue, paused=paused)
     return Done("paused" if paused else "resumed")
 
 
@@ -65,7 +65,7 @@ def purge(conn: Conn, older_than: str) -> Done:
     except ValueError:
         return Done("bad_age")
     deleted = 0
-    while deleted < PURGE_CAP and (n := store.purge_tasks(conn, older_s=older_s, batch=PURGE_BATCH)):
+    while deleted < PURGE_CAP and (n := opstore.purge_tasks(conn, older_s=older_s, batch=PURGE_BATCH)):
         deleted += n
     return Done("purged", deleted)
 
@@ -76,5 +76,5 @@ def retry_matching(conn: Conn, args: dict[str, str]) -> Done:
     ids = views.matching_failed_ids(conn, f, batch=RETRY_BATCH, cap=RETRY_CAP)
     retried = 0
     for start in range(0, len(ids), RETRY_BATCH):
-        retried += len(store.retry_tasks(conn, ids=ids[start:start + RETRY_BATCH])[0])
+        retried += len(opstore.retry_tasks(conn, ids=ids[start:start + RETRY_BATCH])[0])
     return Done("retried", retried) if retried else Done("not_retried")

@@ -122,7 +122,7 @@ def first_window(conn: Conn, f: TaskFilter) -> Window | None:
 
 def matching_failed_ids(conn: Conn, f: TaskFilter, *, batch: int, cap: int) -> list[int]:
     """Ids of every error/timeout task matching `f` (all pages, not just this one), newest
-    first, at most `cap`: what "retry all failed that match" passes to store.retry_tasks."""
+    first, at most `cap`: what "retry all failed that match" passes to opstore.retry_tasks."""
     statuses = tuple(s for s in (f.statuses or filters.FAILED) if s in filters.FAILED)
     ids: list[int] = []
     w = first_window(conn, replace(f, before=None)) if statuses else None
