@@ -29,22 +29,22 @@ import os
 import select
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from stagerunner import faults, hooks, logs, procs, registry
 from stagerunner.child import Limits
 from stagerunner.context import JobContext
-from stagerunner.errors import StagerunnerError
 from stagerunner.executor import ChildHandle, Ending, Job
+from stagerunner.demand import Prefetched
 from stagerunner.forker import Forker, ForkerGone
 from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError,
-                                  Status, Stop, Task, decode, encode)
+                                  Return, Status, Stop, decode, encode)
 
 log = logging.getLogger(__name__)
 
 BACKSTOP_S = 1.0
+RETURN_AFTER_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,7 @@ class ConsumerConfig:
     log_format: str = "text"
     fault: str = ""
     window: int = 2  # tasks held at once: the running one plus one prefetched
+    return_after_s: float = RETURN_AFTER_S  # a job this old hands its prefetched tasks back
     backstop_s: float = BACKSTOP_S  # the kill timer fires this long after a job's deadline
 
 
@@ -66,7 +67,7 @@ class Consumer:
         self.outbox = procs.Outbox(conn)
         self.config = config
         self.limits = config.limits
-        self.queue: deque[Task] = deque()
+        self.queue = Prefetched()
         self.spare: ChildHandle | None = None  # the child that runs (or will run) the next job
         self.forker: Forker | None = None
         self.job: Job | None = None
@@ -107,8 +108,7 @@ class Consumer:
         if self.job is None and not self.stopping:
             self._start_next(now)
         if self.job is None and self.stopping:
-            self._send(Bye(tuple(t.id for t in self.queue)))
-            self.queue.clear()
+            self._send(Bye(self.queue.take_all()))
             self.done = True
             return
         forker = self._forker()
@@ -117,6 +117,8 @@ class Consumer:
         if self.job is not None:
             fds += self.job.fds()
             timeout = max(0.0, self.job.deadline - now)
+            if self.queue:
+                timeout = min(timeout, max(0.0, self.job.started + self.config.return_after_s - now))
         writing = [self.outbox.fileno()] if self.outbox.pending else []
         ready, writable, _ = select.select(fds, writing, [], timeout)
         if writable:
@@ -127,6 +129,11 @@ class Consumer:
             self._read_producer()
         if self.job is not None:
             self._check_job(ready, time.monotonic())
+        if self.job is not None and self.queue:
+            given = self.queue.give_back(time.monotonic() - self.job.started,
+                                         self.config.return_after_s)
+            if given:  # other consumers may be idle: never let these wait behind a long job
+                self._send(Return(given))
 
     def _drain_outbox(self, timeout: float = 10.0) -> None:
         """Before leaving: what the producer has not read yet (a Bye, an outcome)."""
@@ -166,7 +173,7 @@ class Consumer:
                     log.error("producer sent more tasks than asked for; running them anyway",
                               extra={"event": "consumer.excess_tasks", "held": held,
                                      "window": self.config.window})
-                self.queue.extend(tasks)
+                self.queue.add(tasks)
                 faults.hit(self.config.fault, "consumer", "after_batch")
             case Stop():
                 self.stopping = True
@@ -185,35 +192,28 @@ class Consumer:
             self._retire_child()  # the group is SIGKILLed before we report
             self._finish(outcome, keep_child=False)
             return
-        for task in list(self.queue):
-            if task.id == task_id:
-                self.queue.remove(task)
-                self._report(Outcome(task_id, task.attempt, Status.CANCELLED, 0.0,
-                                     error="cancelled before it started"))
+        task = self.queue.remove(task_id)
+        if task is not None:
+            self._report(Outcome(task_id, task.attempt, Status.CANCELLED, 0.0,
+                                 error="cancelled before it started"))
 
     def _abandon(self) -> None:
         if self.job is not None:
             self._retire_child()
             self.job = None
             self._arm()
-        self.queue.clear()
+        self.queue.take_all()
         self.done = True
 
     # Jobs -----------------------------------------------------------------------
 
     def _start_next(self, now: float) -> None:
         while self.queue and self.job is None and procs.boottime() < self.lease_until:
-            task = self.queue.popleft()
-            try:
-                spec = registry.resolve(task.name, self.limits.modules)
-                registry.check_arguments(spec, task.args)
-            except StagerunnerError as exc:
-                self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, error=str(exc),
+            task = self.queue.next()
+            spec, refused = registry.admit(task.name, task.args, self.limits.modules)
+            if spec is None:  # before any child: retrying cannot help
+                self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, error=refused,
                                      final=True))
-                continue
-            except Exception as exc:  # a row must never take the consumer down
-                self._report(Outcome(task.id, task.attempt, Status.ERROR, 0.0, final=True,
-                                     error=f"task refused: {type(exc).__name__}: {exc}"[:2000]))
                 continue
             if self.spare is None:
                 self.spare = self._forker().take()
@@ -259,7 +259,7 @@ class Consumer:
         self._arm()
         if self.backoff is not None:  # the task's own retry backoff, for the producer
             outcome = dataclasses.replace(outcome, backoff=self.backoff)
-        self._report(outcome)
+        self._report(outcome, more=self.queue.job_ended())  # ask again for what went back
         if not keep_child:
             self._retire_child()  # done with it (if not killed already); the helper kills
         else:                     # strays as it reaps it
@@ -267,8 +267,8 @@ class Consumer:
         if self.spare is None and not self.stopping:
             self._forker().request()  # forked now, while the next task is on its way
 
-    def _report(self, outcome: Outcome) -> None:
-        demand = 0 if self.stopping else 1
+    def _report(self, outcome: Outcome, more: int = 0) -> None:
+        demand = 0 if self.stopping else 1 + more
         self._send(dataclasses.replace(outcome, demand=demand))
 
     def _retire_child(self, wait: bool = False) -> int | None:
@@ -282,7 +282,7 @@ class Consumer:
         assert self.forker is not None, "start() starts the fork helper"
         return self.forker
 
-    def _send(self, message: Demand | Outcome | Bye) -> None:
+    def _send(self, message: Demand | Outcome | Bye | Return) -> None:
         try:
             self.outbox.send(encode(message))
         except OSError:

@@ -13,6 +13,7 @@ only when every consumer has demand, and every consumer receives every event.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -133,6 +134,49 @@ class Ledger:
     def running(self) -> int:
         """Consumers holding a task: their first one is running (or about to start)."""
         return sum(1 for s in self.slots.values() if s.held)
+
+
+class Prefetched:
+    """A consumer's side of demand: the tasks it holds beyond the one it runs, in order,
+    and the demand it withholds after handing tasks back from behind a long job."""
+
+    def __init__(self) -> None:
+        self.tasks: deque[Task] = deque()
+        self.withheld = 0
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def add(self, tasks: Iterable[Task]) -> None:
+        self.tasks.extend(tasks)
+
+    def next(self) -> Task:
+        return self.tasks.popleft()
+
+    def remove(self, task_id: int) -> Task | None:
+        for task in self.tasks:
+            if task.id == task_id:
+                self.tasks.remove(task)
+                return task
+        return None
+
+    def give_back(self, running_for: float, after: float) -> tuple[int, ...]:
+        """Behind a job that has run `after` seconds, the held tasks go back (their demand
+        is withheld until the job ends); the ids, or () if it is too early."""
+        if running_for < after or not self.tasks:
+            return ()
+        self.withheld += len(self.tasks)
+        return self.take_all()
+
+    def take_all(self) -> tuple[int, ...]:
+        ids = tuple(t.id for t in self.tasks)
+        self.tasks.clear()
+        return ids
+
+    def job_ended(self) -> int:
+        """Demand to ask for again now that the long job is over."""
+        more, self.withheld = self.withheld, 0
+        return more
 
 
 class Broadcast(Generic[T]):

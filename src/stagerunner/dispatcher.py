@@ -15,8 +15,8 @@ from typing import Any
 
 from stagerunner import procs
 from stagerunner.demand import Claim, Ledger
-from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError, Status,
-                                  Stop, decode, encode)
+from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, ProtocolError,
+                                  Return, Status, Stop, decode, encode)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Dispatcher:
                         "event": "producer.excess_outcome", "slot": slot, "task_id": o.task_id})
                     return
                 self.on_outcome(slot, claim, o)
+            case Return(unstarted=ids):
+                self.releases += self.ledger.take_back(slot, ids)
             case Bye(unstarted=ids):
                 self.releases += self.ledger.take_back(slot, ids)
                 self._close(slot)

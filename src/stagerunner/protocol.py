@@ -11,6 +11,9 @@ Rules (GenStage's demand protocol, written for OS processes):
   ``Outcome`` per task, echoing the task's attempt so stale reports can be recognised.
 - On ``Stop`` a consumer MUST finish the job it is running (within its deadline), then
   send ``Bye`` listing the tasks it never started, and exit.
+- A consumer whose job has run for ``return_after_s`` MUST hand back the tasks it
+  prefetched behind it with ``Return`` and withhold that demand until the job ends (it
+  adds it to the job's ``Outcome``): no task waits behind a long job.
 - A consumer MUST NOT start a job unless it holds a ``Lease`` that has not run out, and
   MUST arm a kernel timer that kills it (and so its job) when the lease runs out while a
   job runs; the producer MUST send a fresh ``Lease`` after every heartbeat it writes.
@@ -107,6 +110,14 @@ class Bye:
 
 
 @dataclass(frozen=True, slots=True)
+class Return:
+    """consumer -> producer: my job is taking long; these prefetched tasks were never
+    started (the producer hands them back, so an idle consumer anywhere can run them)."""
+
+    unstarted: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """producer -> consumer: kill this task's job if it runs, drop it if it waits."""
 
@@ -156,7 +167,7 @@ class Replace:
     reason: str
 
 
-Message = (Demand | Batch | Outcome | Stop | Bye | Cancel | Lease | Attach | Replace | Alive
+Message = (Demand | Batch | Outcome | Stop | Bye | Return | Cancel | Lease | Attach | Replace | Alive
            | Died)
 
 
@@ -179,6 +190,8 @@ def encode(message: Message) -> bytes:
             wire = ["S"]
         case Bye(unstarted=ids):
             wire = ["Y", list(ids)]
+        case Return(unstarted=ids):
+            wire = ["U", list(ids)]
         case Cancel(task_id=task_id):
             wire = ["C", task_id]
         case Lease(until=until):
@@ -215,6 +228,8 @@ def decode(data: bytes) -> Message:
                 return Stop()
             case ["Y", list(ids)]:
                 return Bye(tuple(ids))
+            case ["U", list(ids)]:
+                return Return(tuple(ids))
             case ["C", int(task_id)]:
                 return Cancel(task_id)
             case ["L", int(until) | float(until)]:

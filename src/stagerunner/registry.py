@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagerunner import arguments
-from stagerunner.errors import BadArguments, UnknownTask
+from stagerunner.errors import BadArguments, StagerunnerError, UnknownTask
 from stagerunner.retry import Backoff
 
 Errors = tuple[type[BaseException], ...]
@@ -179,3 +179,16 @@ def check_arguments(spec: Spec, args_text: str) -> None:
         arguments.check(spec.signature, *arguments.unpack(args))
     except TypeError as exc:
         raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None
+
+
+def admit(name: str, args_text: str, modules: Iterable[str]) -> tuple[Spec | None, str]:
+    """The Spec of the task a row names, if the row may run (its name is registered, its
+    arguments fit); else None and why. Never raises: a row must not take a consumer down."""
+    try:
+        spec = resolve(name, modules)
+        check_arguments(spec, args_text)
+        return spec, ""
+    except StagerunnerError as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return None, f"task refused: {type(exc).__name__}: {exc}"[:2000]

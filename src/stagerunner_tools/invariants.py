@@ -128,8 +128,7 @@ class Recorder(Records):
                 **cols: Any) -> list[int]:
         base = len(self.keys)
         keys = [f"{prefix}{base + i}" for i in range(count)]
-        ids = insert_rows(conn, "tests.tasks:record",
-                                     [self.args(k, seconds) for k in keys], **cols)
+        ids = insert_rows(conn, "tests.tasks:record", [self.args(k, seconds) for k in keys], **cols)
         self.keys.update(zip(ids, keys))
         return ids
 

@@ -10,8 +10,8 @@ import pytest
 from stagerunner import consumer, procs
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.child import Limits
-from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, Status, Stop, Task,
-                                  decode, encode)
+from stagerunner.protocol import (Batch, Bye, Cancel, Demand, Lease, Outcome, Return, Status, Stop,
+                                  Task, decode, encode)
 from stagerunner_tools.procfs import alive as pid_alive
 from stagerunner_tools.procfs import descendants
 from stagerunner_tools.runs import Records
@@ -23,11 +23,12 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
 class Scripted:
     """Plays the producer's side of the protocol."""
 
-    def __init__(self, **limits):
+    def __init__(self, window=1, return_after_s=60.0, **limits):
         ctx = multiprocessing.get_context("spawn")
         self.pipe, theirs = ctx.Pipe(duplex=True)
-        config = ConsumerConfig(slot=0, queue="default",
-                                limits=Limits(modules=("tests.tasks",), **limits), window=1)
+        config = ConsumerConfig(slot=0, queue="default", window=window,
+                                limits=Limits(modules=("tests.tasks",), **limits),
+                                return_after_s=return_after_s)
         env = {**os.environ, "SECRET_FREE": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("STAGERUNNER_")}
         self.process = ctx.Process(target=consumer.main, args=(theirs, config, os.getpid(), env))
@@ -113,6 +114,15 @@ def test_stop_lets_the_running_job_finish_and_returns_the_rest_unstarted(scripte
     assert c.recv() == Bye((2, 3))
     c.process.join(5)
     assert c.process.exitcode == 0
+
+
+def test_tasks_behind_a_long_job_are_handed_back_and_asked_for_again_when_it_ends(scripted):
+    c = scripted(window=3, return_after_s=0.2, job_timeout=5)
+    assert c.recv() == Demand(3)
+    c.send(Batch((task(1, "tests.tasks:sleep_for", "[2]"), task(2), task(3))))
+    assert c.recv() == Return((2, 3))  # after 0.2 s of the 2 s job, not after it
+    first = c.recv()
+    assert (first.task_id, first.status, first.demand) == (1, Status.SUCCESS, 3)
 
 
 def test_jobs_do_not_see_stagerunner_variables(scripted, monkeypatch):

@@ -1,6 +1,7 @@
 """Every task that becomes runnable starts within moments, whatever the fallback poll
 (60 s here): a new task, a retry from the CLI, a retry after its backoff, a task handed
-back by a stopping node, a rescued task, and a delay that runs out."""
+back by a stopping node, a rescued task, a delay that runs out, and a task prefetched
+behind a long job while another consumer is idle."""
 
 from __future__ import annotations
 
@@ -61,3 +62,17 @@ def test_tasks_handed_back_by_a_stopping_node_start_at_once_on_another(conn, sta
     wait_terminal(conn, ids, timeout=30, node=staying)
     assert time.monotonic() - stopped < 10  # 6 x 0.5 s of work, no 60 s poll in between
     assert leaving.events("task.released")
+
+
+def test_a_task_prefetched_behind_a_long_job_runs_on_the_idle_consumer(conn, start_node, recorder):
+    [long] = recorder.enqueue(conn, 1, 20.0, timeout_s=30)
+    first, behind = recorder.enqueue(conn, 2, 1.0, timeout_s=30)
+    # claimed together: the long job on one consumer, `first` on the other, and `behind`
+    # prefetched by the consumer with the long job
+    node = start_node(consumers=2, prefetch=1, **SLOW_POLL)
+    wait_terminal(conn, [first, behind], timeout=15, node=node)
+    runs = recorder.runs()
+    started = {key: runs[key][0].start for key in (recorder.keys[first], recorder.keys[behind])}
+    assert started[recorder.keys[behind]] - started[recorder.keys[first]] < 5  # not 20 s later
+    assert rows(conn, [long])[long]["status"] == "running" and len(runs[recorder.keys[long]]) == 1
+    assert node.events("task.released")

@@ -134,3 +134,16 @@ def test_a_starving_consumer_is_served_at_once():
         ledger.finished(1, held.task.id, 1)
     ledger.ask(1, 2)  # slot 1 has nothing left to run: 2 of 8 free is enough
     assert ledger.worth_claiming("default")
+
+
+def test_a_consumer_gives_back_what_waits_behind_a_long_job_and_asks_again_after_it():
+    from stagerunner.demand import Prefetched
+
+    held = Prefetched()
+    held.add([task(1).task, task(2).task])
+    assert held.give_back(running_for=0.1, after=0.2) == () and len(held) == 2
+    assert held.give_back(running_for=0.3, after=0.2) == (1, 2) and len(held) == 0
+    assert held.give_back(running_for=5.0, after=0.2) == ()  # nothing left to give
+    assert held.job_ended() == 2 and held.job_ended() == 0
+    held.add([task(3).task, task(4).task])
+    assert held.remove(4) is not None and held.remove(4) is None and held.next().id == 3
