@@ -5,6 +5,7 @@ as ``store`` (``store.Steps``), driven with ``await``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
@@ -22,10 +23,24 @@ async def query(conn: psycopg.AsyncConnection[Any], name: str,
 
 
 async def drive(conn: psycopg.AsyncConnection[Any], steps: store.Steps) -> Any:
-    """Run a statement sequence on an async connection."""
-    try:
-        step = next(steps)
-        while True:
-            step = steps.send(await query(conn, *step))
-    except StopIteration as done:
-        return done.value
+    """Run a statement sequence on an async connection (the steps ``store.drive`` knows)."""
+    async with contextlib.AsyncExitStack() as held:
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(await _step(conn, held, *step))
+        except StopIteration as done:
+            return done.value
+
+
+async def _step(conn: psycopg.AsyncConnection[Any], held: contextlib.AsyncExitStack, name: str,
+                params: dict[str, Any]) -> list[dict[str, Any]]:
+    if name == store.ATOMIC:
+        await held.enter_async_context(conn.transaction())
+        return []
+    if name.startswith("copy_"):
+        async with conn.cursor() as cur, cur.copy(store.sql_text(name)) as copy:
+            for row in params["rows"]:
+                await copy.write_row(row)
+        return []
+    return await query(conn, name, params)

@@ -223,6 +223,8 @@ class Consumer:
             self._arm()
             faults.hit(self.config.fault, "consumer", "before_job")
             self.spare.send(task, time.time() + timeout)
+            if self.spare.jobs_sent >= self.limits.child_reuse:
+                self._forker().request()  # the next job's child is forked while this one runs
             log.debug("task started", extra={"event": "task.started", "task_id": task.id,
                                              "attempt": task.attempt, "child": self.spare.pid})
 

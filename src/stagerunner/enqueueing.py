@@ -41,7 +41,7 @@ def check_options(options: dict[str, Any]) -> Any:
 def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> store.Steps:
     """The statements of one enqueue call: the catalog when a name is not registered
     here (and this process's copy is stale), then the INSERT."""
-    from stagerunner import catalog, store
+    from stagerunner import catalog, inserts
 
     named = [(_name_of(name, None), args) for name, args in items]
     foreign = {name for name, _ in named if registry.lookup(name) is None}
@@ -57,8 +57,8 @@ def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> st
         text = to_json(name, args)
         if spec is not None:
             _check_signature(spec, args)
-        rows.append(store.NewTask(name, text, queue, priority, max_attempts, timeout, *fixed))
-    ids = yield from store.insert_steps(rows)
+        rows.append(inserts.NewTask(name, text, queue, priority, max_attempts, timeout, *fixed))
+    ids = yield from inserts.insert_steps(rows)
     return ids
 
 

@@ -5,6 +5,7 @@ timing, like Ecto's ``QUERY OK db=0.4ms`` lines in the tutorial.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -77,84 +78,37 @@ def listen(conn: psycopg.Connection[Any]) -> None:
     _run(conn, "listen")
 
 
-# Enqueue -----------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    name: str
-    args: str  # JSON text, validated by client.to_json
-    queue: str = "default"
-    priority: int = 0
-    max_attempts: int = 3
-    timeout_s: float | None = None
-    delay_s: float | None = None
-    run_at: datetime | None = None
-    unique_key: str | None = None
-
-
-INSERT_ROUNDS = 3  # a key whose holder finishes between our insert and our lookup: retry
+# Statement sequences ------------------------------------------------------------
 
 # Statements as a generator (yields (sql file, params), is sent the rows) for drive / astore.
+# Two step names are not statements to run: ATOMIC opens a transaction (a savepoint in
+# the caller's) held to the end, and a "copy_" statement is a COPY of params["rows"].
 Steps = Generator[tuple[str, dict[str, Any]], list[dict[str, Any]], Any]
+ATOMIC = "atomic"
 
 
 def drive(conn: psycopg.Connection[Any], steps: Steps) -> Any:
     """Run a statement sequence on a sync connection."""
-    try:
-        step = next(steps)
-        while True:
-            step = steps.send(_run(conn, *step))
-    except StopIteration as done:
-        return done.value
+    with contextlib.ExitStack() as held:
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(_step(conn, held, *step))
+        except StopIteration as done:
+            return done.value
 
 
-def insert_tasks(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> list[int]:
-    """(new) -> waiting for all of them in one statement; ids in input order.
-
-    A task whose unique_key is already held by a waiting or running task (or by an
-    earlier task of the same call) yields that task's id instead of a new row.
-    """
-    return drive(conn, insert_steps(tasks))  # type: ignore[no-any-return]
-
-
-def insert_steps(tasks: Sequence[NewTask]) -> Steps:
-    ids: list[int | None] = [None] * len(tasks)
-    todo = list(range(len(tasks)))
-    for _ in range(INSERT_ROUNDS):
-        if not todo:
-            break
-        todo = yield from _insert_round(tasks, todo, ids)
-    if todo:
-        raise RuntimeError(f"could not settle the uniqueness keys of {len(todo)} task(s)")
-    return [i for i in ids if i is not None]
-
-
-def _insert_round(tasks: Sequence[NewTask], todo: list[int], ids: list[int | None]) -> Steps:
-    """Insert tasks[todo]; fill ids; return the indexes still without an id."""
-    batch = [tasks[i] for i in todo]
-    rows = yield "insert_tasks", _columns(batch)
-    plain = iter(sorted(r["id"] for r in rows if r["unique_key"] is None))
-    made = {r["unique_key"]: r["id"] for r in rows if r["unique_key"] is not None}
-    held = [t.unique_key for t in batch if t.unique_key is not None and t.unique_key not in made]
-    if held:
-        found = yield "find_unique_tasks", {"keys": held}
-        made.update((r["unique_key"], r["id"]) for r in found)
-    left = []
-    for i, task in zip(todo, batch):
-        ids[i] = next(plain) if task.unique_key is None else made.get(task.unique_key)
-        if ids[i] is None:
-            left.append(i)
-    return left
-
-
-def _columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
-    return {
-        "names": [t.name for t in tasks], "args": [t.args for t in tasks],
-        "queues": [t.queue for t in tasks], "priorities": [t.priority for t in tasks],
-        "max_attempts": [t.max_attempts for t in tasks], "timeouts": [t.timeout_s for t in tasks],
-        "delays": [t.delay_s for t in tasks], "run_ats": [t.run_at for t in tasks],
-        "unique_keys": [t.unique_key for t in tasks],
-    }
+def _step(conn: psycopg.Connection[Any], held: contextlib.ExitStack, name: str,
+          params: dict[str, Any]) -> list[dict[str, Any]]:
+    if name == ATOMIC:
+        held.enter_context(conn.transaction())
+        return []
+    if name.startswith("copy_"):
+        with conn.cursor() as cur, cur.copy(sql_text(name)) as copy:
+            for row in params["rows"]:
+                copy.write_row(row)
+        return []
+    return _run(conn, name, params)
 
 
 # The producer's transitions -----------------------------------------------------------

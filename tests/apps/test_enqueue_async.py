@@ -50,6 +50,20 @@ def test_aenqueue_many_writes_one_statement_in_input_order(db, conn, get_task):
     assert get_task(ids[-1])["priority"] == 4
 
 
+def test_a_large_aenqueue_many_is_staged_with_copy_in_input_order(db, conn, get_task):
+    from stagerunner import inserts
+
+    n = inserts.COPY_MIN + 3
+
+    async def main() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as aconn:
+            return await stagerunner.aenqueue_many(
+                [("tests.apps.app_tasks:add", [i, 1]) for i in range(n)], conn=aconn)
+
+    ids = asyncio.run(main())
+    assert len(ids) == n and ids == sorted(ids) and get_task(ids[-1])["args"] == [n - 1, 1]
+
+
 def test_aenqueue_without_conn_uses_this_loops_pool_and_checks_the_signature(db, conn,
                                                                             monkeypatch):
     from stagerunner import connections

@@ -4,7 +4,7 @@ import pytest
 
 import stagerunner
 import tests.tasks
-from stagerunner import store
+from stagerunner import inserts, store
 from stagerunner.errors import NotJSON
 
 pytestmark = pytest.mark.db
@@ -57,6 +57,42 @@ def test_bulk_enqueue_is_one_statement_and_keeps_input_order(conn, get_task, mon
     ids = stagerunner.enqueue_many([("tests.tasks:add", [i, i]) for i in range(500)], conn=conn)
     assert calls == ["insert_tasks"]
     assert len(ids) == 500 and [get_task(ids[7])["args"]] == [[7, 7]]
+
+
+def test_a_large_enqueue_is_staged_with_copy_in_input_order_with_every_option(conn, get_task,
+                                                                               connect):
+    from datetime import datetime, timedelta, timezone
+
+    n = inserts.COPY_MIN + 7
+    at = datetime.now(timezone.utc) + timedelta(hours=1)
+    ids = stagerunner.enqueue_many([("tests.tasks:add", [i, i]) for i in range(n)], conn=conn,
+                                   queue="bulk", priority=3, max_attempts=5, timeout=2.5, run_at=at)
+    assert len(ids) == n and ids == sorted(ids)
+    rows = [get_task(ids[i]) for i in (0, 500, n - 1)]
+    assert [r["args"] for r in rows] == [[0, 0], [500, 500], [n - 1, n - 1]]
+    assert {(r["queue"], r["priority"], r["max_attempts"], r["timeout_s"], r["run_at"]) for r in rows} == {
+        ("bulk", 3, 5, 2.5, at)}
+    delayed = stagerunner.enqueue_many([("tests.tasks:ok", [])] * n, conn=conn, delay=60)
+    assert get_task(delayed[-1])["run_at"] > datetime.now(timezone.utc) + timedelta(seconds=50)
+    # inside the caller's transaction it rolls back with it, and leaves no staged row behind
+    other = connect()
+    before = other.execute("SELECT count(*) FROM stagerunner.tasks").fetchone()[0]
+    with pytest.raises(RuntimeError):
+        with other.transaction():
+            stagerunner.enqueue_many([("tests.tasks:ok", [])] * n, conn=other)
+            raise RuntimeError("application failed")
+    assert other.execute("SELECT count(*) FROM stagerunner.tasks").fetchone()[0] == before
+    again = stagerunner.enqueue_many([("tests.tasks:ok", [])] * n, conn=other)
+    assert len(again) == n and len(set(again)) == n
+
+
+def test_a_large_enqueue_with_uniqueness_keys_keeps_the_single_statement(conn, monkeypatch):
+    calls = []
+    real = store._run
+    monkeypatch.setattr(store, "_run", lambda c, name, p=None: calls.append(name) or real(c, name, p))
+    items = [("tests.tasks:ok", [])] * inserts.COPY_MIN
+    ids = stagerunner.enqueue_many(items, conn=conn, unique_key="one")
+    assert calls == ["insert_tasks"] and len(set(ids)) == 1 and len(ids) == inserts.COPY_MIN
 
 
 def test_delay_and_run_at_schedule_the_task(conn, get_task):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from stagerunner import opstore, store
+from stagerunner import inserts, opstore, store
 from stagerunner.completer import QUARANTINE_KILLS, decide
 from stagerunner.protocol import Outcome, Status
 from stagerunner.rescuer import Rescuer
@@ -59,7 +59,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
 
         @rule(n=st.integers(1, 3), max_attempts=st.integers(1, 3))
         def enqueue(self, n: int, max_attempts: int) -> None:
-            ids = store.insert_tasks(self.conn, [store.NewTask("x", "[]", max_attempts=max_attempts)] * n)
+            ids = inserts.insert_tasks(self.conn, [inserts.NewTask("x", "[]", max_attempts=max_attempts)] * n)
             for i in ids:
                 self.model[i] = Row(max_attempts=max_attempts)
 

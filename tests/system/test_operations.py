@@ -159,7 +159,7 @@ def test_prometheus_metrics(conn, start_node):
     assert samples[("stagerunner_finished_tasks", (("status", "success"),))] == 3
     assert samples[("stagerunner_outcomes_total", (("queue", "default"), ("status", "success")))] == 3
     assert samples[("stagerunner_job_runtime_seconds_count", (("queue", "default"),))] == 3
-    assert samples[("stagerunner_credits_outstanding", ())] == 4  # 2 consumers x (1 + 1 prefetched)
+    assert samples[("stagerunner_credits_outstanding", ())] == 18  # 2 consumers x (1 + 8 prefetched)
     assert families["stagerunner_job_runtime_seconds"].type == "histogram"
     health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
     ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
@@ -225,6 +225,10 @@ def test_the_least_privilege_roles_are_enough(db, conn, start_node):
             task = stagerunner.enqueue("tests.tasks:ok", [], conn=app_conn, unique_key="lp")
             assert stagerunner.enqueue("tests.tasks:ok", [], conn=app_conn, unique_key="lp") == task
             many = stagerunner.enqueue_many([("tests.tasks:add", [1, 2])] * 3, conn=app_conn)
+            from stagerunner import inserts  # a large enqueue stages its rows in a temp table
+
+            assert len(stagerunner.enqueue_many([("tests.tasks:ok", [])] * inserts.COPY_MIN, delay=3600,
+                                                conn=app_conn)) == inserts.COPY_MIN
             for forbidden in (  # a new task's own columns only: nothing a node decides
                     "UPDATE stagerunner.tasks SET status = 'success'",
                     "UPDATE stagerunner.tasks SET claimed_by = 'me', attempts = 0",
