@@ -31,7 +31,8 @@ def test_a_slow_queue_cannot_starve_another(conn, start_node):
     start_node(queues="default=1,mail=1")
     mail = add(conn, "tests.tasks:ok", [], queue="mail")
     eventually(lambda: status_of(conn, mail) == "success", timeout=5)
-    assert [status_of(conn, t) for t in slow].count("waiting") >= 3
+    unfinished = [status_of(conn, t) in ("waiting", "running") for t in slow]
+    assert sum(unfinished) >= 3  # mail did not wait for the slow queue to drain
 
 
 def test_higher_priority_runs_first_then_oldest_first(conn, start_node, tmp_path):
