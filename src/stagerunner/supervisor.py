@@ -10,9 +10,9 @@ and all are restarted, the new producer retiring the old one's owner so its task
 handed back at once. More than ``max_restarts`` restarts within ``restart_window``
 seconds stops the node with exit code 1.
 
-SIGTERM / SIGINT only set a flag (through a wakeup pipe); the loop then asks the
-producer to stop: no more claims, running jobs finish within their deadline, unstarted
-tasks go back to ``waiting``, and the node exits 0.
+SIGTERM / SIGINT / SIGHUP only wake the loop (``signals``); it then asks the producer to
+stop: no more claims, running jobs finish within their deadline, unstarted tasks go back
+to ``waiting``; the node exits 0, or on SIGHUP starts fresh stages (new task code).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, logs, metrics, procs, producer, registry
+from stagerunner import consumer, logs, metrics, procs, producer, registry, signals
 from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.executor import Limits
@@ -78,8 +77,9 @@ class Supervisor:
         self.consumers: dict[int, Stage] = {}
         self.intensity = RestartIntensity(settings.max_restarts, settings.restart_window)
         self.stopping = False
+        self.reloading = False  # SIGHUP: draining the stages to start them anew
         self.stop_deadline = 0.0
-        self.signal_r, self.signal_w = socket.socketpair()
+        self.signals = signals.Wakeup()
         self.exit_code: int | None = None
         self.sweep_until = 0.0  # after a stage died: look for orphans until then
         self.alive_at = 0.0  # when the producer last said Alive
@@ -98,10 +98,10 @@ class Supervisor:
         # A job's grandchild that escaped its group (setsid) and outlived its consumer is
         # reparented to us rather than to init, so _sweep_orphans can kill it.
         procs.become_subreaper()
-        self._install_signals()
+        self.signals.install()
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
-                           self._snapshot).start()
+                           self._snapshot, pooled=self.settings.pool_mode == "transaction").start()
         self._start_producer(replaces=())
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -113,12 +113,12 @@ class Supervisor:
         return self.exit_code
 
     def step(self, now: float) -> None:
-        waitables: list[Any] = [self.signal_r, self.control]
+        waitables: list[Any] = [self.signals, self.control]
         waitables += [s.process.sentinel for s in self._stages()]
         sweeping = now < self.sweep_until
         timeout = 0.2 if sweeping else 1.0 if self.stopping else self.settings.heartbeat_interval
         ready = procs.wait(waitables, timeout=timeout)
-        if self.signal_r in ready:
+        if self.signals in ready:
             self._on_signal()
         if self.control in ready:
             self._read_control()
@@ -126,6 +126,8 @@ class Supervisor:
         self._watch_producer(time.monotonic())
         if sweeping:
             self._sweep_orphans()
+        if self.reloading and self.producer and time.monotonic() > self.stop_deadline:
+            procs.kill_session(self.producer.process.pid)  # its exit restarts everything
         if self.stopping and time.monotonic() > self.stop_deadline:
             log.error("stages did not stop in time; killing them", extra={"event": "node.stop_timeout"})
             self._kill_all()
@@ -154,7 +156,7 @@ class Supervisor:
             heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
             max_job_timeout=s.max_job_timeout, replaces=replaces, retention_s=s.retention,
             periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
-            fault=s.fault)
+            fault=s.fault, listen_dsn=s.listen_dsn(), pooled=s.pool_mode == "transaction")
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
                                    name="stagerunner-producer", daemon=False)
@@ -222,7 +224,7 @@ class Supervisor:
                 self._consumer_exited(stage, now)
 
     def _consumer_exited(self, stage: Stage, now: float) -> None:
-        if self.stopping or self.exit_code is not None:
+        if self.stopping or self.reloading or self.exit_code is not None:
             return
         assert stage.slot is not None
         log.warning("consumer died; restarting it", extra={
@@ -239,6 +241,14 @@ class Supervisor:
             self._kill_all()  # consumers have said goodbye; make sure no job is left
             self.exit_code = EXIT_OK
             log.info("node stopped", extra={"event": "node.stopped"})
+            return
+        if self.reloading:  # drained (or killed at the deadline): start anew
+            self.reloading = False
+            self._kill_all()
+            self._start_producer(replaces=() if code == 0 else (self.owner,))
+            for slot, queue in self.slots:
+                self._start_consumer(slot, queue)
+            log.info("node reloaded", extra={"event": "node.reloaded", "owner": self.owner})
             return
         self.sweep_until = now + SWEEP_S
         reason = "fenced: lost the database" if code == EXIT_FENCED else f"exit code {code}"
@@ -260,7 +270,7 @@ class Supervisor:
         """Kill a producer stuck outside its loop (a database peer that stopped answering
         never errors on loopback). While it holds tasks, before 80% of the node expiry:
         its consumers die with it, so no job of ours outlives a rescue elsewhere."""
-        if self.producer is None or self.stopping:
+        if self.producer is None or self.stopping or self.reloading:
             return
         limit = self.settings.node_expiry * 0.8 if self.alive_held else PRODUCER_HANG_S
         if now - self.alive_at > limit:
@@ -302,20 +312,14 @@ class Supervisor:
 
     # Signals --------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self.signal_w.setblocking(False)
-        signal.set_wakeup_fd(self.signal_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
-
     def _on_signal(self) -> None:
-        data = self.signal_r.recv(64)
-        if not data or self.stopping:
+        sig = self.signals.read()
+        if sig is None or self.stopping or (sig == signals.RELOAD and self.reloading):
             return
-        self.stopping = True
+        self.reloading, self.stopping = sig == signals.RELOAD, sig != signals.RELOAD
         self.stop_deadline = time.monotonic() + self.settings.max_job_timeout + STOP_GRACE_S
-        log.info("stopping: no more claims, running jobs finish, unstarted tasks go back",
-                 extra={"event": "node.stopping", "signal": signal.Signals(data[0]).name})
+        message, event = signals.MEANING[sig]
+        log.info(message, extra={"event": event, "signal": signal.Signals(sig).name})
         try:
             self.control.send_bytes(encode(Stop()))
         except OSError:
