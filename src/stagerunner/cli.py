@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = args.command or "run"
-    if command in LINUX_ONLY and not sys.platform.startswith("linux"):
-        print(NOT_LINUX.format(platform=sys.platform), file=sys.stderr)
+    if (refused := refusal(command, sys.platform)) is not None:
+        print(refused, file=sys.stderr)
         return EXIT_USAGE
     from stagerunner import config, logs
     from stagerunner.errors import ConfigError, SchemaMissing, StagerunnerError
@@ -120,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def refusal(command: str, platform: str) -> str | None:
+    """Why `command` cannot run on `platform`, or None: a node needs Linux, a client not."""
+    if command in LINUX_ONLY and not platform.startswith("linux"):
+        return NOT_LINUX.format(platform=platform)
+    return None
 
 
 def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
