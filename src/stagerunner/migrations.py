@@ -12,7 +12,7 @@ import psycopg
 from stagerunner import store
 from stagerunner.errors import SchemaMissing
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def schema_text() -> str:
