@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         env = node_env(dsn, NOOP.split(":")[0], consumers=args.consumers,
                        retention=f"{args.retention:g}", log_level="warning", node_name="soak")
         node = NodeProcess(env, workdir / "node.log")
-        node.wait_started(timeout=60)
+        wait_beating(conn, node)
         log(f"server {server.admin_dsn} ({args.vacuum}); node started; "
             f"{args.rate:g} tasks/s for {args.minutes:g} min, retention {args.retention:g} s")
         samples = feed(conn, node, args, stagerunner, log)
@@ -175,6 +175,15 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             server.stop()
         else:
             server.destroy()
+
+
+def wait_beating(conn: Any, node: NodeProcess, timeout: float = 60) -> None:
+    """Until the node's producer has written its heartbeat (its log is quiet: warnings)."""
+    deadline = time.monotonic() + timeout
+    while not conn.execute("SELECT count(*) FROM stagerunner.nodes").fetchone()[0]:
+        if node.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the node did not start: {node.log_tail()}")
+        time.sleep(0.1)
 
 
 def feed(conn: Any, node: NodeProcess, args: argparse.Namespace, stagerunner: Any,
