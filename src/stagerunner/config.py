@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stagerunner import cpus
 from stagerunner.errors import ConfigError
 
 PREFIX = "STAGERUNNER_"
@@ -52,8 +53,6 @@ def derived_consumers(cpus: int) -> tuple[int, int]:
 
 
 def _default_consumers() -> int:
-    from stagerunner import cpus
-
     return derived_consumers(cpus.usable_cpus())[0]
 
 

@@ -73,8 +73,9 @@ GUARDS = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepaliv
 # The server-side timeouts travel as a startup parameter, which PgBouncer refuses. Through
 # transaction pooling they cannot be set per session either (a SET would stay behind on a
 # server connection that other clients then get), nor per statement (SET LOCAL needs a
-# transaction block, one more round trip per statement): there PgBouncer's query_timeout
-# and idle_transaction_timeout, or the role's own settings, take their place (README).
+# transaction block: BEGIN, SET, COMMIT, three more round trips per statement): there
+# PgBouncer's query_timeout and idle_transaction_timeout, or the role's own settings,
+# take their place (README).
 SERVER_TIMEOUTS = {"options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
 
 

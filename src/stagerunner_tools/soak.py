@@ -21,7 +21,10 @@ session keeps one snapshot open for the whole run, as a forgotten transaction or
 report would: autovacuum runs but may not remove anything newer than it, so vacuum lags
 behind), or ``off`` (autovacuum disabled: what this machine's shared server does).
 ``--table-settings reset`` drops the storage parameters ``schema.sql`` gives the tables
-(PostgreSQL's defaults instead), to show what they change.
+(PostgreSQL's defaults instead), to show what they change. ``--seed N`` first fills the
+table with N finished tasks of the last half hour (then VACUUM ANALYZE), standing for the
+rows a long retention keeps: with a small table any vacuum threshold is reached within a
+naptime, with a large one the default (20 % of the table dead) is not.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ RESET_SQL = (
     "autovacuum_vacuum_insert_threshold, autovacuum_analyze_scale_factor, "
     "autovacuum_analyze_threshold)",
     "ALTER TABLE stagerunner.nodes RESET (fillfactor)")
+SEED_SQL = """
+INSERT INTO stagerunner.tasks (name, args, status, attempts, claimed_by, claimed_at,
+                               finished_at, result)
+SELECT %s, '[]', 'success', 1, 'seed/0', t, t, 'null'
+FROM (SELECT now() - random() * interval '30 minutes' AS t FROM generate_series(1, %s)) AS s
+"""
 CLAIM_SQL = """
 SELECT 1000 * extract(epoch FROM claimed_at - greatest(run_at, created_at))
 FROM stagerunner.tasks WHERE claimed_at > %s AND claimed_at <= %s
@@ -150,6 +159,9 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         if args.table_settings == "reset":
             for statement in RESET_SQL:
                 conn.execute(statement)
+        if args.seed:
+            conn.execute(SEED_SQL, (NOOP, args.seed))
+            conn.execute("VACUUM ANALYZE stagerunner.tasks")
         if args.vacuum == "held":
             holder = dbs.connect_retrying(dsn)
             holder.autocommit = False
@@ -231,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vacuum", choices=["on", "held", "off"], default="on")
     p.add_argument("--table-settings", choices=["schema", "reset"], default="schema",
                    help="the tables' storage parameters: schema.sql's, or PostgreSQL's defaults")
+    p.add_argument("--seed", type=int, default=0, help="finished tasks in the table at start")
     p.add_argument("--keep", action="store_true", help="keep the server's directory and logs")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -247,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"stagerunner soak: {args.minutes:g} min at {args.rate:g} tasks/s (achieved "
           f"{samples[-1]['rate']:.1f}), retention {args.retention:g} s, vacuum {args.vacuum}, "
+          f"table settings {args.table_settings}, seeded {args.seed:,} rows, "
           f"{args.consumers} consumers; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(render(samples, result["start"]))
     for line in result["node_log_problems"]:
