@@ -3,7 +3,10 @@
 A private PostgreSQL server with production settings (``pgserver.PrivatePG``: autovacuum
 on, fsync on, the autovacuum log on) holds a fresh database with the schema. One node
 (``--consumers`` C, retention ``--retention`` seconds, no-op tasks of the bench's task
-module) runs while this process enqueues one task at a time at ``--rate`` tasks/s, each
+module, ``--child-reuse`` 100 by default: the soak is about the table and the stages'
+memory, and on a shared 2-core machine a fresh child per job at 150 tasks/s leaves too
+little CPU to keep up when other work runs; ``--child-reuse 1`` soaks the default mode)
+runs while this process enqueues one task at a time at ``--rate`` tasks/s, each
 its own statement and commit, paced on the monotonic clock. Every ``--sample`` seconds it
 records (``soak_sample``): the table's heap, index and TOAST size and each index's size,
 live and dead tuples, the updates of the window and how many were HOT, autovacuum runs,
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -168,7 +172,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             holder.execute("SELECT count(*) FROM stagerunner.tasks")  # the snapshot stays
         env = node_env(dsn, NOOP.split(":")[0], consumers=args.consumers,
-                       retention=f"{args.retention:g}", log_level="warning", node_name="soak")
+                       retention=f"{args.retention:g}", log_level="warning", node_name="soak",
+                       child_reuse=args.child_reuse)
         node = NodeProcess(env, workdir / "node.log")
         wait_beating(conn, node)
         log(f"server {server.admin_dsn} ({args.vacuum}); node started; "
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=150.0, help="tasks enqueued per second")
     p.add_argument("--retention", type=float, default=60.0, help="STAGERUNNER_RETENTION, s")
     p.add_argument("--consumers", type=int, default=2)
+    p.add_argument("--child-reuse", type=int, default=100, help="STAGERUNNER_CHILD_REUSE")
     p.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
     p.add_argument("--vacuum", choices=["on", "held", "off"], default="on")
     p.add_argument("--table-settings", choices=["schema", "reset"], default="schema",
@@ -253,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[soak] {text}", file=sys.stderr, flush=True)
 
+    def on_signal(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds through run()'s clean-up: node, server
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
     result = run(args, log)
     samples = result["samples"]
     if not samples:
@@ -261,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stagerunner soak: {args.minutes:g} min at {args.rate:g} tasks/s (achieved "
           f"{samples[-1]['rate']:.1f}), retention {args.retention:g} s, vacuum {args.vacuum}, "
           f"table settings {args.table_settings}, seeded {args.seed:,} rows, "
+          f"child reuse {args.child_reuse}, "
           f"{args.consumers} consumers; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(render(samples, result["start"]))
     for line in result["node_log_problems"]:
