@@ -17,6 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SCHEMA = 0, 1, 2, 3
+# A node needs Linux: prctl (parent-death signal, child subreaper), pidfd_open, /proc.
+LINUX_ONLY = ("run", "demo")
+NOT_LINUX = ("stagerunner: a node runs on Linux only: it needs prctl (PR_SET_PDEATHSIG, "
+             "PR_SET_CHILD_SUBREAPER), pidfd_open and /proc to own its processes; this is "
+             "{platform}. The other commands (enqueue, status, migrate, ...) work here.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,11 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="PostgreSQL-backed job runner: every job in a killable child process "
                     "under a hard deadline. Configuration comes from STAGERUNNER_* variables.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 schema missing.")
+    from stagerunner import __version__
+
+    parser.add_argument("--version", action="version", version=f"stagerunner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run a node: a producer and its consumers (the default)")
     sub.add_parser("migrate", help="install or update the schema (idempotent)")
     sub.add_parser("web", help="serve the dashboard (STAGERUNNER_WEB_HOST/PORT; needs the [web] extra)")
     sub.add_parser("schema", help="print schema.sql")
+    hc = sub.add_parser("healthcheck", help="ask the local node's /healthz (exit 0 healthy, 1 not)")
+    hc.add_argument("--ready", action="store_true", help="ask /readyz (connected) instead")
+    hc.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     enq = sub.add_parser("enqueue", help="enqueue a task and print its id")
     enq.add_argument("name", help="registered task name, e.g. app.tasks:send_email")
     enq.add_argument("args", nargs="*", help="one JSON value per positional argument")
@@ -87,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = args.command or "run"
+    if (refused := refusal(command, sys.platform)) is not None:
+        print(refused, file=sys.stderr)
+        return EXIT_USAGE
     from stagerunner import config, logs
     from stagerunner.errors import ConfigError, SchemaLocked, SchemaMissing, StagerunnerError
 
@@ -116,12 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def refusal(command: str, platform: str) -> str | None:
+    """Why `command` cannot run on `platform`, or None: a node needs Linux, a client not."""
+    if command in LINUX_ONLY and not platform.startswith("linux"):
+        return NOT_LINUX.format(platform=platform)
+    return None
+
+
 def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
     from stagerunner import admin
 
     node: dict[str, Callable[[Any, argparse.Namespace], int]] = {
         "run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema, "enqueue": cmd_enqueue,
-        "demo": cmd_demo, "web": cmd_web}
+        "demo": cmd_demo, "web": cmd_web, "healthcheck": cmd_healthcheck}
     return node.get(command) or admin.COMMANDS[command]
 
 
@@ -137,6 +158,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     if not settings.task_modules:
         log.warning("STAGERUNNER_TASK_MODULES is empty: every task will end in error",
                     extra={"event": "node.no_task_modules"})
+    log_derived_defaults(settings)
     try:
         names = registry.load(settings.task_modules)  # fail here, not in a restart loop
     except Exception as exc:
@@ -167,6 +189,36 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     log.info("tasks registered", extra={"event": "node.tasks", "count": len(names),
                                         "tasks": ",".join(names)})
     return supervisor.Supervisor(settings, db.dsn).run()
+
+
+def log_derived_defaults(settings: Any) -> None:
+    """Say where the consumer count came from when the user did not set it, and warn when
+    the derived value was clamped into range (a default is never an error)."""
+    import logging
+
+    from stagerunner import config, cpus
+
+    if "consumers" in settings.model_fields_set:
+        return
+    usable = cpus.usable_cpus()
+    used, derived = config.derived_consumers(usable)
+    log = logging.getLogger("stagerunner.main")
+    extra = {"cpus": usable, "derived": derived, "used": used}
+    if used != derived:
+        log.warning("derived consumer default out of range; clamped",
+                    extra={"event": "config.clamped", **extra})
+    else:
+        log.info("consumers from usable CPUs", extra={"event": "config.consumers", **extra})
+
+
+def cmd_healthcheck(settings: Any, args: argparse.Namespace) -> int:
+    from stagerunner import health
+
+    code, why = health.check(settings.metrics_host, settings.metrics_port, ready=args.ready,
+                             timeout=args.timeout)
+    print(f"stagerunner: {'healthy' if code == health.EXIT_HEALTHY else 'unhealthy'}: {why}",
+          file=sys.stdout if code == health.EXIT_HEALTHY else sys.stderr)
+    return code
 
 
 def cmd_migrate(settings: Any, args: argparse.Namespace) -> int:

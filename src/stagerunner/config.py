@@ -17,12 +17,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stagerunner import cpus
 from stagerunner.errors import ConfigError
 
 PREFIX = "STAGERUNNER_"
-# Four consumers per core: a consumer spends most of a no-op job forking and waiting,
-# and I/O-bound jobs wait on the network; more than that only adds RSS (see README).
-CONSUMERS_DEFAULT = 4 * (os.cpu_count() or 1)
+# Four consumers per usable CPU (affinity and cgroup quota: see cpus.py): a consumer spends
+# most of a no-op job forking and waiting, and I/O-bound jobs wait on the network; more
+# than that only adds RSS (see README).
+CONSUMERS_PER_CPU = 4
+CONSUMERS_MIN, CONSUMERS_MAX = 1, 512
 JOB_TIMEOUT_DEFAULT = 1.0
 MAX_JOB_TIMEOUT_DEFAULT = 30.0
 POLL_INTERVAL_DEFAULT = 2.0
@@ -43,6 +46,17 @@ def _default_data_dir() -> Path:
     return Path(base) / "stagerunner" / "pgdata"
 
 
+def derived_consumers(cpus: int) -> tuple[int, int]:
+    """(the default consumer count for `cpus` usable CPUs, clamped into range; the value
+    before clamping). A default the user never set must never fail validation."""
+    raw = CONSUMERS_PER_CPU * cpus
+    return max(CONSUMERS_MIN, min(CONSUMERS_MAX, raw)), raw
+
+
+def _default_consumers() -> int:
+    return derived_consumers(cpus.usable_cpus())[0]
+
+
 def _split(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -56,7 +70,7 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = None
     data_dir: Path = Field(default_factory=_default_data_dir)
-    consumers: int = Field(default=CONSUMERS_DEFAULT, ge=1, le=512)
+    consumers: int = Field(default_factory=_default_consumers, ge=CONSUMERS_MIN, le=CONSUMERS_MAX)
     queues: Annotated[dict[str, int | None], NoDecode] = Field(default_factory=dict)
     job_timeout: float = Field(default=JOB_TIMEOUT_DEFAULT, gt=0, le=86400)
     max_job_timeout: float = Field(default=MAX_JOB_TIMEOUT_DEFAULT, gt=0, le=86400)
@@ -78,6 +92,10 @@ class Settings(BaseSettings):
     failed_retention: float = Field(default=30 * 86400, ge=0)  # error / timeout tasks; 0: forever
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
+    # Through PgBouncer (see README, Deploying): "transaction" sends no startup parameter and
+    # keeps no session state; LISTEN then needs a direct connection, else the node polls.
+    pool_mode: Literal["session", "transaction"] = "session"
+    listen_database_url: SecretStr | None = None
     fault: str = ""  # test-only: "stage:point" makes that stage SIGKILL itself there
     # The dashboard (python -m stagerunner web); see stagerunner/web/guard.py for the rules.
     web_host: str = Field(default=WEB_HOST_DEFAULT, min_length=1)
@@ -87,7 +105,7 @@ class Settings(BaseSettings):
     web_password: SecretStr | None = Field(default=None, min_length=WEB_SECRET_MIN_LENGTH)
     web_readonly: bool = False
 
-    @field_validator("log_level", "log_format", "process_library", mode="before")
+    @field_validator("log_level", "log_format", "process_library", "pool_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -167,6 +185,13 @@ class Settings(BaseSettings):
         if any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE")):
             return ""  # an empty conninfo makes libpq read PG* itself
         return None
+
+    def listen_dsn(self) -> str | None:
+        """A direct connection for LISTEN (STAGERUNNER_LISTEN_DATABASE_URL), if set."""
+        if self.listen_database_url is None:
+            return None
+        return normalize_dsn(self.listen_database_url.get_secret_value(),
+                             "STAGERUNNER_LISTEN_DATABASE_URL")
 
     def job_environment(self) -> dict[str, str]:
         """The environment a job child runs with: ours minus the credentials the runner

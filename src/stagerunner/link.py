@@ -13,6 +13,10 @@ our jobs a margin earlier: ``lease_until``. The consumers get it (``protocol.Lea
 arm a kernel timer with it, so the fence holds even if this process is stopped, frozen
 or scheduled late; the producer itself stops once it passes ``lease_until`` holding
 tasks, and a lease that ran out is never extended (the beat statement refuses it).
+
+Through a transaction-pooling PgBouncer (``pooled``) the work connection keeps no session
+state, and LISTEN, which needs a session, goes over ``listen_dsn`` (a direct connection)
+when there is one; without it the producer polls (``polling``), as the log says once.
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ FENCE_MARGIN_FRACTION = 0.1  # ... or this part of the lease, whichever is longe
 
 
 class Link:
-    def __init__(self, dsn: str, expiry: float) -> None:
+    def __init__(self, dsn: str, expiry: float, listen_dsn: str | None = None,
+                 pooled: bool = False) -> None:
         self.dsn = dsn
         self.expiry = expiry
+        self.listen_dsn = listen_dsn
+        self.pooled = pooled
+        self.said_polling = False
         self.conn: psycopg.Connection[Any] | None = None
         self.listen: psycopg.Connection[Any] | None = None
         self.reconnect_at = 0.0
@@ -52,15 +60,26 @@ class Link:
     def reconnect_due(self, now: float) -> bool:
         return self.conn is None and now >= self.reconnect_at
 
+    @property
+    def polling(self) -> bool:
+        """No LISTEN: wake-ups, pauses and cancels are found by polling."""
+        return self.pooled and self.listen_dsn is None
+
     def connect(self) -> psycopg.Connection[Any]:
         """Open both connections and LISTEN; psycopg.Error if the database is not there."""
-        conn = store.connect_guarded(self.dsn)
+        conn = store.connect_guarded(self.dsn, pooled=self.pooled)
+        listen = None
         try:
-            listen = store.connect_guarded(self.dsn)
-            store.listen(listen)
+            if not self.polling:
+                listen = store.connect_guarded(self.listen_dsn or self.dsn)
+                store.listen(listen)
         except BaseException:
             conn.close()
             raise
+        if self.polling and not self.said_polling:
+            self.said_polling = True
+            log.warning("transaction pooling without STAGERUNNER_LISTEN_DATABASE_URL: no LISTEN, "
+                        "polling for work, pauses and cancels", extra={"event": "db.polling"})
         self.conn, self.listen = conn, listen
         self.backoff = BACKOFF_FIRST_S
         return conn

@@ -159,8 +159,10 @@ class Server:
     """A small HTTP server in a daemon thread. `snapshot` is called from that thread; the
     database is read on the server's own connection."""
 
-    def __init__(self, host: str, port: int, dsn: str, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, host: str, port: int, dsn: str, snapshot: Callable[[], Snapshot],
+                 pooled: bool = False) -> None:
         self.dsn = dsn
+        self.pooled = pooled
         self.snapshot = snapshot
         self.lock = threading.Lock()
         self.table: tuple[float, list[dict[str, Any]], list[dict[str, Any]]] = (0.0, [], [])
@@ -220,6 +222,6 @@ class Server:
         from stagerunner import opstore, store
 
         if self.conn is None or self.conn.closed:
-            self.conn = store.connect_guarded(self.dsn)
+            self.conn = store.connect_guarded(self.dsn, pooled=self.pooled)
         return (opstore.count_live_tasks(self.conn),
                 opstore.count_finished_tasks(self.conn, exact_below=EXACT_BELOW_ROWS))

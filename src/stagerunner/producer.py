@@ -62,6 +62,8 @@ class ProducerConfig:
     log_format: str = "text"
     fault: str = ""
     hook_modules: tuple[str, ...] = ()  # task modules to import for their on_lost hooks
+    listen_dsn: str | None = None  # a direct connection for LISTEN (transaction pooling)
+    pooled: bool = False  # the DSN is a transaction-pooling PgBouncer
 
 
 class Producer:
@@ -71,7 +73,7 @@ class Producer:
         self.dispatcher = Dispatcher(self._complete, self.control.replacing)
         self.ledger = self.dispatcher.ledger
         self.completer = Completer(config.owner)
-        self.link = Link(config.dsn, config.node_expiry)
+        self.link = Link(config.dsn, config.node_expiry, config.listen_dsn, config.pooled)
         self.wakeups = Wakeups(config.queues, config.poll_interval)
         self.maintenance = Maintenance(
             Rescuer(config.owner, config.node, ",".join(config.queues), lease_s=config.node_expiry),
@@ -108,9 +110,7 @@ class Producer:
                 self._drain_notifies()
             else:
                 self.dispatcher.read(source, now)
-        if self.dispatcher.died:
-            self.control.died(self.dispatcher.died)
-            self.dispatcher.died.clear()
+        self.control.died(self.dispatcher.take_deaths())
         self.wakeups.tick(now)
         self._database_work(now)
         if self.link.fenced(procs.boottime()):  # a statement that came back late, a stall
@@ -121,12 +121,9 @@ class Producer:
             self._maybe_finish_stop(now)
 
     def _waitables(self) -> list[Any]:
-        sources: list[Any] = [*self.dispatcher.pipes.values()]
-        if self.control.open:
-            sources.append(self.control.pipe)
-        if self.link.socket() is not None:
-            sources.append(self.link.socket())
-        return sources
+        sources = [*self.dispatcher.pipes.values(), self.control.pipe, self.link.socket()]
+        return [s for s in sources if s is not None and (s is not self.control.pipe
+                                                        or self.control.open)]
 
     def _timeout(self, now: float) -> float:
         extra = [self.link.reconnect_at] if not self.link.up else []
@@ -194,6 +191,8 @@ class Producer:
     def _services(self, conn: psycopg.Connection[Any], now: float) -> None:
         if self.wakeups.due("rescue", now):
             self._beat_and_rescue(conn, now)
+        if self.link.polling and self.maintenance.resync(self.wakeups, now):
+            self.cancels_unknown = True  # no NOTIFY: ask for what it would have told us
         if not self.stopping:
             self.maintenance.run_due(conn, self.wakeups, now, self.config.queues)
 

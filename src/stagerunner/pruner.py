@@ -23,8 +23,10 @@ RETRY_S = 5.0  # after a database error
 
 
 class Pruner:
-    def __init__(self, dsn: str, retention_s: float, failed_retention_s: float = 0.0) -> None:
+    def __init__(self, dsn: str, retention_s: float, failed_retention_s: float = 0.0,
+                 pooled: bool = False) -> None:
         self.dsn = dsn
+        self.pooled = pooled
         self.retention_s = retention_s
         self.failed_retention_s = failed_retention_s
         self.stop = threading.Event()
@@ -50,7 +52,7 @@ class Pruner:
     def step(self) -> int:
         """Delete one batch; how many rows went."""
         if self.conn is None:
-            self.conn = store.connect_guarded(self.dsn)
+            self.conn = store.connect_guarded(self.dsn, pooled=self.pooled)
         deleted = opstore.purge_tasks(self.conn, older_s=self.retention_s or None, batch=BATCH,
                                     exclusive=True, failed_older_s=self.failed_retention_s or None)
         if deleted:

@@ -259,6 +259,28 @@ CREATE TRIGGER tasks_notify_finished
 CREATE TABLE IF NOT EXISTS stagerunner.schema_version (
     version integer PRIMARY KEY
 );
--- 3: leases, kills, run details (the production issues), the task catalog and results
--- NOTIFY (applications)
-INSERT INTO stagerunner.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+-- Storage of a queue table (issue 14: scaling out and deploying), chosen from bin/soak on a
+-- server with autovacuum on (README, "Table health under sustained load").
+-- * No update of a task can be HOT: every transition changes status, which the partial
+--   indexes' predicates read (and finished_at, which one indexes), so a lower fillfactor
+--   would only leave pages emptier; tasks keep the default of 100.
+-- * Vacuum, not fillfactor, keeps the table and the claim index small: each task leaves
+--   three dead tuples (claim, outcome, prune). The default trigger, 20% of the table dead,
+--   lets a week of retained rows pile millions of dead tuples (and dead claim-index
+--   entries) before a vacuum starts: 1% plus 1000 rows starts it within a naptime or two
+--   at any size. ANALYZE follows the same churn, so the claim's plan stays on its index.
+-- * nodes: every heartbeat updates heartbeat_at, which no index holds: those updates are
+--   HOT when the page has room, so the small table keeps half of each page free.
+ALTER TABLE stagerunner.tasks SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_vacuum_insert_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.01,
+    autovacuum_analyze_threshold = 1000
+);
+ALTER TABLE stagerunner.nodes SET (fillfactor = 50);
+
+-- 4: leases, kills, run details (the production issues), the task catalog and results
+-- NOTIFY (applications), storage settings (deploying)
+INSERT INTO stagerunner.schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;

@@ -56,21 +56,37 @@ def _brief(params: dict[str, Any] | None) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """An autocommit connection; every store function is then its own transaction."""
+def connect(dsn: str, *, pooled: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection; every store function is then its own transaction.
+
+    `pooled`: the DSN is a transaction-pooling PgBouncer, where consecutive transactions
+    may run on different server connections, so nothing may live in the session. psycopg
+    prepares a statement on the server after its 5th run; the next run could then land on
+    a server connection that never saw it, so preparing is off (each statement is then
+    planned anew: see the README for what that costs)."""
+    if pooled:
+        kwargs["prepare_threshold"] = None
     return psycopg.connect(dsn, autocommit=True, application_name="stagerunner", **kwargs)
 
 
 # A peer that stops answering must surface as an error within seconds, not hang the
 # producer: TCP keepalives, a TCP user timeout, and a statement timeout.
 GUARDS = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-          "keepalives_count": 3, "tcp_user_timeout": 10_000,
-          "options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
+          "keepalives_count": 3, "tcp_user_timeout": 10_000}
+# The server-side timeouts travel as a startup parameter, which PgBouncer refuses. Through
+# transaction pooling they cannot be set per session either (a SET would stay behind on a
+# server connection that other clients then get), nor per statement (SET LOCAL needs a
+# transaction block: BEGIN, SET, COMMIT, three more round trips per statement): there
+# PgBouncer's query_timeout and idle_transaction_timeout, or the role's own settings,
+# take their place (README).
+SERVER_TIMEOUTS = {"options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
 
 
-def connect_guarded(dsn: str) -> psycopg.Connection[Any]:
-    """A connection for long-lived stages (the producer)."""
-    return connect(dsn, **GUARDS)
+def connect_guarded(dsn: str, *, pooled: bool = False) -> psycopg.Connection[Any]:
+    """A connection for long-lived stages (the producer, the metrics server)."""
+    if pooled:
+        return connect(dsn, pooled=True, **GUARDS)
+    return connect(dsn, **GUARDS, **SERVER_TIMEOUTS)
 
 
 def listen(conn: psycopg.Connection[Any]) -> None:

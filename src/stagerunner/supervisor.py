@@ -10,9 +10,9 @@ and all are restarted, the new producer retiring the old one's owner so its task
 handed back at once. More than ``max_restarts`` restarts within ``restart_window``
 seconds stops the node with exit code 1.
 
-SIGTERM / SIGINT only set a flag (through a wakeup pipe); the loop then asks the
-producer to stop: no more claims, running jobs finish within their deadline, unstarted
-tasks go back to ``waiting``, and the node exits 0.
+SIGTERM / SIGINT / SIGHUP only wake the loop (``signals``); it then asks the producer to
+stop: no more claims, running jobs finish within their deadline, unstarted tasks go back
+to ``waiting``; the node exits 0, or on SIGHUP starts fresh stages (new task code).
 """
 
 from __future__ import annotations
@@ -21,23 +21,19 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, hooks, logs, metrics, procs, producer, registry
+from stagerunner import consumer, logs, metrics, procs, producer, signals, stages
 from stagerunner.config import Settings
-from stagerunner.consumer import ConsumerConfig
-from stagerunner.child import Limits
 from stagerunner.metrics import Stats
-from stagerunner.pruner import Pruner
-from stagerunner.restarts import Restarts
-from stagerunner.producer import EXIT_FENCED, ProducerConfig
+from stagerunner.producer import EXIT_FENCED
 from stagerunner.protocol import (Alive, Attach, Died, ProtocolError, Replace, Stop, decode,
                                   encode)
-from stagerunner.scheduler import Periodic
+from stagerunner.pruner import Pruner
+from stagerunner.restarts import Restarts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +55,7 @@ class Supervisor:
     def __init__(self, settings: Settings, dsn: str) -> None:
         self.settings = settings
         self.dsn = dsn
+        self.pooled = settings.pool_mode == "transaction"
         self.ctx = procs.context(settings.process_library)
         self.slots = [(i, q) for i, q in enumerate(_slot_queues(settings.queue_consumers()))]
         self.producer: Stage | None = None
@@ -67,18 +64,16 @@ class Supervisor:
         self.consumers: dict[int, Stage] = {}
         self.budget = Restarts(settings.max_restarts, settings.restart_window)
         self.stopping = False
+        self.reloading = False  # SIGHUP: draining the stages to start them anew
         self.stop_deadline = 0.0
-        self.signal_r, self.signal_w = socket.socketpair()
+        self.signals = signals.Wakeup()
         self.exit_code: int | None = None
         self.sweep_until = 0.0  # after a stage died: look for orphans until then
         self.alive_at = 0.0  # when the producer last said Alive
         self.alive_held = 0
         self.restarts: Counter[str] = Counter()
         self.stats = Stats()  # the producer's counters, from its last liveness report
-        self.periodic = tuple(
-            Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
-                     spec.max_attempts or registry.MAX_ATTEMPTS_DEFAULT, spec.timeout)
-            for spec in registry.periodic(settings.task_modules))
+        self.periodic = stages.periodic(settings)
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -87,12 +82,13 @@ class Supervisor:
         # A job's grandchild that escaped its group (setsid) and outlived its consumer is
         # reparented to us rather than to init, so _sweep_orphans can kill it.
         procs.become_subreaper()
-        self._install_signals()
+        self.signals.install()
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
-                           self._snapshot).start()
+                           self._snapshot, pooled=self.pooled).start()
         if self.settings.retention > 0 or self.settings.failed_retention > 0:
-            Pruner(self.dsn, self.settings.retention, self.settings.failed_retention).start()
+            Pruner(self.dsn, self.settings.retention, self.settings.failed_retention,
+                   pooled=self.pooled).start()
         self._start_producer(replaces=())
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
@@ -104,12 +100,12 @@ class Supervisor:
         return self.exit_code
 
     def step(self, now: float) -> None:
-        waitables: list[Any] = [self.signal_r, self.control]
+        waitables: list[Any] = [self.signals, self.control]
         waitables += [s.process.sentinel for s in self._stages()]
         sweeping = now < self.sweep_until
         timeout = 0.2 if sweeping else 1.0 if self.stopping else self.settings.heartbeat_interval
         ready = procs.wait(waitables, timeout=timeout)
-        if self.signal_r in ready:
+        if self.signals in ready:
             self._on_signal()
         if self.control in ready:
             self._read_control()
@@ -119,6 +115,8 @@ class Supervisor:
         self._watch_producer(time.monotonic())
         if sweeping:
             self._sweep_orphans()
+        if self.reloading and self.producer and time.monotonic() > self.stop_deadline:
+            procs.kill_session(self.producer.process.pid)  # its exit restarts everything
         if self.stopping and time.monotonic() > self.stop_deadline:
             log.error("stages did not stop in time; killing them", extra={"event": "node.stop_timeout"})
             self._kill_all()
@@ -139,16 +137,9 @@ class Supervisor:
     # Starting -------------------------------------------------------------------------
 
     def _start_producer(self, replaces: tuple[str, ...]) -> None:
-        s = self.settings
-        self.owner = f"{s.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
-        config = ProducerConfig(
-            dsn=self.dsn, owner=self.owner, node=s.node_name,
-            queues=tuple(sorted(s.queue_consumers())), poll_interval=s.poll_interval,
-            heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
-            max_job_timeout=s.max_job_timeout, replaces=replaces,
-            periodic=self.periodic, log_level=s.log_level, log_format=s.log_format,
-            fault=s.fault,
-            hook_modules=tuple(s.task_modules) if hooks.registered("lost") else ())
+        self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
+        config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
+                                        self.periodic)
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
                                    name="stagerunner-producer", daemon=False)
@@ -160,12 +151,7 @@ class Supervisor:
 
     def _start_consumer(self, slot: int, queue: str) -> None:
         s = self.settings
-        limits = Limits(job_timeout=s.job_timeout, max_job_timeout=s.max_job_timeout,
-                        modules=tuple(s.task_modules), child_reuse=s.child_reuse,
-                        memory_mb=s.job_memory_mb, result_max_bytes=s.result_max_bytes)
-        config = ConsumerConfig(slot=slot, queue=queue, limits=limits, node=s.node_name,
-                                log_level=s.log_level, log_format=s.log_format, fault=s.fault,
-                                window=s.window())
+        config = stages.consumer_config(s, slot, queue)
         theirs, producer_end = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=consumer.main,
                                    args=(theirs, config, os.getpid(), s.job_environment()),
@@ -220,7 +206,7 @@ class Supervisor:
                 self._consumer_exited(stage, now)
 
     def _consumer_exited(self, stage: Stage, now: float) -> None:
-        if self.stopping or self.exit_code is not None:
+        if self.stopping or self.reloading or self.exit_code is not None:
             return
         assert stage.slot is not None
         log.warning("consumer died; restarting it", extra={
@@ -236,6 +222,14 @@ class Supervisor:
             self._kill_all()  # consumers have said goodbye; make sure no job is left
             self.exit_code = EXIT_OK
             log.info("node stopped", extra={"event": "node.stopped"})
+            return
+        if self.reloading:  # drained (or killed at the deadline): start anew
+            self.reloading = False
+            self._kill_all()
+            self._start_producer(replaces=() if code == 0 else (self.owner,))
+            for slot, queue in self.slots:
+                self._start_consumer(slot, queue)
+            log.info("node reloaded", extra={"event": "node.reloaded", "owner": self.owner})
             return
         self.sweep_until = now + SWEEP_S
         reason = "fenced: lost the database" if code == EXIT_FENCED else f"exit code {code}"
@@ -257,7 +251,7 @@ class Supervisor:
         """Kill a producer stuck outside its loop (a database peer that stopped answering
         never errors on loopback). While it holds tasks, before 80% of the node expiry:
         its consumers die with it, so no job of ours outlives a rescue elsewhere."""
-        if self.producer is None or self.stopping:
+        if self.producer is None or self.stopping or self.reloading:
             return
         limit = self.settings.node_expiry * 0.8 if self.alive_held else PRODUCER_HANG_S
         if now - self.alive_at > limit:
@@ -304,20 +298,14 @@ class Supervisor:
 
     # Signals --------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self.signal_w.setblocking(False)
-        signal.set_wakeup_fd(self.signal_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
-
     def _on_signal(self) -> None:
-        data = self.signal_r.recv(64)
-        if not data or self.stopping:
+        sig = self.signals.read()
+        if sig is None or self.stopping or (sig == signals.RELOAD and self.reloading):
             return
-        self.stopping = True
+        self.reloading, self.stopping = sig == signals.RELOAD, sig != signals.RELOAD
         self.stop_deadline = time.monotonic() + self.settings.max_job_timeout + STOP_GRACE_S
-        log.info("stopping: no more claims, running jobs finish, unstarted tasks go back",
-                 extra={"event": "node.stopping", "signal": signal.Signals(data[0]).name})
+        message, event = signals.MEANING[sig]
+        log.info(message, extra={"event": event, "signal": signal.Signals(sig).name})
         try:
             self.control.send_bytes(encode(Stop()))
         except OSError:

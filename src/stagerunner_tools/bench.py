@@ -81,6 +81,9 @@ Measurements (``--only`` takes the names in brackets):
    generate_series; rates from database timestamps, their ratio (target >= 0.9), the
    producer's RSS growth across the large drain, and EXPLAIN ANALYZE of the claim on
    the large table (in a rolled-back transaction), printed as a note.
+11. [cluster] The same drain with 1, 2 and 3 nodes on one database: drain rate, the
+   nodes' PostgreSQL CPU per task, and claim conflicts (lock waits); see
+   ``stagerunner_tools.bench_cluster`` for how each is measured and defined.
 9. [idle] A node with no work (after start-up settles) for ~3 s: CPU time of every
    process of the node tree (supervisor, producer, consumers, fork helpers, pre-forked job children,
    resource tracker) over wall time, in percent of one core. CPU time comes from
@@ -104,6 +107,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stagerunner_tools import procfs
+from stagerunner_tools.bench_cluster import METRICS as CLUSTER_METRICS
+from stagerunner_tools.bench_cluster import cluster
 from stagerunner_tools.bench_nodes import (TASK_MODULE, BenchDB, BenchError, DrainWatch, Node,
                                            role_rss_mib)
 from stagerunner_tools.stats import (cpu_percent, format_value, kib_to_mib, median, percentile,
@@ -118,8 +123,7 @@ SLEEP_FOREVER = f"{TASK_MODULE}:sleep_forever"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LIBRARIES = ("multiprocess", "multiprocessing")
 MEASUREMENTS = ("enqueue_bulk", "enqueue_single", "enqueue_async", "drain", "fork", "latency",
-                "deadline", "status", "prune",
-                "rss", "pickle", "idle", "scale")
+                "deadline", "status", "prune", "rss", "pickle", "idle", "scale", "cluster")
 DRAIN_MODES = (  # (label, extra node environment); "default" is what ships
     ("default", {}),
     ("default_multiprocess", {"STAGERUNNER_PROCESS_LIBRARY": "multiprocess"}),
@@ -188,6 +192,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "spawn_idle_rss_mib_multiprocessing": ("MiB", "freshly spawned idle process, multiprocessing"),
     "idle_cpu_percent": ("% core", "idle node tree CPU"),
     "idle_db_cpu_percent": ("% core", "its PostgreSQL backends' CPU while idle"),
+    **CLUSTER_METRICS,
 }
 
 
@@ -708,6 +713,8 @@ def run_bench(options: Options, db: BenchDB, workdir: Path, log: Callable[[str],
         ("scale", "scale" in only, bench.scale),
         ("status", "status" in only, lambda out, r: bench.status(out)),
         ("prune", "prune" in only, lambda out, r: bench.prune(out)),
+        ("cluster", "cluster" in only, lambda out, r: cluster(
+            db, options.consumers, options.drain_tasks, workdir, r, out, bench.note)),
     ]
     steps = [(name, step) for name, wanted, step in table if wanted]
     for run in range(options.runs):

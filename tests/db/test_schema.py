@@ -70,6 +70,7 @@ def test_named_constraints_refuse_impossible_rows(conn, column, value):
 SCHEMA_DIGESTS = {
     2: "438ebba26b715e2ba94959bb52588ff6434ad39a65fd03a52b4af12b428a8f08",
     3: "8809096e3788abd97754c05d22af8c3244addbbd1a185d63cbcd473d7cf68edd",
+    4: "c06219f23d2f288d43901496bfb343108439582215807b8d8037d1eb07043089",
 }
 
 

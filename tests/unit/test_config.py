@@ -1,13 +1,15 @@
 import pytest
 
-from stagerunner.config import CONSUMERS_DEFAULT, load, normalize_dsn
+from stagerunner import cpus
+from stagerunner.config import derived_consumers, load, normalize_dsn
 from stagerunner.errors import ConfigError
 
 
 def test_defaults_need_no_environment():
     s = load({})
-    assert s.consumers == CONSUMERS_DEFAULT and s.job_timeout == 1.0
-    assert s.queue_consumers() == {"default": CONSUMERS_DEFAULT}
+    default = derived_consumers(cpus.usable_cpus())[0]
+    assert s.consumers == default and s.job_timeout == 1.0
+    assert s.queue_consumers() == {"default": default}
     assert s.task_modules == []
 
 
