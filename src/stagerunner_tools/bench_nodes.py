@@ -220,8 +220,8 @@ class DrainWatch:
         if self.producer is None:
             return
         roles = self.node.roles(self.producer)
-        if len(roles.consumers) != self.node.consumers:
-            return  # still starting
+        if len(roles.consumers) != self.node.consumers or len(roles.forkers) != len(roles.consumers):
+            return  # still starting (a consumer without its fork helper yet would count none)
         if self.cpu and not self.pids:
             self.pids = {"supervisor": [roles.supervisor], "producer": [self.producer],
                          "consumers": roles.consumers, "forkers": roles.forkers,
