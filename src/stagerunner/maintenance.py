@@ -49,13 +49,3 @@ class Maintenance:
             if self.scheduler.step(conn):
                 wakeups.tasks_notified(queues)
             wakeups.schedule("cron", self.scheduler.next_at(now))
-
-    def resync(self, wakeups: Wakeups, now: float) -> bool:
-        """For a producer without LISTEN, once a poll: True when it is time to re-read
-        the pauses and ask which of our tasks have a cancel requested (a NOTIFY would
-        have said so)."""
-        if not wakeups.due("resync", now):
-            return False
-        wakeups.schedule("resync", now + wakeups.poll_interval)
-        wakeups.pauses_changed()
-        return True

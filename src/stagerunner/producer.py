@@ -74,7 +74,7 @@ class Producer:
         self.ledger = self.dispatcher.ledger
         self.completer = Completer(config.owner)
         self.link = Link(config.dsn, config.node_expiry, config.listen_dsn, config.pooled)
-        self.wakeups = Wakeups(config.queues, config.poll_interval)
+        self.wakeups = Wakeups(config.queues, config.poll_interval, polling=self.link.polling)
         self.maintenance = Maintenance(
             Rescuer(config.owner, config.node, ",".join(config.queues), lease_s=config.node_expiry),
             Scheduler(config.periodic) if config.periodic else None,
@@ -179,6 +179,8 @@ class Producer:
         try:
             # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
             claimed = False
+            if self.wakeups.resync:  # polling, without NOTIFY: ask what it would have said
+                self.wakeups.resync, self.cancels_unknown = False, True
             if self.cancels_unknown:
                 self._check_cancels(conn)
             if not self.stopping:
@@ -191,8 +193,6 @@ class Producer:
     def _services(self, conn: psycopg.Connection[Any], now: float) -> None:
         if self.wakeups.due("rescue", now):
             self._beat_and_rescue(conn, now)
-        if self.link.polling and self.maintenance.resync(self.wakeups, now):
-            self.cancels_unknown = True  # no NOTIFY: ask for what it would have told us
         if not self.stopping:
             self.maintenance.run_due(conn, self.wakeups, now, self.config.queues)
 

@@ -30,6 +30,8 @@ class Wakeups:
     next_poll: float = 0.0
     next_due: float | None = None
     timers: dict[str, float] = field(default_factory=dict)
+    polling: bool = False  # no LISTEN: each poll also stands for the notifications missed
+    resync: bool = False  # a poll fired while polling: ask which of our tasks were cancelled
 
     def __post_init__(self) -> None:
         self.wanted = set(self.queues)
@@ -41,6 +43,9 @@ class Wakeups:
         if now >= self.next_poll:
             self.next_poll = now + self.poll_interval
             self._everything_may_be_due()
+            if self.polling:  # before this poll's claim: a pause would have been notified
+                self.pauses_known = False
+                self.resync = True
         if self.next_due is not None and now >= self.next_due:
             self.next_due = None
             self._everything_may_be_due()

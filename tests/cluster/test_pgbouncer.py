@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import stagerunner
-from stagerunner import store
+from stagerunner import opstore, store
 from stagerunner_tools.invariants import check_rows, wait_terminal
 from stagerunner_tools.pgserver import free_port
 from tests.helpers import eventually, run_cli
@@ -43,7 +43,7 @@ def test_the_store_needs_pooled_connections_through_transaction_pooling(
     with store.connect_guarded(pooled, pooled=True) as work:
         # while a client is connected the bouncer fills this database's pool (min_pool_size);
         # from then on the client's transactions rotate over several server connections
-        store.count_live_tasks(work)
+        opstore.count_live_tasks(work)
         eventually(lambda: server_connections(conn) >= 3, timeout=15)
         for _ in range(20):  # far past psycopg's prepare threshold of 5
             claims, _ = store.claim_tasks(work, owner="o/1", queue="default", limit=2)
@@ -55,7 +55,7 @@ def test_the_store_needs_pooled_connections_through_transaction_pooling(
     # above would catch a connection that prepared
     with store.connect(pooled) as prepared, pytest.raises(psycopg.errors.InvalidSqlStatementName):
         for _ in range(40):
-            store.count_live_tasks(prepared)
+            opstore.count_live_tasks(prepared)
 
 
 def listening(conn) -> int:
@@ -73,10 +73,11 @@ def test_a_node_through_pgbouncer_without_listen_polls_and_loses_nothing(
         db, conn, bouncer, start_node, recorder):
     pooled = bouncer.through(db)
     port = free_port()
-    nodes = [start_node(dsn=pooled, pool_mode="transaction", poll_interval=0.3,
-                        node_name="pooled0", metrics_port=port),
-             start_node(dsn=pooled, pool_mode="transaction", poll_interval=0.3,
-                        node_name="pooled1")]
+    # two consumers and one prefetched task each: a node holds 4 of the 60 at a time, so
+    # both nodes take part whichever polls first
+    small = dict(pool_mode="transaction", poll_interval=0.3, consumers=2, prefetch=1)
+    nodes = [start_node(dsn=pooled, node_name="pooled0", metrics_port=port, **small),
+             start_node(dsn=pooled, node_name="pooled1", **small)]
     with psycopg.connect(pooled, autocommit=True, prepare_threshold=None) as app:
         ids = recorder.enqueue(app, 60, 0.02)
     # the metrics server reads the table at most once a second, through the pooler too:
