@@ -101,7 +101,6 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
                title: str) -> None:
     """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
     prepare_child(parent, limits, title)
-    running.prepare()
     for _ in range(limits.child_reuse):
         job = read_job(job_r)
         if job is None:
@@ -113,16 +112,23 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
         write_all(result_w, frame(json.dumps(reply).encode()))
 
 
-def prepare_child(parent: int, limits: Limits, title: str) -> None:
-    """Its own process group, death with its parent, stdio on fds 1-2, its name, default
-    signal dispositions and the memory limit."""
-    os.setpgrp()
-    procs.die_with_parent(parent)
+def prepare_parent() -> None:
+    """Once, in the process that forks job children (the fork helper): what every child
+    would otherwise set up again, each time paying for the pages it writes -- stdio on fds
+    1-2, default SIGTERM and SIGINT, and job log records routed to the node's log."""
     _std_streams_on_fds()
-    if title:  # comm only: setproctitle would cost more than the rest of the set-up
-        procs.set_comm(title)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    running.prepare()
+
+
+def prepare_child(parent: int, limits: Limits, title: str) -> None:
+    """Its own process group, death with its parent, its name and the memory limit (the
+    rest was set up once, in its parent: ``prepare_parent``)."""
+    os.setpgrp()
+    procs.die_with_parent(parent)
+    if title:  # comm only: setproctitle would cost more than the rest of the set-up
+        procs.set_comm(title)
     if limits.memory_mb:
         import resource
 

@@ -40,7 +40,7 @@ import struct
 import time
 
 from stagerunner import logs, procs
-from stagerunner.child import Limits, Resolver, fork_child, max_reply
+from stagerunner.child import Limits, Resolver, fork_child, max_reply, prepare_parent
 from stagerunner.executor import ChildHandle
 
 _PID = struct.Struct(">i")
@@ -187,6 +187,7 @@ class ForkHelper:
         # a task module that ignored SIGCHLD would have the kernel reap unreleased children,
         # and the consumer signal pids that are free again
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        prepare_parent()  # what every job child would otherwise set up again
         # one fd kept open and read with pread (which regenerates the list): opening the
         # file per job costs the helper page faults on every job
         me = os.getpid()

@@ -161,9 +161,13 @@ def periodic(modules: Iterable[str]) -> list[Spec]:
 
 
 def resolver(modules: tuple[str, ...]) -> Callable[[str], Spec]:
-    """A job child's way from a task name to what it runs (``running.call`` takes a Spec)."""
+    """A job child's way from a task name to what it runs (``running.call`` takes a Spec):
+    the tasks allowed now, looked up by name (the consumer admitted the row already; a
+    child pays for every object it touches), else ``resolve`` saying why not."""
+    allowed = {n: s for n, s in _REGISTRY.items() if _allowed(s.module, list(modules))}
+
     def by_name(name: str) -> Spec:
-        return resolve(name, modules)
+        return allowed.get(name) or resolve(name, modules)
 
     return by_name
 

@@ -28,30 +28,41 @@ class RestartIntensity:
 
 
 class Restarts:
-    """The node's restart budget, with consumer deaths waiting for an explanation."""
+    """The node's restart budget, with consumer deaths waiting for an explanation. The
+    producer's word and the supervisor's reaping of the same death may come in either
+    order, and a slot may die again before either: both are kept per slot, in order."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.intensity = RestartIntensity(limit, window)
-        self.unexplained: dict[int, float] = {}  # consumer slot -> when it died
+        self.unexplained: dict[int, list[float]] = {}  # slot -> when each death was reaped
+        self.early: dict[int, list[bool]] = {}  # slot -> explanations before their reaping
 
     def allow(self, now: float) -> bool:
         """Count one restart; False once the limit is passed."""
         return self.intensity.allow(now)
 
-    def consumer_died(self, slot: int, now: float) -> None:
-        self.unexplained[slot] = now
+    def consumer_died(self, slot: int, now: float) -> bool:
+        """A consumer's death was reaped; False once the limit is passed."""
+        early = self.early.get(slot)
+        if early:
+            return early.pop(0) or self.allow(now)
+        self.unexplained.setdefault(slot, []).append(now)
+        return True
 
     def explained(self, slot: int, running: bool, now: float) -> bool:
         """The producer's word on a consumer's death: counted unless a job ran in it."""
-        if self.unexplained.pop(slot, None) is None or running:
+        waiting = self.unexplained.get(slot)
+        if not waiting:
+            self.early.setdefault(slot, []).append(running)
             return True
-        return self.allow(now)
+        waiting.pop(0)
+        return running or self.allow(now)
 
     def overdue(self, now: float) -> bool:
         """Count the deaths the producer never explained; False once the limit is passed."""
-        for slot, died_at in list(self.unexplained.items()):
-            if now - died_at > EXPLAIN_S:
-                del self.unexplained[slot]
+        for deaths in self.unexplained.values():
+            while deaths and now - deaths[0] > EXPLAIN_S:
+                deaths.pop(0)
                 if not self.allow(now):
                     return False
         return True

@@ -213,7 +213,9 @@ class Supervisor:
             "event": "stage.restarted", "stage": "consumer", "slot": stage.slot,
             "exitcode": stage.process.exitcode})
         self.restarts["consumer"] += 1
-        self.budget.consumer_died(stage.slot, now)  # counted once explained (restarts)
+        if not self.budget.consumer_died(stage.slot, now):  # counted once explained
+            self._give_up()
+            return
         self._start_consumer(stage.slot, stage.queue)
 
     def _producer_exited(self, code: int | None, now: float) -> None:

@@ -7,7 +7,8 @@ its own per fork, as the median of R interleaved runs:
 
     exit      the child calls ``os._exit(0)`` at once: fork, CPython's after-fork work, exit
     group     + its own process group and the parent-death signal
-    setup     + stdio on fds 1-2, its ``comm``, default SIGTERM/SIGINT
+    setup     + its ``comm`` (stdio on fds 1-2, default SIGTERM/SIGINT and the job log
+              routing are set up once in the forking process, as in a fork helper)
     read      + reading and decoding its job from the job pipe
     job       the real job child (``jobchild.child_main``): + running a no-op task,
               encoding and writing the result
@@ -35,7 +36,7 @@ LIMITS = jobchild.Limits(modules=MODULES)
 
 
 def _resolve(name: str) -> Callable[..., object]:
-    return registry.resolve(name, MODULES).func
+    return registry.resolve(name, MODULES).func  # the fork helper's resolver is faster still
 
 
 def _group(job_r: int, result_w: int, parent: int) -> None:
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     registry.load(MODULES)
     procs.become_subreaper()  # as a fork helper is; also loads libc for prctl
+    jobchild.prepare_parent()  # as a fork helper does once, before its children
     samples: dict[str, list[tuple[float, float]]] = {step: [] for step in STEPS}
     for _ in range(args.runs):
         for step in STEPS:

@@ -3,7 +3,7 @@ import pytest
 from stagerunner.client import to_json
 from stagerunner.errors import NotJSON
 from stagerunner.logs import redact
-from stagerunner.restarts import RestartIntensity
+from stagerunner.restarts import EXPLAIN_S, RestartIntensity, Restarts
 
 
 def test_restart_intensity_allows_bursts_up_to_the_limit_within_the_window():
@@ -18,6 +18,28 @@ def test_restart_intensity_forgets_restarts_outside_the_window():
     assert limit.allow(0.0)
     assert limit.allow(6.0)
     assert not limit.allow(7.0)
+
+
+def test_consumer_deaths_count_whatever_order_the_word_and_the_reaping_come_in():
+    budget = Restarts(limit=2, window=30.0)
+    assert budget.explained(0, running=False, now=0.0)  # the producer's word came first
+    assert budget.consumer_died(0, 0.1)  # counted now: 1
+    assert budget.consumer_died(0, 0.2) and budget.consumer_died(0, 0.3)  # reaped twice,
+    assert budget.explained(0, running=True, now=0.4)  # then explained: a job ran in one,
+    assert budget.explained(0, running=False, now=0.5)  # not in the other: 2
+    assert budget.consumer_died(0, 0.6)
+    assert not budget.explained(0, running=False, now=0.7)  # 3: past the limit
+
+
+def test_a_death_the_producer_never_explains_counts_after_a_while_and_a_job_never_does():
+    budget = Restarts(limit=1, window=30.0)
+    budget.consumer_died(3, 0.0)
+    assert budget.overdue(EXPLAIN_S / 2) and budget.unexplained[3]  # still waiting
+    assert budget.overdue(EXPLAIN_S + 0.1)  # counted: 1 of 1
+    budget.consumer_died(3, 5.0)
+    assert budget.explained(3, running=True, now=5.1)  # a job ran in it: never counted
+    budget.consumer_died(3, 6.0)
+    assert not budget.overdue(6.0 + EXPLAIN_S + 0.1)
 
 
 @pytest.mark.parametrize("text", [
