@@ -83,6 +83,15 @@ class Supervisor:
         # reparented to us rather than to init, so _sweep_orphans can kill it.
         procs.become_subreaper()
         self.signals.install()
+        self.start()
+        while self.exit_code is None:
+            self.step(time.monotonic())
+        return self.exit_code
+
+    def start(self) -> None:
+        """The node's services and every stage. What belongs to the whole process (the
+        subreaper, signal handlers, its title) is run()'s, so tests can drive a supervisor
+        in their own process with start(), step() and stop()."""
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
                            self._snapshot, pooled=self.pooled).start()
@@ -95,9 +104,6 @@ class Supervisor:
         log.info("node started", extra={"event": "node.started", "node": self.settings.node_name,
                                         "owner": self.owner, "consumers": len(self.slots),
                                         "queues": ",".join(sorted(self.settings.queue_consumers()))})
-        while self.exit_code is None:
-            self.step(time.monotonic())
-        return self.exit_code
 
     def step(self, now: float) -> None:
         waitables: list[Any] = [self.signals, self.control]
@@ -302,11 +308,16 @@ class Supervisor:
 
     def _on_signal(self) -> None:
         sig = self.signals.read()
-        if sig is None or self.stopping or (sig == signals.RELOAD and self.reloading):
+        if sig is not None:
+            self.stop(sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Drain the stages, then exit 0 (SIGTERM, SIGINT) or start fresh ones (SIGHUP)."""
+        if self.stopping or (sig == signals.RELOAD and self.reloading):
             return
         self.reloading, self.stopping = sig == signals.RELOAD, sig != signals.RELOAD
         self.stop_deadline = time.monotonic() + self.settings.max_job_timeout + STOP_GRACE_S
-        message, event = signals.MEANING[sig]
+        message, event = signals.MEANING[signal.Signals(sig)]
         log.info(message, extra={"event": event, "signal": signal.Signals(sig).name})
         try:
             self.control.send_bytes(encode(Stop()))

@@ -101,3 +101,11 @@ def test_runtime_modules_stay_within_their_size_budget():
     sizes = {str(p.relative_to(RUNTIME)): len(p.read_text().splitlines())
              for p in RUNTIME.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > SIZE_BUDGET} == {}
+
+
+def test_every_named_statement_is_used():
+    """One named statement per transition: a file in sql/ that no module names is a rule
+    nobody runs any more (and a place a reader would look for it)."""
+    code = "\n".join(p.read_text() for p in RUNTIME.rglob("*.py"))
+    unused = [p.stem for p in (RUNTIME / "sql").glob("*.sql") if f'"{p.stem}"' not in code]
+    assert unused == []
