@@ -270,8 +270,10 @@ def test_nodes_whose_clocks_are_minutes_apart(conn, start_node, recorder, skewcl
     late_rows, late_runs = all_well(conn, late, recorder, nodes, status="timeout")
     for t in late:
         [run] = late_runs[recorder.keys[t]]
-        assert 0.4 <= run.last - run.start < 1.2, (run, late_rows[t]["claimed_by"])
-        assert late_rows[t]["errors"][-1]["runtime_ms"] < 1500
+        # killed at 0.5 s from its start in the consumer (the run's own start comes a
+        # little later), not minutes early or late
+        assert 0.1 <= run.last - run.start < 1.2, (run, late_rows[t]["claimed_by"])
+        assert 400 <= late_rows[t]["errors"][-1]["runtime_ms"] < 1500, late_rows[t]["errors"]
 
     # the tick every node tries at start, then two that both nodes race for
     eventually(lambda: len(_cron_ticks(conn)) >= 3, timeout=200, interval=0.5)
