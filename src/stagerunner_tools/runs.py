@@ -19,8 +19,11 @@ from typing import Any
 
 
 def mark(path: str, key: str, event: str) -> None:
-    """Append one record line: this job child's pid, the key, the event, the time."""
-    line = json.dumps({"key": key, "pid": os.getpid(), "event": event, "t": time.time()}) + "\n"
+    """Append one record line: this job child's pid, the key, the event, the time. The
+    machine's true time: a node whose wall clock a test skewed (``skewclock.c``) says by
+    how much, so that its runs compare with the others'."""
+    true_time = time.time() - float(os.environ.get("SKEWCLOCK_OFFSET_S") or 0)
+    line = json.dumps({"key": key, "pid": os.getpid(), "event": event, "t": true_time}) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
