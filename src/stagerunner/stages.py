@@ -41,3 +41,8 @@ def consumer_config(s: Settings, slot: int, queue: str) -> ConsumerConfig:
     return ConsumerConfig(slot=slot, queue=queue, limits=limits, node=s.node_name,
                           log_level=s.log_level, log_format=s.log_format, fault=s.fault,
                           window=s.window())
+
+
+def slot_queues(counts: dict[str, int]) -> list[str]:
+    """The queue of each consumer slot, in slot order."""
+    return [queue for queue, n in sorted(counts.items()) for _ in range(n)]

@@ -42,6 +42,9 @@ EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
 PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
+# A consumer exits 0 only when stopped or when its producer went away: give that producer
+# this long to exit (which restarts every stage) before the consumer is restarted alone.
+ORPHAN_GRACE_S = 1.0
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Supervisor:
         self.dsn = dsn
         self.pooled = settings.pool_mode == "transaction"
         self.ctx = procs.context(settings.process_library)
-        self.slots = [(i, q) for i, q in enumerate(_slot_queues(settings.queue_consumers()))]
+        self.slots = list(enumerate(stages.slot_queues(settings.queue_consumers())))
         self.producer: Stage | None = None
         self.control: Any = None
         self.owner = ""
@@ -98,9 +101,7 @@ class Supervisor:
         if self.settings.retention > 0 or self.settings.failed_retention > 0:
             Pruner(self.dsn, self.settings.retention, self.settings.failed_retention,
                    pooled=self.pooled).start()
-        self._start_producer(replaces=())
-        for slot, queue in self.slots:
-            self._start_consumer(slot, queue)
+        self._start_stages(replaces=())
         log.info("node started", extra={"event": "node.started", "node": self.settings.node_name,
                                         "owner": self.owner, "consumers": len(self.slots),
                                         "queues": ",".join(sorted(self.settings.queue_consumers()))})
@@ -141,6 +142,11 @@ class Supervisor:
         return ([self.producer] if self.producer else []) + list(self.consumers.values())
 
     # Starting -------------------------------------------------------------------------
+
+    def _start_stages(self, replaces: tuple[str, ...]) -> None:
+        self._start_producer(replaces)
+        for slot, queue in self.slots:
+            self._start_consumer(slot, queue)
 
     def _start_producer(self, replaces: tuple[str, ...]) -> None:
         self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
@@ -200,6 +206,9 @@ class Supervisor:
 
     def _reap(self, now: float) -> None:
         producer = self.producer
+        if (producer is not None and not (self.stopping or self.reloading)
+                and any(s.process.exitcode == 0 for s in self.consumers.values())):
+            producer.process.join(ORPHAN_GRACE_S)  # orphaned consumers: is it on its way out?
         if producer is not None and not producer.process.is_alive():
             producer.process.join()
             self._producer_exited(producer.process.exitcode, now)
@@ -234,9 +243,7 @@ class Supervisor:
         if self.reloading:  # drained (or killed at the deadline): start anew
             self.reloading = False
             self._kill_all()
-            self._start_producer(replaces=() if code == 0 else (self.owner,))
-            for slot, queue in self.slots:
-                self._start_consumer(slot, queue)
+            self._start_stages(replaces=() if code == 0 else (self.owner,))
             log.info("node reloaded", extra={"event": "node.reloaded", "owner": self.owner})
             return
         self.sweep_until = now + SWEEP_S
@@ -248,12 +255,11 @@ class Supervisor:
         if self.stopping:
             self.exit_code = EXIT_FAILED
             return
-        if not self._may_restart(now):
+        if not self.budget.allow(now):
+            self._give_up()
             return
         self.restarts["producer"] += 1
-        self._start_producer(replaces=(old,))
-        for slot, queue in self.slots:
-            self._start_consumer(slot, queue)
+        self._start_stages(replaces=(old,))
 
     def _watch_producer(self, now: float) -> None:
         """Kill a producer stuck outside its loop (a database peer that stopped answering
@@ -281,12 +287,6 @@ class Supervisor:
             log.warning("killed a job's escaped descendant", extra={
                 "event": "job.orphan_killed", "orphan_pid": pid})
         procs.kill_and_reap(strays, keep=set())
-
-    def _may_restart(self, now: float) -> bool:
-        if self.budget.allow(now):
-            return True
-        self._give_up()
-        return False
 
     def _give_up(self) -> None:
         if self.exit_code is not None:
@@ -324,6 +324,3 @@ class Supervisor:
         except OSError:
             pass
 
-
-def _slot_queues(counts: dict[str, int]) -> list[str]:
-    return [queue for queue, n in sorted(counts.items()) for _ in range(n)]

@@ -67,6 +67,11 @@ def test_a_node_frozen_past_its_lease_runs_no_job_at_the_thaw(conn, start_node, 
     # the thawed node recovers (its late outcome for the task is refused as stale) and
     # works again; nothing of it outlives the freeze
     assert frozen.proc.poll() is None, "the thawed node must recover, not exit"
+    # its fenced producer's consumers exit 0 as it goes: they restart with the producer,
+    # not alone beforehand (that would spend restarts on no crash; seen in bin/chaos)
+    alone = [line for line in frozen.events("stage.restarted")
+             if "stage=consumer" in line and "exitcode=0" in line]
+    assert not alone, alone
     survivor.stop()
     after = recorder.enqueue(conn, 2, 0.1, timeout_s=20)
     wait_terminal(conn, after, timeout=60, node=frozen)
