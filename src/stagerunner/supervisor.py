@@ -42,9 +42,7 @@ EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
 PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
-# A consumer exits 0 only when stopped or when its producer went away: give that producer
-# this long to exit (which restarts every stage) before the consumer is restarted alone.
-ORPHAN_GRACE_S = 1.0
+ORPHAN_GRACE_S = 1.0  # a consumer exited 0: its producer went away, or soon will (see _reap)
 
 
 @dataclass
@@ -111,6 +109,8 @@ class Supervisor:
         waitables += [s.process.sentinel for s in self._stages()]
         sweeping = now < self.sweep_until
         timeout = 0.2 if sweeping else 1.0 if self.stopping else self.settings.heartbeat_interval
+        if self.producer and not (self.stopping or self.reloading):  # the watchdog's limit
+            timeout = max(0.01, min(timeout, self.alive_at + self._silence_limit() - now))
         ready = procs.wait(waitables, timeout=timeout)
         if self.signals in ready:
             self._on_signal()
@@ -267,13 +267,15 @@ class Supervisor:
         its consumers die with it, so no job of ours outlives a rescue elsewhere."""
         if self.producer is None or self.stopping or self.reloading:
             return
-        limit = self.settings.node_expiry * 0.8 if self.alive_held else PRODUCER_HANG_S
-        if now - self.alive_at > limit:
+        if now - self.alive_at > self._silence_limit():
             log.error("producer stopped answering; killing it", extra={
                 "event": "producer.unresponsive", "silent_s": round(now - self.alive_at, 1),
                 "held": self.alive_held})
             procs.kill_session(self.producer.process.pid)
             self.alive_at = now  # once; its sentinel drives the restart
+
+    def _silence_limit(self) -> float:
+        return self.settings.node_expiry * 0.8 if self.alive_held else PRODUCER_HANG_S
 
     def _sweep_orphans(self) -> None:
         """Kill and reap children of ours that are not stages and left our session: jobs'
