@@ -23,17 +23,17 @@ import secrets
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import consumer, logs, metrics, procs, producer, signals, stages
+from stagerunner import logs, metrics, procs, signals, stages
 from stagerunner.config import Settings
 from stagerunner.metrics import Stats
 from stagerunner.producer import EXIT_FENCED
-from stagerunner.protocol import (Alive, Attach, Died, ProtocolError, Replace, Stop, decode,
-                                  encode)
+from stagerunner.protocol import Alive, Died, ProtocolError, Replace, Stop, decode, encode
 from stagerunner.pruner import Pruner
 from stagerunner.restarts import Restarts
+from stagerunner.spawn import Stage, start_consumer, start_producer
+from stagerunner.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
-PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
-ORPHAN_GRACE_S = 1.0  # a consumer exited 0: its producer went away, or soon will (see _reap)
-
-
-@dataclass
-class Stage:
-    process: Any
-    slot: int | None = None  # None for the producer
-    queue: str = ""
+ORPHAN_WAIT_S = 1.0  # a consumer exited 0: its producer went away, or soon will (see _reap)
 
 
 class Supervisor:
@@ -70,8 +62,7 @@ class Supervisor:
         self.signals = signals.Wakeup()
         self.exit_code: int | None = None
         self.sweep_until = 0.0  # after a stage died: look for orphans until then
-        self.alive_at = 0.0  # when the producer last said Alive
-        self.alive_held = 0
+        self.watchdog = Watchdog(settings.node_expiry)
         self.restarts: Counter[str] = Counter()
         self.stats = Stats()  # the producer's counters, from its last liveness report
         self.periodic = stages.periodic(settings)
@@ -109,8 +100,8 @@ class Supervisor:
         waitables += [s.process.sentinel for s in self._stages()]
         sweeping = now < self.sweep_until
         timeout = 0.2 if sweeping else 1.0 if self.stopping else self.settings.heartbeat_interval
-        if self.producer and not (self.stopping or self.reloading):  # the watchdog's limit
-            timeout = max(0.01, min(timeout, self.alive_at + self._silence_limit() - now))
+        if self.producer and not (self.stopping or self.reloading):
+            timeout = self.watchdog.wait(now, timeout)
         ready = procs.wait(waitables, timeout=timeout)
         if self.signals in ready:
             self._on_signal()
@@ -132,7 +123,7 @@ class Supervisor:
     def _snapshot(self) -> metrics.Snapshot:
         """For the metrics server's thread: the latest counters and the node's health (its
         stages are up and the producer's loop reported recently)."""
-        recent = time.monotonic() - self.alive_at < 2 * self.settings.heartbeat_interval + 1
+        recent = time.monotonic() - self.watchdog.alive_at < 2 * self.settings.heartbeat_interval + 1
         healthy = (self.producer is not None and recent
                    and len(self.consumers) == len(self.slots) and not self.stopping)
         return metrics.Snapshot(self.stats, dict(self.restarts), healthy,
@@ -152,31 +143,14 @@ class Supervisor:
         self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
         config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
                                         self.periodic)
-        ours, theirs = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
-                                   name="stagerunner-producer", daemon=False)
-        process.start()
-        theirs.close()
-        self.control = ours
-        self.producer = Stage(process)
-        self.alive_at, self.alive_held = time.monotonic(), 0
+        self.producer, self.control = start_producer(self.ctx, config)
+        self.watchdog.alive(time.monotonic(), 0)
 
     def _start_consumer(self, slot: int, queue: str) -> None:
-        s = self.settings
-        config = stages.consumer_config(s, slot, queue)
-        theirs, producer_end = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=consumer.main,
-                                   args=(theirs, config, os.getpid(), s.job_environment()),
-                                   name=f"stagerunner-consumer-{slot}", daemon=False)
-        process.start()
-        theirs.close()
-        try:
-            self.control.send_bytes(encode(Attach(slot, queue, process.pid)))
-            procs.send_handle(self.control, producer_end.fileno(), self.producer.process.pid)
-        except OSError:
-            pass  # the producer is dying; its restart restarts this consumer too
-        producer_end.close()
-        self.consumers[slot] = Stage(process, slot, queue)
+        assert self.producer is not None
+        config = stages.consumer_config(self.settings, slot, queue)
+        self.consumers[slot] = start_consumer(self.ctx, config, self.settings.job_environment(),
+                                              self.control, self.producer.process.pid)
 
     # Watching -------------------------------------------------------------------------
 
@@ -190,7 +164,7 @@ class Supervisor:
                                                                    "error": str(exc)})
             return
         if isinstance(message, Alive):
-            self.alive_at, self.alive_held = time.monotonic(), message.held
+            self.watchdog.alive(time.monotonic(), message.held)
             self.stats = Stats.from_wire(message.stats)
             return
         if isinstance(message, Died):
@@ -205,20 +179,34 @@ class Supervisor:
             procs.kill_session(stage.process.pid)
 
     def _reap(self, now: float) -> None:
-        producer = self.producer
-        if (producer is not None and not (self.stopping or self.reloading)
-                and any(s.process.exitcode == 0 for s in self.consumers.values())):
-            producer.process.join(ORPHAN_GRACE_S)  # orphaned consumers: is it on its way out?
-        if producer is not None and not producer.process.is_alive():
-            producer.process.join()
-            self._producer_exited(producer.process.exitcode, now)
+        if self._producer_died(now, wait=False):
+            return  # its death restarted every stage
         for slot, stage in list(self.consumers.items()):
-            if not stage.process.is_alive():
-                stage.process.join()
-                del self.consumers[slot]
-                procs.kill_session(stage.process.pid)  # its job children and their groups
-                self.sweep_until = now + SWEEP_S
-                self._consumer_exited(stage, now)
+            if stage.process.is_alive():
+                continue
+            if stage.process.exitcode == 0 and self._producer_died(now, wait=True):
+                return  # an orphan: the producer's death restarted it with the others
+            stage.process.join()
+            del self.consumers[slot]
+            procs.kill_session(stage.process.pid)  # its job children and their groups
+            self.sweep_until = now + SWEEP_S
+            self._consumer_exited(stage, now)
+
+    def _producer_died(self, now: float, wait: bool) -> bool:
+        """Handle the producer's death if it died. A consumer exits 0 on its own only once
+        its producer went away, and the producer's exit (a SIGKILL, a fence) may become
+        reapable a little after that consumer's: with `wait`, give it ORPHAN_WAIT_S, so
+        that its death restarts everyone rather than counting as a consumer crash."""
+        producer = self.producer
+        if producer is None:
+            return False
+        if wait and not (self.stopping or self.reloading):
+            producer.process.join(timeout=ORPHAN_WAIT_S)
+        if producer.process.is_alive():
+            return False
+        producer.process.join()
+        self._producer_exited(producer.process.exitcode, now)
+        return True
 
     def _consumer_exited(self, stage: Stage, now: float) -> None:
         if self.stopping or self.reloading or self.exit_code is not None:
@@ -262,20 +250,15 @@ class Supervisor:
         self._start_stages(replaces=(old,))
 
     def _watch_producer(self, now: float) -> None:
-        """Kill a producer stuck outside its loop (a database peer that stopped answering
-        never errors on loopback). While it holds tasks, before 80% of the node expiry:
-        its consumers die with it, so no job of ours outlives a rescue elsewhere."""
+        """Kill a producer stuck outside its loop, with its consumers (``watchdog``)."""
         if self.producer is None or self.stopping or self.reloading:
             return
-        if now - self.alive_at > self._silence_limit():
+        silence = self.watchdog.silent(now)
+        if silence is not None:
             log.error("producer stopped answering; killing it", extra={
-                "event": "producer.unresponsive", "silent_s": round(now - self.alive_at, 1),
-                "held": self.alive_held})
+                "event": "producer.unresponsive", "silent_s": round(silence, 1),
+                "held": self.watchdog.held})
             procs.kill_session(self.producer.process.pid)
-            self.alive_at = now  # once; its sentinel drives the restart
-
-    def _silence_limit(self) -> float:
-        return self.settings.node_expiry * 0.8 if self.alive_held else PRODUCER_HANG_S
 
     def _sweep_orphans(self) -> None:
         """Kill and reap children of ours that are not stages and left our session: jobs'
