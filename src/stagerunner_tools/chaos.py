@@ -14,7 +14,8 @@ C consumers, a 1 s heartbeat and a 3 s lease (the defaults); node 2 C-1 consumer
 and 2 s; node 3 C-2 consumers, 1.5 s and 5 s. For N seconds it:
 
 - enqueues R tasks a second, a mix of ``ok``, ``flaky`` (raises sometimes), ``sleepy``
-  (sleeps past its deadline), ``crash`` (``os._exit``) and, rarely, ``killer`` (SIGKILLs its
+  (sleeps past its deadline), ``crash`` (``os._exit``), ``slow`` (alive for about a second:
+  a frozen or rescued node is likely to hold one) and, rarely, ``killer`` (SIGKILLs its
   own consumer half of the time);
 - every 0.3-1.7 s injects a fault (``chaos_faults``: kill, terminate, freeze, notify,
   lock, migrate, pg-restart), each kind once first, then at random by weight.

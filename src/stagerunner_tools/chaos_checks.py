@@ -71,11 +71,12 @@ def check_tasks(rows: dict[int, dict[str, Any]], keys: dict[int, str], kinds: di
 
 
 def status_misfit(kind: str | None, r: dict[str, Any], runs: list[Run]) -> bool:
-    lost_out = r["status"] == "error" and "lost" in (r["error_head"] or "")
+    head = r["error_head"] or ""  # lost runs that ended it (a quarantine, say)
+    lost_out = r["status"] == "error" and ("lost" in head or "quarantined" in head)
     status = r["status"]
     return ((status == "success" and not any(x.ended for x in runs))
             or (kind in ("crash", "sleepy") and status == "success")
-            or (kind == "ok" and status not in ("success", "waiting") and not lost_out)
+            or (kind in ("ok", "slow") and status not in ("success", "waiting") and not lost_out)
             or (kind == "crash" and status == "timeout"))
 
 
