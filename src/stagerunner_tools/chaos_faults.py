@@ -164,9 +164,17 @@ class Faults:
                 return ""
             kind = self.rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0]
         self.timeline.append((time.time(), kind))
-        if getattr(self, "_" + kind.replace("-", "_"))():
+        done = getattr(self, "_" + kind.replace("-", "_"))()
+        if done:
             self.counts[kind] += 1
+        self.note(f"{kind} {'done' if done else 'skipped'}")
         return kind
+
+    def note(self, what: str) -> None:
+        """A line in the work directory's faults.log (kept with the node logs on a FAIL)."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        with open(self.workdir / "faults.log", "a") as f:
+            f.write(f"{stamp}.{int(time.time() % 1 * 1000):03d}Z {what}\n")
 
     def awake(self) -> list[ChaosNode]:
         return [n for n in self.nodes if n.alive() and not n.frozen]
@@ -203,11 +211,13 @@ class Faults:
                    "forker": [f for c in consumers for f in procfs.children(c)]}[stage]
         if not targets:
             return False
+        victim = self.rng.choice(targets)
         try:
-            os.kill(self.rng.choice(targets), signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             return False
         self.kills[stage] += 1
+        self.note(f"  SIGKILL {stage} {victim} of {node.name}")
         return True
 
     # terminate -------------------------------------------------------------------------
@@ -225,6 +235,7 @@ class Faults:
         seconds = self.rng.uniform(0.5, 2.0) * node.expiry
         seen = stop_tree(node.process)
         node.frozen = True
+        self.note(f"  SIGSTOP {node.name} for {seconds:.1f} s: {sorted(seen)}")
         self.details["frozen processes"] += len(seen)
         if seconds > node.expiry:
             self.details["freeze-past-lease"] += 1
@@ -233,6 +244,7 @@ class Faults:
             assert node.process is not None
             cont_tree(node.process, seen)
             node.frozen = False
+            self.note(f"thaw {node.name}")
 
         self.pending.append(Pending("freeze", time.monotonic() + seconds, thaw))
         return True
@@ -284,6 +296,7 @@ class Faults:
             conn.close()
 
         self.details[f"lock {how}"] += 1
+        self.note(f"  {how} for {seconds:.1f} s")
         self.pending.append(Pending("lock", time.monotonic() + seconds, release))
         return True
 
@@ -305,6 +318,7 @@ class Faults:
                                     stderr=subprocess.STDOUT)
         self.details["migrate forced"] += forced
         self.migration = Migration(proc, log_path, forced, time.monotonic())
+        self.note(f"  migrate {n} (forced={forced}), pid {proc.pid}")
         return True
 
     def _migration_done(self, wait: bool) -> None:
@@ -336,6 +350,7 @@ class Faults:
         except Exception as exc:
             self.problems.append(f"pg-restart failed: {exc}")
             return False
+        self.note(f"  pg-restart took {took:.2f} s")
         self.details["pg-restart max ms"] = max(self.details["pg-restart max ms"], int(took * 1000))
         self.admin.drop()
         self.hostile.drop()
