@@ -42,6 +42,10 @@ EXIT_FAILED = 1
 STOP_GRACE_S = 15.0
 SWEEP_S = 2.0
 PRODUCER_HANG_S = 10.0  # silent this long while holding nothing: stuck, kill it
+# A consumer exits 0 on its own only once its producer went away; the producer's own exit
+# (a SIGKILL, a fence) may become reapable a little after that consumer's: wait this long
+# for it, so that its death restarts everyone instead of counting as a consumer crash.
+ORPHAN_WAIT_S = 1.0
 
 
 @dataclass
@@ -194,6 +198,8 @@ class Supervisor:
 
     def _reap(self, now: float) -> None:
         producer = self.producer
+        if producer is not None and self._orphaned() and producer.process.is_alive():
+            producer.process.join(timeout=ORPHAN_WAIT_S)
         if producer is not None and not producer.process.is_alive():
             producer.process.join()
             self._producer_exited(producer.process.exitcode, now)
@@ -204,6 +210,11 @@ class Supervisor:
                 procs.kill_session(stage.process.pid)  # its job children and their groups
                 self.sweep_until = now + SWEEP_S
                 self._consumer_exited(stage, now)
+
+    def _orphaned(self) -> bool:
+        """A consumer left on its own (exit 0) outside a stop: its producer is dying."""
+        return not (self.stopping or self.reloading) and any(
+            not s.process.is_alive() and s.process.exitcode == 0 for s in self.consumers.values())
 
     def _consumer_exited(self, stage: Stage, now: float) -> None:
         if self.stopping or self.reloading or self.exit_code is not None:
