@@ -12,8 +12,9 @@ so that even a short run injects each of them):
 - ``lock``: a transaction holding locks on ``stagerunner.tasks`` for a few seconds (the
   table in SHARE ROW EXCLUSIVE mode, or FOR UPDATE on waiting or on running rows);
 - ``migrate``: ``python -m stagerunner migrate`` in the background; half of the time
-  forced to re-apply the schema (the version row deleted first, as a failed upgrade
-  would leave it), which takes the tasks table's locks with ``lock_timeout`` and retries;
+  forced to re-apply the whole schema (its version row deleted first: the CLI has no
+  flag for a re-run), which takes the tasks table's locks with ``lock_timeout`` and
+  retries behind a held lock;
 - ``pg-restart``: ``pg_ctl restart -m fast`` of the chaos run's private server.
 
 Faults that last (a freeze, a held lock, a migration) are undone by ``tick`` when their
