@@ -197,24 +197,33 @@ class Supervisor:
             procs.kill_session(stage.process.pid)
 
     def _reap(self, now: float) -> None:
-        producer = self.producer
-        if producer is not None and self._orphaned() and producer.process.is_alive():
-            producer.process.join(timeout=ORPHAN_WAIT_S)
-        if producer is not None and not producer.process.is_alive():
-            producer.process.join()
-            self._producer_exited(producer.process.exitcode, now)
+        if self._producer_died(now, wait=False):
+            return  # its death restarted every stage
         for slot, stage in list(self.consumers.items()):
-            if not stage.process.is_alive():
-                stage.process.join()
-                del self.consumers[slot]
-                procs.kill_session(stage.process.pid)  # its job children and their groups
-                self.sweep_until = now + SWEEP_S
-                self._consumer_exited(stage, now)
+            if stage.process.is_alive():
+                continue
+            if stage.process.exitcode == 0 and self._producer_died(now, wait=True):
+                return  # an orphan: the producer's death restarted it with the others
+            stage.process.join()
+            del self.consumers[slot]
+            procs.kill_session(stage.process.pid)  # its job children and their groups
+            self.sweep_until = now + SWEEP_S
+            self._consumer_exited(stage, now)
 
-    def _orphaned(self) -> bool:
-        """A consumer left on its own (exit 0) outside a stop: its producer is dying."""
-        return not (self.stopping or self.reloading) and any(
-            not s.process.is_alive() and s.process.exitcode == 0 for s in self.consumers.values())
+    def _producer_died(self, now: float, wait: bool) -> bool:
+        """Handle the producer's death if it died; with `wait`, first give a dying one
+        ORPHAN_WAIT_S to become reapable (a consumer exits 0 on its own only once its
+        producer went away, and the producer's exit may be reapable a little later)."""
+        producer = self.producer
+        if producer is None:
+            return False
+        if wait and not (self.stopping or self.reloading):
+            producer.process.join(timeout=ORPHAN_WAIT_S)
+        if producer.process.is_alive():
+            return False
+        producer.process.join()
+        self._producer_exited(producer.process.exitcode, now)
+        return True
 
     def _consumer_exited(self, stage: Stage, now: float) -> None:
         if self.stopping or self.reloading or self.exit_code is not None:

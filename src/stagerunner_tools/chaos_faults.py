@@ -168,6 +168,8 @@ class Faults:
         done = getattr(self, "_" + kind.replace("-", "_"))()
         if done:
             self.counts[kind] += 1
+        elif ready and sum(k == kind for _, k in self.timeline) < 3:
+            self.first_round.append(kind)  # not now (no target, a lock not granted): again
         self.note(f"{kind} {'done' if done else 'skipped'}")
         return kind
 

@@ -59,3 +59,13 @@ def test_a_consumer_that_crashed_is_restarted_alone_without_waiting(monkeypatch)
     assert producer.joined == []
     assert (sup.restarts["producer"], sup.restarts["consumer"]) == (0, 1)
     assert started == ["consumer 0"]
+
+
+def test_a_consumer_that_left_while_its_producer_lives_on_is_restarted_after_the_wait(monkeypatch):
+    sup, started = a_supervisor(monkeypatch)
+    producer = Proc(100)  # closed that consumer's pipe and lives on
+    sup.producer = Stage(producer)
+    sup.consumers = {0: Stage(Proc(101, exitcode=0), 0, "default")}
+    sup._reap(now=50.0)
+    assert (sup.restarts["producer"], sup.restarts["consumer"]) == (0, 1)
+    assert producer.joined == [supervisor.ORPHAN_WAIT_S] and started == ["consumer 0"]
