@@ -74,11 +74,12 @@ def _options(name: str, options: dict[str, Any], known: dict[str, Any]) -> tuple
                "max_attempts": spec.max_attempts, "timeout_s": spec.timeout}
     else:
         own = catalog.check_known(name, known) or {}
+    timeout = options.get("timeout") or own.get("timeout_s")
     return (spec, options.get("queue") or own.get("queue") or "default",
             int(options.get("priority", own.get("priority") or 0)),
             int(options.get("max_attempts") or own.get("max_attempts")
                 or registry.MAX_ATTEMPTS_DEFAULT),
-            options.get("timeout") or own.get("timeout_s"))
+            None if timeout is None else float(timeout))  # one type for the timeouts array
 
 
 def _when(options: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -64,6 +64,8 @@ def register(fn: Callable[..., Any], *, name: str | None = None,
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
+    if timeout is not None:  # timeout=10 next to timeout=0.5: one float column, one array type
+        timeout = float(timeout)
     if cron is not None:
         from stagerunner import cron as cron_module
 

@@ -16,7 +16,7 @@ from stagerunner.procs import stat_fields
 from stagerunner_tools.runs import alive_for, mark
 
 RECORD_ENV = "SR_CHAOS_RECORD"  # not STAGERUNNER_*: job children keep it in their environment
-MIX = [("ok", 60), ("flaky", 20), ("sleepy", 8), ("crash", 8), ("killer", 1)]
+MIX = [("ok", 60), ("flaky", 20), ("sleepy", 8), ("crash", 8), ("killer", 1), ("slow", 5)]
 
 
 def _record(key: str, event: str) -> None:
@@ -35,6 +35,15 @@ def _live(key: str, seconds: float) -> None:
 def ok(key: str) -> str:
     _record(key, "start")
     _live(key, random.uniform(0.0, 0.1))
+    _record(key, "end")
+    return key
+
+
+@task(timeout=10)
+def slow(key: str) -> str:
+    """Alive for a second or so: a node frozen or rescued is likely to hold one."""
+    _record(key, "start")
+    _live(key, random.uniform(0.5, 1.5))
     _record(key, "end")
     return key
 

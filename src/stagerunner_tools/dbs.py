@@ -28,6 +28,14 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return make_conninfo(**{k: v for k, v in info.items() if v is not None})
 
 
+def with_user(dsn: str, user: str) -> str:
+    """The same server and database as another role (no password: trust or its own)."""
+    info = conninfo_to_dict(dsn)
+    info["user"] = user
+    info.pop("password", None)
+    return make_conninfo(**{k: v for k, v in info.items() if v is not None})
+
+
 def dbname_of(dsn: str) -> str:
     return str(conninfo_to_dict(dsn)["dbname"])
 

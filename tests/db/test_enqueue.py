@@ -153,3 +153,23 @@ def test_concurrent_enqueues_of_one_unique_key_make_one_row(db, connect):
 def test_default_connection_comes_from_the_environment(get_task):
     task_id = tests.tasks.ok.enqueue()
     assert get_task(task_id)["status"] == "waiting"
+
+
+def _ten_seconds() -> None:
+    pass
+
+
+def test_integer_and_float_timeouts_mix_in_one_enqueue_and_in_the_catalog(conn, get_task):
+    """`@task(timeout=10)` next to `@task(timeout=0.5)`: one array parameter of one type
+    (psycopg refuses a list of ints and floats), for the INSERT and for the catalog a node
+    publishes at start."""
+    from stagerunner import catalog, registry
+
+    spec = registry.register(_ten_seconds, name="tests.db.ten_seconds", timeout=10)
+    custom = registry.lookup("custom.name")
+    assert custom is not None and custom.timeout == 0.5
+    ids = stagerunner.enqueue_many([("tests.db.ten_seconds", []), ("custom.name", [])], conn=conn)
+    assert [get_task(i)["timeout_s"] for i in ids] == [10.0, 0.5]
+    catalog.publish(conn, "node-1", [spec, custom])
+    found = dict(conn.execute("SELECT name, timeout_s FROM stagerunner.task_catalog").fetchall())
+    assert (found["tests.db.ten_seconds"], found["custom.name"]) == (10.0, 0.5)

@@ -13,6 +13,14 @@ def test_registered_tasks_resolve_by_their_stable_name():
     assert (spec.max_attempts, spec.timeout, spec.priority) == (5, 0.5, 3)
 
 
+def test_an_integer_timeout_is_kept_as_a_float():
+    def whole_seconds() -> None:
+        pass
+
+    spec = registry.register(whole_seconds, name="tests.unit.whole_seconds", timeout=10)
+    assert spec.timeout == 10.0 and type(spec.timeout) is float
+
+
 @pytest.mark.parametrize("name, reason", [
     ("os:system", "unknown task"),
     ("builtins:eval", "unknown task"),
