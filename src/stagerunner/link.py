@@ -119,12 +119,8 @@ class Link:
         return False
 
     def close(self) -> None:
-        for c in (self.conn, self.listen):
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:
-                    pass
+        store.close_quietly(self.conn)
+        store.close_quietly(self.listen)
         self.conn = self.listen = None
 
     def leased(self, sent: float, left_s: float) -> float:

@@ -60,9 +60,5 @@ class Pruner:
         return deleted
 
     def _close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-            self.conn = None
+        store.close_quietly(self.conn)
+        self.conn = None

@@ -82,6 +82,15 @@ GUARDS = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepaliv
 SERVER_TIMEOUTS = {"options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
 
 
+def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection that may already be broken; a failure to close changes nothing."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
 def connect_guarded(dsn: str, *, pooled: bool = False) -> psycopg.Connection[Any]:
     """A connection for long-lived stages (the producer, the metrics server)."""
     if pooled:

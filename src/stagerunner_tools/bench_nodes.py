@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stagerunner import store
 from stagerunner_tools import dbs, procfs
 from stagerunner_tools.nodes import NodeProcess, node_env
 from stagerunner_tools.stats import kib_to_mib, median
@@ -40,11 +41,7 @@ class BenchDB:
         return dbs.connect_retrying(self.dsn, application_name=BENCH_APP)
 
     def drop(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
+        store.close_quietly(self.conn)
         dbs.drop_database(self.admin_dsn, self.name)
 
     def backends(self) -> list[int]:

@@ -38,6 +38,7 @@ from typing import Any
 
 import psycopg
 
+from stagerunner import store
 from stagerunner_tools import dbs, procfs
 from stagerunner_tools.nodes import ROOT, NodeProcess
 from stagerunner_tools.pgserver import PrivatePG
@@ -88,11 +89,7 @@ class Link:
             return default
 
     def drop(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
+        store.close_quietly(self.conn)
         self.conn = None
 
 
