@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stagerunner import cpus
 from stagerunner.errors import ConfigError
+from stagerunner.logs import redact
 
 PREFIX = "STAGERUNNER_"
 # Four consumers per usable CPU (affinity and cgroup quota: see cpus.py): a consumer spends
@@ -234,22 +234,9 @@ def normalize_dsn(dsn: str, variable: str) -> str:
     except Exception:
         hint = (" (in a URL, percent-encode the password: '%' as %25, a space as %20, "
                 "'@' as %40, '/' as %2F)" if sep else "")
-        raise ConfigError(f"{variable}={redact_dsn(normalized)!r} is not a valid PostgreSQL "
+        raise ConfigError(f"{variable}={redact(normalized)!r} is not a valid PostgreSQL "
                           f"URL or key=value string{hint}") from None
     return normalized
-
-
-def redact_dsn(dsn: str) -> str:
-    """A DSN as it may be shown: the password (of a URL or a key=value string) masked,
-    even when the DSN does not parse."""
-    scheme, sep, rest = dsn.partition("://")
-    if sep:
-        authority, slash, path = rest.partition("/")
-        userinfo, at, host = authority.rpartition("@")
-        if at and ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        return f"{scheme}{sep}{userinfo}{at}{host}{slash}{path}"
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", r"\1***", dsn, flags=re.I)
 
 
 def field_env_names() -> dict[str, str]:

@@ -52,6 +52,16 @@ def test_passwords_are_redacted(text):
     assert "hunter2" not in redact(text)
 
 
+@pytest.mark.parametrize("text", [
+    "postgresql://u:hun@ter2@db/app",  # a stray '@' (the DSN does not parse)
+    "postgresql://u:hun ter2@db/app failed",  # a stray space
+    "connection to postgres://u:hun%ter2@db failed: x@y",
+    "host=db password='hun\\'ter2' user=x",  # an escaped quote
+])
+def test_passwords_that_break_their_dsn_are_redacted_whole(text):
+    assert "ter2" not in redact(text)
+
+
 def test_arguments_must_be_json():
     assert to_json("t", [1, "a", None, {"k": [True]}]) == '[1, "a", null, {"k": [true]}]'
     assert to_json("t", (1, 2)) == "[1, 2]"
