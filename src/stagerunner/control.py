@@ -52,21 +52,12 @@ class Control:
         return None
 
     def alive(self, held: int, stats: Stats) -> None:
-        if not self.open:
-            return
-        try:
-            self.pipe.send_bytes(encode(Alive(held, stats.to_wire())))
-        except OSError:
-            self.open = False
+        self._send(Alive(held, stats.to_wire()))
 
     def died(self, deaths: list[tuple[int, bool]]) -> None:
         """Tell the supervisor which consumers died with a job running in them."""
         for slot, running in deaths:
-            if self.open:
-                try:
-                    self.pipe.send_bytes(encode(Died(slot, running)))
-                except OSError:
-                    self.open = False
+            self._send(Died(slot, running))
 
     def replace(self, slots: list[int]) -> None:
         """Ask for new consumers in these slots (once each until they are attached again)."""
@@ -75,4 +66,13 @@ class Control:
                 self.replacing.add(slot)
                 log.warning("consumer stopped answering; asking for its replacement", extra={
                     "event": "consumer.silent", "slot": slot})
-                self.pipe.send_bytes(encode(Replace(slot, "silent past its job deadline")))
+                self._send(Replace(slot, "silent past its job deadline"))
+
+    def _send(self, message: Alive | Died | Replace) -> None:
+        """To the supervisor while it listens; a broken pipe means it went away (the next
+        read says Stop)."""
+        if self.open:
+            try:
+                self.pipe.send_bytes(encode(message))
+            except OSError:
+                self.open = False
