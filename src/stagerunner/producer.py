@@ -85,7 +85,6 @@ class Producer:
         self.done = False
         self.retired = False
         self.registered = False  # our owner row exists and holds a lease
-        self.cancels_unknown = False  # a cancel notification came: ask the database
         self.maintenance.start(self.wakeups, time.monotonic())
         self.wakeups.schedule("alive", 0.0)
 
@@ -162,11 +161,11 @@ class Producer:
             self._disconnected(exc)
             return
         for channel, payload in notes:
-            self.cancels_unknown |= self.wakeups.notified(channel, payload)
+            self.wakeups.notified(channel, payload)
 
     def _check_cancels(self, conn: psycopg.Connection[Any]) -> None:
         held = [c.task.id for c in self.ledger.held()]
-        self.cancels_unknown = False
+        self.wakeups.cancels_known = True
         for task_id in store.find_cancelled(conn, owner=self.config.owner, ids=held):
             self.dispatcher.cancel(task_id)
 
@@ -179,9 +178,7 @@ class Producer:
         try:
             # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
             claimed = False
-            if self.wakeups.resync:  # polling, without NOTIFY: ask what it would have said
-                self.wakeups.resync, self.cancels_unknown = False, True
-            if self.cancels_unknown:
+            if not self.wakeups.cancels_known:  # a cancel notified, a poll or a reconnect
                 self._check_cancels(conn)
             if not self.stopping:
                 claimed = self._claim(conn, now)
@@ -275,7 +272,6 @@ class Producer:
         if released:
             log.warning("claims whose result never reached us were handed back", extra={
                 "event": "task.released", "count": len(released)})
-        self.cancels_unknown = True  # a cancel sent while we were away was not heard
         self.wakeups.reconnected()
 
     def _disconnected(self, exc: Exception) -> None:

@@ -31,7 +31,7 @@ class Wakeups:
     next_due: float | None = None
     timers: dict[str, float] = field(default_factory=dict)
     polling: bool = False  # no LISTEN: each poll also stands for the notifications missed
-    resync: bool = False  # a poll fired while polling: ask which of our tasks were cancelled
+    cancels_known: bool = True  # False: ask the database which of our tasks were cancelled
 
     def __post_init__(self) -> None:
         self.wanted = set(self.queues)
@@ -44,21 +44,21 @@ class Wakeups:
             self.next_poll = now + self.poll_interval
             self._everything_may_be_due()
             if self.polling:  # before this poll's claim: a pause would have been notified
-                self.pauses_known = False
-                self.resync = True
+                self.pauses_known = self.cancels_known = False
         if self.next_due is not None and now >= self.next_due:
             self.next_due = None
             self._everything_may_be_due()
 
-    def notified(self, channel: str, payload: str) -> bool:
+    def notified(self, channel: str, payload: str) -> None:
         """A notification, a hint to wake up and never an order: anyone who can connect
-        may send one, with any payload. True for a cancel (ask the database which of our
-        tasks really have one requested); a queue name we do not serve is ignored."""
+        may send one, with any payload. A cancel makes us ask the database which of our
+        tasks really have one requested; a queue name we do not serve is ignored."""
+        if channel == "stagerunner_cancel":
+            self.cancels_known = False
         if channel == "stagerunner_queues":
             self.pauses_changed()
         if channel in ("stagerunner_queues", "stagerunner_tasks"):
             self.tasks_notified(payload.split(","))
-        return channel == "stagerunner_cancel"
 
     def tasks_notified(self, queues: Iterable[str]) -> None:
         """Work arrived in (or came back to) these queues; names we do not serve are ignored."""
@@ -68,8 +68,8 @@ class Wakeups:
         self.pauses_known = False
 
     def reconnected(self) -> None:
-        """Anything may have happened while we were away."""
-        self.pauses_known = False
+        """Anything may have happened while we were away (a cancel sent then was not heard)."""
+        self.pauses_known = self.cancels_known = False
         self._everything_may_be_due()
 
     def set_paused(self, paused: Iterable[str]) -> None:
