@@ -126,7 +126,7 @@ def _connect(settings: Any) -> psycopg.Connection[Any]:
     from stagerunner import database, migrations
 
     db = database.open_database(settings)
-    conn = store.connect(db.dsn, pooled=settings.pool_mode == "transaction")
+    conn = store.connect(db.dsn, pooled=settings.pooled)
     migrations.check_schema(conn)
     return conn
 

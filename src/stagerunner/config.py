@@ -186,6 +186,11 @@ class Settings(BaseSettings):
             return ""  # an empty conninfo makes libpq read PG* itself
         return None
 
+    @property
+    def pooled(self) -> bool:
+        """The DSN is a transaction-pooling PgBouncer (see ``store.connect``)."""
+        return self.pool_mode == "transaction"
+
     def listen_dsn(self) -> str | None:
         """A direct connection for LISTEN (STAGERUNNER_LISTEN_DATABASE_URL), if set."""
         if self.listen_database_url is None:

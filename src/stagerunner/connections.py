@@ -44,12 +44,10 @@ def dsn() -> str:
 
 
 def _kwargs() -> dict[str, Any]:
-    from stagerunner import config
+    from stagerunner import config, store
 
     kwargs: dict[str, Any] = {"autocommit": True, "application_name": "stagerunner-app"}
-    if config.load().pool_mode == "transaction":  # no prepared statements through PgBouncer
-        kwargs["prepare_threshold"] = None
-    return kwargs
+    return store.connect_kwargs(config.load().pooled, kwargs)
 
 
 def pool() -> Any:

@@ -29,7 +29,7 @@ def producer_config(s: Settings, dsn: str, owner: str, replaces: tuple[str, ...]
         heartbeat_interval=s.heartbeat_interval, node_expiry=s.node_expiry,
         max_job_timeout=s.max_job_timeout, replaces=replaces,
         periodic=cron, log_level=s.log_level, log_format=s.log_format,
-        fault=s.fault, listen_dsn=s.listen_dsn(), pooled=s.pool_mode == "transaction",
+        fault=s.fault, listen_dsn=s.listen_dsn(), pooled=s.pooled,
         # the producer imports the task modules only when one of them has a lost hook
         hook_modules=tuple(s.task_modules) if hooks.registered("lost") else ())
 

@@ -64,9 +64,13 @@ def connect(dsn: str, *, pooled: bool = False, **kwargs: Any) -> psycopg.Connect
     prepares a statement on the server after its 5th run; the next run could then land on
     a server connection that never saw it, so preparing is off (each statement is then
     planned anew: see the README for what that costs)."""
-    if pooled:
-        kwargs["prepare_threshold"] = None
-    return psycopg.connect(dsn, autocommit=True, application_name="stagerunner", **kwargs)
+    return psycopg.connect(dsn, autocommit=True, application_name="stagerunner",
+                           **connect_kwargs(pooled, kwargs))
+
+
+def connect_kwargs(pooled: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` for a connection, with prepared statements off through a pooler."""
+    return {**kwargs, "prepare_threshold": None} if pooled else kwargs
 
 
 # A peer that stops answering must surface as an error within seconds, not hang the

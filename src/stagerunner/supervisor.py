@@ -48,7 +48,7 @@ class Supervisor:
     def __init__(self, settings: Settings, dsn: str) -> None:
         self.settings = settings
         self.dsn = dsn
-        self.pooled = settings.pool_mode == "transaction"
+        self.pooled = settings.pooled
         self.ctx = procs.context(settings.process_library)
         self.slots = list(enumerate(stages.slot_queues(settings.queue_consumers())))
         self.producer: Stage | None = None
