@@ -174,7 +174,17 @@ def sign_in(browser: Any, web: Web, token: str = TOKEN) -> None:
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    return eventually(check, timeout=timeout, interval=0.2)
+    """`eventually` for a page: while a form posts or a live refresh swaps a list in, the
+    element a check reads may be missing or replaced for a moment; that is "not yet"."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def settled() -> Any:
+        try:
+            return check()
+        except (NoSuchElementException, StaleElementReferenceException) as exc:
+            raise AssertionError(f"page not settled: {exc.msg}") from None
+
+    return eventually(settled, timeout=timeout, interval=0.2)
 
 
 _JSON = {"args", "result", "errors", "info"}
