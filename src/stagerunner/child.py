@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import struct
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ HEADER = struct.Struct(">I")
 # and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
 ERROR_MAX_CHARS = 64 * 1024
 
+_OK_NONE = ["ok", "null"]
 Resolver = Callable[[str], Any]  # a task name -> its registry.Spec (or a bare function)
 
 
@@ -54,6 +56,9 @@ class Limits:
 def frame(payload: bytes) -> bytes:
     """A length-prefixed message, as both pipes of a job child carry them."""
     return HEADER.pack(len(payload)) + payload
+
+
+_OK_NONE_FRAME = frame(json.dumps(_OK_NONE).encode())
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -109,7 +114,13 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
         reply = run_job(resolve(job[1]), job[2], limits.result_max_bytes)
         running.leave()
         _flush_std()
-        write_all(result_w, frame(json.dumps(reply).encode()))
+        write_all(result_w, _encode(reply))
+
+
+def _encode(reply: list[Any]) -> bytes:
+    if reply == _OK_NONE:  # most tasks return None: no JSON encoder built in the child
+        return _OK_NONE_FRAME
+    return frame(json.dumps(reply).encode())
 
 
 def prepare_parent() -> None:
@@ -149,8 +160,6 @@ def read_job(job_r: int) -> list[Any] | None:
 def _std_streams_on_fds() -> None:
     """print() in a job goes to fds 1 and 2, even where the parent had sys.stdout elsewhere
     (a test harness capturing output): only fds 0-2 survive into the child."""
-    import sys
-
     for name, fd in (("stdout", 1), ("stderr", 2)):
         stream = getattr(sys, name)
         try:
@@ -162,8 +171,6 @@ def _std_streams_on_fds() -> None:
 
 
 def _flush_std() -> None:
-    import sys
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -27,14 +27,14 @@ class JobContext:
     started_at: datetime | None = None  # when this run started (in the job child)
 
     @classmethod
-    def from_job(cls, job: list[object]) -> JobContext:
+    def from_job(cls, job: list[object], started: float | None = None) -> JobContext:
         """From the job pipe's message: [id, name, args, attempt, max_attempts, queue,
-        enqueued_at, deadline] (times as epoch seconds)."""
+        enqueued_at, deadline] (times as epoch seconds), started at `started` (epoch)."""
         id_, name, _args, attempt, max_attempts, queue, enqueued, deadline = (
             [*job, None, None, None, None, None][:8])
         return cls(int(id_), str(name), int(attempt or 0), int(max_attempts or 1),  # type: ignore[call-overload]
                    str(queue or "default"), _utc(enqueued), _utc(deadline),
-                   datetime.now(timezone.utc))
+                   _utc(started) or datetime.now(timezone.utc))
 
     @classmethod
     def from_task(cls, task: Any) -> JobContext:
@@ -47,7 +47,10 @@ class JobContext:
         return self.attempt >= self.max_attempts
 
 
-_current: list[JobContext] = []
+# A job child's running job, as the job message and its start (epoch seconds) until a
+# job asks for its context: most never do, and building it (three datetimes) in every
+# child would write, and so copy, pages shared with the fork helper.
+_current: list[JobContext | tuple[list[object], float]] = []
 
 
 def _utc(epoch: object) -> datetime | None:
@@ -60,7 +63,10 @@ def current() -> JobContext:
     """The running job's context; RuntimeError outside a job."""
     if not _current:
         raise RuntimeError("stagerunner.current() is only available inside a running job")
-    return _current[-1]
+    top = _current[-1]
+    if not isinstance(top, JobContext):
+        top = _current[-1] = JobContext.from_job(*top)
+    return top
 
 
 def active() -> bool:
@@ -68,8 +74,9 @@ def active() -> bool:
     return bool(_current)
 
 
-def enter(ctx: JobContext) -> None:
-    _current.append(ctx)
+def enter(job: list[object], started: float) -> None:
+    """A job starts: the job pipe's message, and when (epoch seconds)."""
+    _current.append((job, started))
 
 
 def leave() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 __all__ = ["Connection", "context", "recv_handle", "send_handle", "wait"]
 
 _PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _libc: Any = None
@@ -189,8 +190,11 @@ def become_subreaper() -> None:
 
 
 def die_with_parent(expected_parent: int) -> None:
-    """SIGKILL this process when its parent dies (and close the race if it already has)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    """SIGKILL this process when its parent dies (and close the race if it already has).
+    Called in every job child: the call is direct, with a plain int, because each Python
+    frame and enum lookup there writes pages the child shares with the fork helper."""
+    _load_libc()
+    _libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
     if os.getppid() != expected_parent:
         os._exit(1)
 

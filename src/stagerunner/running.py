@@ -13,10 +13,11 @@ the consumer when a task module has one, so children do not pay for it).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+import time
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 from stagerunner import context, hooks, logs, retry
@@ -29,9 +30,8 @@ def prepare() -> None:
 
 def enter(job: list[Any]) -> None:
     """A job starts: its context and the fields its log records carry."""
-    ctx = context.JobContext.from_job(job)
-    context.enter(ctx)
-    logs.job_fields(task_id=ctx.id, attempt=ctx.attempt)
+    context.enter(job, time.time())
+    logs.job_fields(task_id=job[0], attempt=job[3])
 
 
 def leave() -> None:
@@ -49,7 +49,7 @@ def call(target: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """Call the task (a registry.Spec, or a bare function); await it if it is async."""
     func: Callable[..., Any] = getattr(target, "func", target)
     value = func(*args, **kwargs)
-    if inspect.iscoroutine(value):
+    if isinstance(value, CoroutineType):
         import asyncio
 
         value = asyncio.run(value)
@@ -78,6 +78,8 @@ def finished(value: Any, max_bytes: int) -> list[Any]:
 
 
 def _result(value: Any, max_bytes: int) -> list[Any]:
+    if value is None:  # most tasks: no encoder built in the child for it
+        return ["ok", "null"]
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:

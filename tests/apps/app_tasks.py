@@ -46,6 +46,7 @@ def whoami() -> dict[str, Any]:
             "max_attempts": ctx.max_attempts, "queue": ctx.queue,
             "enqueued_at": ctx.enqueued_at.isoformat() if ctx.enqueued_at else None,
             "deadline": ctx.deadline.isoformat() if ctx.deadline else None,
+            "started_at": ctx.started_at.isoformat() if ctx.started_at else None,
             "now": time.time()}
 
 

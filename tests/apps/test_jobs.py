@@ -55,6 +55,9 @@ def test_a_job_knows_its_context(node, conn, db, get_task):
     assert datetime.fromisoformat(seen["enqueued_at"]) == row["created_at"].astimezone(timezone.utc)
     deadline = datetime.fromisoformat(seen["deadline"]).timestamp()
     assert 0.5 < deadline - seen["now"] <= 1.0  # the default 1 s deadline, counted from the start
+    started = datetime.fromisoformat(seen["started_at"])  # when this run began, in UTC
+    assert started.tzinfo == timezone.utc and row["created_at"] <= started
+    assert 0 <= seen["now"] - started.timestamp() < 0.5 and deadline - started.timestamp() <= 1.0
 
 
 def test_current_outside_a_job_says_so():
