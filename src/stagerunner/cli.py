@@ -138,12 +138,14 @@ def refusal(command: str, platform: str) -> str | None:
 
 
 def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
-    from stagerunner import admin
-
     node: dict[str, Callable[[Any, argparse.Namespace], int]] = {
         "run": cmd_run, "migrate": cmd_migrate, "schema": cmd_schema, "enqueue": cmd_enqueue,
         "demo": cmd_demo, "web": cmd_web, "healthcheck": cmd_healthcheck}
-    return node.get(command) or admin.COMMANDS[command]
+    if command in node:
+        return node[command]
+    from stagerunner import admin  # the operator commands: a node does not pay for them
+
+    return admin.COMMANDS[command]
 
 
 def cmd_run(settings: Any, args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ reading a process's children from /proc. Stdlib only: consumers and fork helpers
 it, and what they import is paid on every fork.
 
 Stages are started with the stdlib ``multiprocessing`` (the default) or ``multiprocess``
-(STAGERUNNER_PROCESS_LIBRARY=multiprocess), always with the ``spawn`` start method: a
-stage starts as a fresh interpreter, so a consumer does not carry the supervisor's
+(STAGERUNNER_PROCESS_LIBRARY=multiprocess), with the ``spawn`` start method (but for a
+node's first producer: see supervisor): a consumer does not carry the supervisor's
 pydantic and psycopg pages into every fork of a job child, and never inherits a
 database socket. On the pipes every message is bytes (``send_bytes``), so the per-job
 path is the same whichever library started the stage; why the stdlib is the default is
@@ -36,11 +36,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 _libc: Any = None
 
 
-def context(library: str = "multiprocessing") -> Any:
-    """The spawn context of the chosen library."""
+def context(library: str = "multiprocessing", method: str = "spawn") -> Any:
+    """The chosen library's context: spawn (fork only for a node's first producer)."""
     if library not in ("multiprocess", "multiprocessing"):
         raise ValueError(f"unknown process library {library!r}")
-    return importlib.import_module(library).get_context("spawn")
+    return importlib.import_module(library).get_context(method)
 
 
 def wait_rw(readers: list[Any], writers: list[Any], timeout: float | None

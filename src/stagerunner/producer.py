@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import context, faults, hooks, logs, procs, registry, store
+from stagerunner import context, faults, hooks, logs, procs, registry, signals, store
 from stagerunner.completer import FLUSH_AFTER_S, Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
@@ -314,10 +314,14 @@ class Producer:
                                                         "buffered": len(self.completer.pending)})
 
 
-def main(control: Any, config: ProducerConfig, parent: int) -> None:
-    """Entry point of the producer process (spawned by the supervisor)."""
+def main(control: Any, config: ProducerConfig, parent: int, drop: tuple[int, ...] = ()) -> None:
+    """Entry point of the producer process (`drop`: see ``spawn.start_producer``)."""
     os.setsid()
     procs.die_with_parent(parent)
+    if drop:  # the supervisor's objects holding these stay alive in the frames below ours
+        signals.forget()  # until we _exit: none of them closes a reused number later
+        for fd in drop:
+            procs.close_fd(fd)
     logs.set_title(f"stagerunner: producer node={config.node} owner={config.owner}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -38,3 +38,11 @@ class Wakeup:
         got = set(self.r.recv(64))
         stops = [s for s in STOP if s in got]
         return stops[0] if stops else (RELOAD if RELOAD in got else None)
+
+
+def forget() -> None:
+    """In a process forked from the supervisor after ``Wakeup.install``: its handlers and
+    its wake-up fd are not ours, and a signal to us must never wake its loop."""
+    signal.set_wakeup_fd(-1)
+    for sig in (*STOP, RELOAD):
+        signal.signal(sig, signal.SIG_DFL)

@@ -24,10 +24,14 @@ class Stage:
     queue: str = ""
 
 
-def start_producer(ctx: Any, config: ProducerConfig) -> tuple[Stage, Any]:
-    """The producer and our end of its control pipe."""
+def start_producer(ctx: Any, config: ProducerConfig, forked: bool = False) -> tuple[Stage, Any]:
+    """The producer and our end of its control pipe. With `forked` (`ctx` a fork context)
+    it closes every fd that is ours, listed before the fork: not the pipe by which the
+    library tells its death, whose write end it must hold."""
+    ours_before = _open_fds() - {0, 1, 2} if forked else set()
     ours, theirs = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=producer.main, args=(theirs, config, os.getpid()),
+    drop = tuple(sorted((ours_before | {ours.fileno()}) - {theirs.fileno()})) if forked else ()
+    process = ctx.Process(target=producer.main, args=(theirs, config, os.getpid(), drop),
                           name="stagerunner-producer", daemon=False)
     process.start()
     theirs.close()
@@ -49,3 +53,15 @@ def start_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str]
         pass  # the producer is dying; its restart restarts this consumer too
     producer_end.close()
     return Stage(process, config.slot, config.queue)
+
+
+def _open_fds() -> set[int]:
+    """Our open fds (not the one that listed them: it is closed by the time of fstat)."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+            found.add(int(name))
+        except OSError:
+            pass
+    return found

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -81,16 +82,18 @@ class Supervisor:
         return self.exit_code
 
     def start(self) -> None:
-        """The node's services and every stage. What belongs to the whole process (the
+        """Every stage, then the node's services. What belongs to the whole process (the
         subreaper, signal handlers, its title) is run()'s, so tests can drive a supervisor
         in their own process with start(), step() and stop()."""
+        # The stages first, while this process has no thread: the first producer is forked
+        # from it (see _start_producer), and forking beside a running thread is unsafe.
+        self._start_stages(replaces=(), first=True)
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
                            self._snapshot, pooled=self.pooled).start()
         if self.settings.retention > 0 or self.settings.failed_retention > 0:
             Pruner(self.dsn, self.settings.retention, self.settings.failed_retention,
                    pooled=self.pooled).start()
-        self._start_stages(replaces=())
         log.info("node started", extra={"event": "node.started", "node": self.settings.node_name,
                                         "owner": self.owner, "consumers": len(self.slots),
                                         "queues": ",".join(sorted(self.settings.queue_consumers()))})
@@ -134,16 +137,22 @@ class Supervisor:
 
     # Starting -------------------------------------------------------------------------
 
-    def _start_stages(self, replaces: tuple[str, ...]) -> None:
-        self._start_producer(replaces)
+    def _start_stages(self, replaces: tuple[str, ...], first: bool = False) -> None:
+        self._start_producer(replaces, first)
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
 
-    def _start_producer(self, replaces: tuple[str, ...]) -> None:
+    def _start_producer(self, replaces: tuple[str, ...], first: bool = False) -> None:
+        """On the node's first start the producer is forked from us: it needs what we have
+        imported already (psycopg, the runtime), and a spawned one spends ~0.15-0.3 s on its
+        interpreter and imports before the node's first claim. Restarts and reloads spawn it:
+        a reload must import the hook modules anew, and by then our threads run."""
         self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
         config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
                                         self.periodic)
-        self.producer, self.control = start_producer(self.ctx, config)
+        fork = first and threading.active_count() == 1
+        ctx = procs.context(self.settings.process_library, "fork") if fork else self.ctx
+        self.producer, self.control = start_producer(ctx, config, forked=fork)
         self.watchdog.alive(time.monotonic(), 0)
 
     def _start_consumer(self, slot: int, queue: str) -> None:

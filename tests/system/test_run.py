@@ -190,3 +190,56 @@ def test_tasks_that_keep_killing_their_consumer_are_quarantined_and_the_node_car
     wait_all(conn, [ok], timeout=30)
     assert get_task(ok)["status"] == "success"
     assert node.proc.poll() is None and "too many restarts" not in node.log()
+
+
+def _fd_targets(pid):
+    """What the process's fds above 2 point at (socket:[inode], pipe:[inode], paths)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if int(fd) > 2:
+            try:
+                found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def _cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _maps(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, start_node):
+    """A node's first producer is forked from the supervisor (it shares its imports: the
+    pydantic the supervisor loaded is mapped in it), yet it holds none of the
+    supervisor's fds, and its signals are its own: a SIGHUP kills it (its default), the
+    node restarts it by spawning a fresh one, and the node itself does not reload."""
+    node = start_node(consumers=1)
+    producer, _ = node.wait_stages(1)
+    assert "pydantic_core" in _maps(producer)
+    shared = _fd_targets(producer) & _fd_targets(node.proc.pid)
+    # only the pipes by which the library tells the producer's death (a pipe's two ends
+    # read the same); no socket of the supervisor's: its signal wake-up, its control end
+    assert not [t for t in shared if not t.startswith("pipe:")], shared
+    assert len(shared) <= 2
+    before = _cpu_s(node.proc.pid)
+    time.sleep(1.0)
+    assert _cpu_s(node.proc.pid) - before < 0.2  # the supervisor sleeps: no sentinel fires
+    os.kill(producer, signal.SIGHUP)
+
+    def respawned():
+        new, consumers = node.stages()
+        return new not in (None, producer) and len(consumers) == 1 and new
+
+    new = eventually(respawned, timeout=20)
+    assert not node.events("node.reloading")
+    assert any("stage=producer" in line for line in node.events("stage.restarted"))
+    assert "pydantic_core" not in _maps(new)  # restarts spawn: a reload imports anew
+    [tid] = enqueue_many(conn, "tests.tasks:add", [[1, 2]])
+    wait_all(conn, [tid])
