@@ -113,12 +113,14 @@ class Consumer:
             return
         forker = self._forker()
         fds = [self.conn.fileno(), forker.fileno()]
-        timeout = None
+        wake = [forker.sweep_due(now)]  # monotonic times; None: nothing to wake for
         if self.job is not None:
             fds += self.job.fds()
-            timeout = max(0.0, self.job.deadline - now)
+            wake.append(self.job.deadline)
             if self.queue:
-                timeout = min(timeout, max(0.0, self.job.started + self.config.return_after_s - now))
+                wake.append(self.job.started + self.config.return_after_s)
+        times = [t for t in wake if t is not None]
+        timeout = max(0.0, min(times) - now) if times else None
         writing = [self.outbox.fileno()] if self.outbox.pending else []
         ready, writable, _ = select.select(fds, writing, [], timeout)
         if writable:
@@ -265,7 +267,7 @@ class Consumer:
         if not keep_child:
             self._retire_child()  # done with it (if not killed already); the helper kills
         else:                     # strays as it reaps it
-            self._forker().sweep()  # a reused child lives on: kill what its job left behind
+            self._forker().sweep(time.monotonic())  # a reused child lives on: its job's strays
         if self.spare is None and not self.stopping:
             self._forker().request()  # forked now, while the next task is on its way
 

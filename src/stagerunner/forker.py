@@ -48,6 +48,7 @@ _EXIT = struct.Struct(">ii")
 _REAP_POLL_S = 0.05  # how often killed children are reaped while some are still dying
 _REPLY_TIMEOUT_S = 10.0  # a helper that does not answer in this long is stuck or gone
 _CHILDREN_READ = 1 << 16  # bytes of /proc's children list read per sweep
+_SWEEP_GAP_S = 0.1  # with child reuse, what a job left behind is killed at most this late
 
 
 class ForkerGone(Exception):
@@ -66,6 +67,8 @@ class Forker:
         self.ready: list[ChildHandle] = []
         self.statuses: dict[int, int] = {}
         self.max_reply = 1 << 30
+        self.swept_at = float("-inf")
+        self.sweep_at = 0.0  # a sweep is owed from then on (0: none is)
 
     @classmethod
     def start(cls, limits: Limits, resolve: Resolver, name: str = "", title: str = "") -> Forker:
@@ -106,8 +109,20 @@ class Forker:
             self._receive()
         return self.statuses.pop(child.pid)
 
-    def sweep(self) -> None:
-        self._send(b"S")
+    def sweep(self, now: float) -> None:
+        """Have strays killed (after a job of a reused child): now, or, if a sweep went out
+        within _SWEEP_GAP_S, when ``sweep_due`` says. A reused child can end thousands of
+        jobs a second, and each sweep wakes the helper to read /proc."""
+        if not self.sweep_at:
+            self.sweep_at = max(now, self.swept_at + _SWEEP_GAP_S)
+        self.sweep_due(now)
+
+    def sweep_due(self, now: float) -> float | None:
+        """Send the owed sweep if it is due; when the owed one is due (None: none is)."""
+        if self.sweep_at and now >= self.sweep_at:
+            self._send(b"S")
+            self.swept_at, self.sweep_at = now, 0.0
+        return self.sweep_at or None
 
     def fileno(self) -> int:
         return self.sock.fileno()

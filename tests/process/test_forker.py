@@ -118,7 +118,7 @@ def test_a_reused_child_keeps_running_jobs_and_a_sweep_leaves_it_alone(tmp_path)
         for i in range(2):
             child.send(Task(i, 1, "tests.tasks:add", f"[{i}, 1]"))
             assert reply_of(child) == ["ok", str(i + 1)]
-            forker.sweep()
+            forker.sweep(time.monotonic())
         forker.take()  # a round trip after the sweeps
         assert pid_alive(child.pid)
         forker.kill(child)
@@ -137,9 +137,34 @@ def test_a_sweep_kills_what_a_job_of_a_reused_child_left_behind(tmp_path):
         reply = reply_of(child)
         daemon = int(reply[1])
         assert reply[0] == "ok" and pid_alive(daemon) and ppid_of(daemon) == forker.pid
-        forker.sweep()
+        forker.sweep(time.monotonic())
         eventually(lambda: not pid_alive(daemon), timeout=5)
         assert pid_alive(child.pid)  # the reused child itself is kept
+        forker.kill(child)
+    finally:
+        forker.close()
+
+
+def test_sweeps_after_jobs_of_a_reused_child_go_out_at_most_every_tenth_of_a_second(tmp_path):
+    limits = Limits(modules=("tests.tasks",), child_reuse=3)
+    forker = Forker.start(limits, resolve, "t3")
+    try:
+        child = forker.take()
+        daemons = []
+        for i in range(2):
+            child.send(Task(i, 1, "tests.tasks:daemonize", f'["{tmp_path / str(i)}"]'))
+            reply = reply_of(child)
+            daemons.append(int(reply[1]))
+            forker.sweep(time.monotonic())
+        first, second = daemons
+        eventually(lambda: not pid_alive(first), timeout=5)  # the first sweep went at once
+        due = forker.sweep_due(time.monotonic())  # the second is owed, not sent yet
+        assert due is not None and pid_alive(second)
+        while forker.sweep_due(time.monotonic()) is not None:
+            time.sleep(0.01)
+        assert time.monotonic() >= due
+        eventually(lambda: not pid_alive(second), timeout=5)
+        assert forker.sweep_due(time.monotonic()) is None and pid_alive(child.pid)
         forker.kill(child)
     finally:
         forker.close()
