@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,6 +29,12 @@ log = logging.getLogger(__name__)
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TABLE_CACHE_S = 1.0
 EXACT_BELOW_ROWS = 100_000  # finished rows are counted exactly below this, estimated above
+
+
+@cache
+def _bucket_keys(queue: str) -> tuple[str, ...]:
+    """A queue's histogram keys, one per bound, formatted once (not on every outcome)."""
+    return tuple(f"{queue}\t{bound}" for bound in BUCKETS_S)
 
 
 @dataclass
@@ -47,9 +55,8 @@ class Stats:
     def observe(self, queue: str, status: str, runtime_ms: float) -> None:
         self.outcomes[f"{queue}\t{status}"] += 1
         seconds = runtime_ms / 1000
-        for bound in BUCKETS_S:
-            if seconds <= bound:
-                self.runtime_buckets[f"{queue}\t{bound}"] += 1
+        for key in _bucket_keys(queue)[bisect_left(BUCKETS_S, seconds):]:  # every bound >= it
+            self.runtime_buckets[key] += 1
         self.runtime_sum[queue] += seconds
         self.runtime_count[queue] += 1
 
