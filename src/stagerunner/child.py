@@ -28,6 +28,7 @@ HEADER = struct.Struct(">I")
 ERROR_MAX_CHARS = 64 * 1024
 
 _OK_NONE = ["ok", "null"]
+_WARM_JOB = '[0, "", "[]", 0, 1, "", 0.0, 0.0]'  # a job message's shape, for _warm_up
 Resolver = Callable[[str], Any]  # a task name -> its registry.Spec (or a bare function)
 
 
@@ -106,6 +107,7 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
                title: str) -> None:
     """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
     prepare_child(parent, limits, title)
+    _warm_up()
     for _ in range(limits.child_reuse):
         job = read_job(job_r)
         if job is None:
@@ -121,6 +123,16 @@ def _encode(reply: list[Any]) -> bytes:
     if reply == _OK_NONE:  # most tasks return None: no JSON encoder built in the child
         return _OK_NONE_FRAME
     return frame(json.dumps(reply).encode())
+
+
+def _warm_up() -> None:
+    """While the child waits for its job: write the pages that the start of a job writes
+    first (in CPython, reference counts and allocator pages it shares with the fork
+    helper), so that their copy-on-write faults are taken now, not between the job's
+    arrival and the task's first line (~70 faults, 0.1-0.2 ms here)."""
+    running.enter(json.loads(_WARM_JOB))
+    arguments.unpack(json.loads("[]"))
+    running.leave()
 
 
 def prepare_parent() -> None:
