@@ -318,8 +318,8 @@ def main(control: Any, config: ProducerConfig, parent: int, drop: tuple[int, ...
     """Entry point of the producer process (`drop`: see ``spawn.start_producer``)."""
     os.setsid()
     procs.die_with_parent(parent)
-    if drop:  # the supervisor's objects holding these stay alive in the frames below ours
-        signals.forget()  # until we _exit: none of them closes a reused number later
+    if drop:  # forked: the supervisor's objects holding these are never used here, and
+        signals.forget()  # stay alive below us until we _exit (none closes a reused number)
         for fd in drop:
             procs.close_fd(fd)
     logs.set_title(f"stagerunner: producer node={config.node} owner={config.owner}")

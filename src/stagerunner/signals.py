@@ -33,6 +33,10 @@ class Wakeup:
     def fileno(self) -> int:
         return self.r.fileno()
 
+    def fds(self) -> tuple[int, int]:
+        """Both ends: a stage forked from the supervisor closes them."""
+        return self.r.fileno(), self.w.fileno()
+
     def read(self) -> int | None:
         """The signal that arrived: a stop wins over a reload; None if nothing did."""
         got = set(self.r.recv(64))

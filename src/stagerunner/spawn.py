@@ -24,13 +24,14 @@ class Stage:
     queue: str = ""
 
 
-def start_producer(ctx: Any, config: ProducerConfig, forked: bool = False) -> tuple[Stage, Any]:
-    """The producer and our end of its control pipe. With `forked` (`ctx` a fork context)
-    it closes every fd that is ours, listed before the fork: not the pipe by which the
-    library tells its death, whose write end it must hold."""
-    ours_before = _open_fds() - {0, 1, 2} if forked else set()
+def start_producer(ctx: Any, config: ProducerConfig,
+                   forked_drop: tuple[int, ...] | None = None) -> tuple[Stage, Any]:
+    """The producer and our end of its control pipe. `forked_drop`: `ctx` forks (a node's
+    first start), and the producer closes these fds of ours (our signal wake-up) and our
+    end of its pipe. Other fds it inherits stay open: an object of ours that it might use
+    (a log handler a task module opened) must not find its number reused for a socket."""
     ours, theirs = ctx.Pipe(duplex=True)
-    drop = tuple(sorted((ours_before | {ours.fileno()}) - {theirs.fileno()})) if forked else ()
+    drop = () if forked_drop is None else (*forked_drop, ours.fileno())
     process = ctx.Process(target=producer.main, args=(theirs, config, os.getpid(), drop),
                           name="stagerunner-producer", daemon=False)
     process.start()
@@ -54,14 +55,3 @@ def start_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str]
     producer_end.close()
     return Stage(process, config.slot, config.queue)
 
-
-def _open_fds() -> set[int]:
-    """Our open fds (not the one that listed them: it is closed by the time of fstat)."""
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            os.fstat(int(name))
-            found.add(int(name))
-        except OSError:
-            pass
-    return found

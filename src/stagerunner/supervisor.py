@@ -150,9 +150,11 @@ class Supervisor:
         self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
         config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
                                         self.periodic)
-        fork = first and threading.active_count() == 1
-        ctx = procs.context(self.settings.process_library, "fork") if fork else self.ctx
-        self.producer, self.control = start_producer(ctx, config, forked=fork)
+        if first and threading.active_count() == 1:
+            ctx, drop = procs.context(self.settings.process_library, "fork"), self.signals.fds()
+            self.producer, self.control = start_producer(ctx, config, forked_drop=drop)
+        else:
+            self.producer, self.control = start_producer(self.ctx, config)
         self.watchdog.alive(time.monotonic(), 0)
 
     def _start_consumer(self, slot: int, queue: str) -> None:

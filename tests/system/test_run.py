@@ -218,8 +218,9 @@ def _maps(pid):
 def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, start_node):
     """A node's first producer is forked from the supervisor (it shares its imports: the
     pydantic the supervisor loaded is mapped in it), yet it holds none of the
-    supervisor's fds, and its signals are its own: a SIGHUP kills it (its default), the
-    node restarts it by spawning a fresh one, and the node itself does not reload."""
+    supervisor's sockets (its signal wake-up, its end of the control pipe), and its
+    signals are its own: a SIGHUP kills it (its default), the node restarts it by
+    spawning a fresh one, and the node itself does not reload."""
     node = start_node(consumers=1)
     producer, _ = node.wait_stages(1)
     assert "pydantic_core" in _maps(producer)
