@@ -148,23 +148,26 @@ def test_a_sweep_kills_what_a_job_of_a_reused_child_left_behind(tmp_path):
 def test_sweeps_after_jobs_of_a_reused_child_go_out_at_most_every_tenth_of_a_second(tmp_path):
     limits = Limits(modules=("tests.tasks",), child_reuse=3)
     forker = Forker.start(limits, resolve, "t3")
+
+    def leave_a_daemon(i):
+        child.send(Task(i, 1, "tests.tasks:daemonize", f'["{tmp_path / str(i)}"]'))
+        reply = reply_of(child)
+        assert reply[0] == "ok"
+        return int(reply[1])
+
     try:
         child = forker.take()
-        daemons = []
-        for i in range(2):
-            child.send(Task(i, 1, "tests.tasks:daemonize", f'["{tmp_path / str(i)}"]'))
-            reply = reply_of(child)
-            daemons.append(int(reply[1]))
-            forker.sweep(time.monotonic())
-        first, second = daemons
-        eventually(lambda: not pid_alive(first), timeout=5)  # the first sweep went at once
-        due = forker.sweep_due(time.monotonic())  # the second is owed, not sent yet
-        assert due is not None and pid_alive(second)
-        while forker.sweep_due(time.monotonic()) is not None:
-            time.sleep(0.01)
-        assert time.monotonic() >= due
+        t0 = time.monotonic()  # the forker's clock is the one it is given: no race with ours
+        first = leave_a_daemon(1)
+        forker.sweep(t0)  # none went out before: at once
+        eventually(lambda: not pid_alive(first), timeout=5)
+        second = leave_a_daemon(2)
+        forker.sweep(t0 + 0.05)  # within 0.1 s of the last one: owed, not sent
+        assert forker.sweep_due(t0 + 0.09) == pytest.approx(t0 + 0.1)
+        assert pid_alive(second)
+        assert forker.sweep_due(t0 + 0.1) is None  # due: sent now
         eventually(lambda: not pid_alive(second), timeout=5)
-        assert forker.sweep_due(time.monotonic()) is None and pid_alive(child.pid)
+        assert forker.sweep_due(t0 + 0.2) is None and pid_alive(child.pid)
         forker.kill(child)
     finally:
         forker.close()
