@@ -97,7 +97,7 @@ class Completer:
                 raise
             log.info("unstarted tasks handed back", extra={"event": "task.released",
                                                            "count": len(batch)})
-        if force or self.due(now, FLUSH_AFTER_S, FLUSH_BATCH):
+        if force or self.due(now):
             self.flush(conn)
 
     def add(self, outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0,
@@ -109,9 +109,13 @@ class Completer:
         self.pending.append(finish)
         return finish
 
-    def due(self, now: float, max_age: float, max_batch: int) -> bool:
+    def due(self, now: float) -> bool:
         """Time to write: the batch is full or its oldest outcome waited long enough."""
-        return bool(self.pending) and (len(self.pending) >= max_batch or now - self.since >= max_age)
+        return bool(self.pending) and (len(self.pending) >= FLUSH_BATCH or now >= self.flush_at())
+
+    def flush_at(self) -> float:
+        """When the oldest pending outcome will have waited long enough (monotonic)."""
+        return self.since + FLUSH_AFTER_S
 
     def flush(self, conn: psycopg.Connection[Any]) -> int:
         """Write everything pending. Connection errors propagate with the buffer intact;

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from stagerunner import context, faults, hooks, logs, procs, registry, signals, store
-from stagerunner.completer import FLUSH_AFTER_S, Completer
+from stagerunner.completer import Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
 from stagerunner.dispatcher import Dispatcher
@@ -127,7 +127,7 @@ class Producer:
     def _timeout(self, now: float) -> float:
         extra = [self.link.reconnect_at] if not self.link.up else []
         if self.link.up and self.completer.pending:
-            extra.append(self.completer.since + FLUSH_AFTER_S)
+            extra.append(self.completer.flush_at())
         if self.stopping:
             extra.append(now + 0.1)
         claim_now = self.link.up and not self.stopping and self._hungry()
