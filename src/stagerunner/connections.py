@@ -25,11 +25,12 @@ POOL_MAX = 4
 _pools: dict[Any, Any] = {}
 
 
-def dsn() -> str:
-    """The application's database DSN; ConfigError naming the setting when there is none."""
+def dsn(settings: Any = None) -> str:
+    """The application's database DSN (from `settings`, else the environment's); ConfigError
+    naming the setting when there is none."""
     from stagerunner import config, database
 
-    settings = config.load()
+    settings = settings or config.load()
     found = settings.dsn()
     if found is not None:
         return found
@@ -43,11 +44,13 @@ def dsn() -> str:
         "(STAGERUNNER_DATA_DIR), and none is running there")
 
 
-def _kwargs() -> dict[str, Any]:
+def _pool_args() -> tuple[str, dict[str, Any]]:
+    """A pool's DSN and connection kwargs, from one reading of the settings."""
     from stagerunner import config, store
 
+    settings = config.load()
     kwargs: dict[str, Any] = {"autocommit": True, "application_name": "stagerunner-app"}
-    return store.connect_kwargs(config.load().pooled, kwargs)
+    return dsn(settings), store.connect_kwargs(settings.pooled, kwargs)
 
 
 def pool() -> Any:
@@ -56,7 +59,8 @@ def pool() -> Any:
     if key not in _pools:
         from psycopg_pool import ConnectionPool
 
-        _pools[key] = ConnectionPool(dsn(), min_size=1, max_size=POOL_MAX, kwargs=_kwargs(),
+        conninfo, kwargs = _pool_args()
+        _pools[key] = ConnectionPool(conninfo, min_size=1, max_size=POOL_MAX, kwargs=kwargs,
                                      open=True, name="stagerunner")
     return _pools[key]
 
@@ -69,7 +73,8 @@ async def apool() -> Any:
     if key not in _pools:
         from psycopg_pool import AsyncConnectionPool
 
-        created = AsyncConnectionPool(dsn(), min_size=1, max_size=POOL_MAX, kwargs=_kwargs(),
+        conninfo, kwargs = _pool_args()
+        created = AsyncConnectionPool(conninfo, min_size=1, max_size=POOL_MAX, kwargs=kwargs,
                                       open=False, name="stagerunner-async")
         await created.open()
         _pools[key] = created
