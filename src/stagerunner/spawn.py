@@ -54,4 +54,3 @@ def start_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str]
         pass  # the producer is dying; its restart restarts this consumer too
     producer_end.close()
     return Stage(process, config.slot, config.queue)
-
