@@ -27,7 +27,6 @@ HEADER = struct.Struct(">I")
 # and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
 ERROR_MAX_CHARS = 64 * 1024
 
-_OK_NONE = ["ok", "null"]
 _WARM_JOB = '[0, "", "[]", 0, 1, "", 0.0, 0.0]'  # a job message's shape, for _warm_up
 Resolver = Callable[[str], Any]  # a task name -> its registry.Spec (or a bare function)
 
@@ -59,7 +58,7 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-_OK_NONE_FRAME = frame(json.dumps(_OK_NONE).encode())
+_OK_NONE_FRAME = frame(json.dumps(running.OK_NONE).encode())
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -120,7 +119,7 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
 
 
 def _encode(reply: list[Any]) -> bytes:
-    if reply == _OK_NONE:  # most tasks return None: no JSON encoder built in the child
+    if reply is running.OK_NONE:  # most tasks return None: no JSON encoder in the child
         return _OK_NONE_FRAME
     return frame(json.dumps(reply).encode())
 

@@ -27,14 +27,14 @@ class JobContext:
     started_at: datetime | None = None  # when this run started (in the job child)
 
     @classmethod
-    def from_job(cls, job: list[object], started: float | None = None) -> JobContext:
+    def from_job(cls, job: list[object], started: float) -> JobContext:
         """From the job pipe's message: [id, name, args, attempt, max_attempts, queue,
         enqueued_at, deadline] (times as epoch seconds), started at `started` (epoch)."""
         id_, name, _args, attempt, max_attempts, queue, enqueued, deadline = (
             [*job, None, None, None, None, None][:8])
         return cls(int(id_), str(name), int(attempt or 0), int(max_attempts or 1),  # type: ignore[call-overload]
                    str(queue or "default"), _utc(enqueued), _utc(deadline),
-                   _utc(started) or datetime.now(timezone.utc))
+                   _utc(started))
 
     @classmethod
     def from_task(cls, task: Any) -> JobContext:

@@ -28,6 +28,9 @@ def prepare() -> None:
     logs.route_job_logs()
 
 
+OK_NONE = ["ok", "null"]  # the reply of a task that returned None (never mutated)
+
+
 def enter(job: list[Any]) -> None:
     """A job starts: its context and the fields its log records carry."""
     context.enter(job, time.time())
@@ -79,7 +82,7 @@ def finished(value: Any, max_bytes: int) -> list[Any]:
 
 def _result(value: Any, max_bytes: int) -> list[Any]:
     if value is None:  # most tasks: no encoder built in the child for it
-        return ["ok", "null"]
+        return OK_NONE
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:

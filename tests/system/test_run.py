@@ -8,6 +8,7 @@ import time
 import pytest
 
 from stagerunner_tools.procfs import alive as pid_alive
+from stagerunner_tools.procfs import cpu_ns
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
@@ -204,12 +205,6 @@ def _fd_targets(pid):
     return found
 
 
-def _cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _maps(pid):
     with open(f"/proc/{pid}/maps") as f:
         return f.read()
@@ -229,9 +224,9 @@ def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, 
     # read the same); no socket of the supervisor's: its signal wake-up, its control end
     assert not [t for t in shared if not t.startswith("pipe:")], shared
     assert len(shared) <= 2
-    before = _cpu_s(node.proc.pid)
+    before = cpu_ns([node.proc.pid])[node.proc.pid]
     time.sleep(1.0)
-    assert _cpu_s(node.proc.pid) - before < 0.2  # the supervisor sleeps: no sentinel fires
+    assert cpu_ns([node.proc.pid])[node.proc.pid] - before < 0.2e9  # it sleeps: no sentinel fires
     os.kill(producer, signal.SIGHUP)
 
     def respawned():
