@@ -151,10 +151,7 @@ def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
 def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     import logging
 
-    import psycopg
-
-    from stagerunner import catalog, database, migrations, registry, store, supervisor
-    from stagerunner.logs import redact
+    from stagerunner import procs, registry, spawn, stages
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:
@@ -172,6 +169,23 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
               f"STAGERUNNER_MAX_JOB_TIMEOUT={settings.max_job_timeout:g} s: raise the cap or "
               "lower the task's timeout", file=sys.stderr)
         return EXIT_USAGE
+    # The consumers start now: their interpreters and imports (~0.1 s) overlap ours below
+    # (psycopg, the supervisor) and the schema check; the supervisor attaches them.
+    launched = spawn.launch_consumers(procs.context(settings.process_library),
+                                      stages.consumer_configs(settings),
+                                      settings.job_environment())
+    try:
+        return _run_node(settings, names, launched, log)
+    finally:
+        spawn.abandon(launched)  # those a failed start left unattached
+
+
+def _run_node(settings: Any, names: list[str], launched: dict[int, Any], log: Any) -> int:
+    import psycopg
+
+    from stagerunner import catalog, database, migrations, registry, store, supervisor
+    from stagerunner.logs import redact
+
     try:
         db = database.open_database(settings)
         with store.connect(db.dsn, connect_timeout=10) as conn:
@@ -190,7 +204,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
         log.info("using PostgreSQL", extra={"event": "db.configured", "database": db.describe()})
     log.info("tasks registered", extra={"event": "node.tasks", "count": len(names),
                                         "tasks": ",".join(names)})
-    return supervisor.Supervisor(settings, db.dsn).run()
+    return supervisor.Supervisor(settings, db.dsn, launched).run()
 
 
 def log_derived_defaults(settings: Any) -> None:

@@ -3,18 +3,26 @@
 A consumer's pipe has two ends: one goes to the consumer as it is spawned, the other to
 the producer over the control pipe (``Attach``, then the descriptor itself), so the two
 talk directly and the supervisor never relays work.
+
+On a node's first start the consumers are launched before anything else (``cli``), and
+attached once the producer runs: a consumer spends ~0.1 s starting its interpreter and
+importing, which then overlaps the supervisor's own imports and the schema check. So
+this module does not import psycopg (``producer`` is imported when one is started).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stagerunner import consumer, procs, producer
+from stagerunner import consumer, procs
 from stagerunner.consumer import ConsumerConfig
-from stagerunner.producer import ProducerConfig
 from stagerunner.protocol import Attach, encode
+
+if TYPE_CHECKING:
+    from stagerunner.producer import ProducerConfig
 
 
 @dataclass
@@ -27,9 +35,11 @@ class Stage:
 def start_producer(ctx: Any, config: ProducerConfig,
                    forked_drop: tuple[int, ...] | None = None) -> tuple[Stage, Any]:
     """The producer and our end of its control pipe. `forked_drop`: `ctx` forks (a node's
-    first start), and the producer closes these fds of ours (our signal wake-up) and our
-    end of its pipe. Other fds it inherits stay open: an object of ours that it might use
+    first start), and the producer closes these fds of ours (our signal wake-up, what
+    ``Launched.fds`` names) and our end of its pipe. Other fds it inherits stay open: an object of ours that it might use
     (a log handler a task module opened) must not find its number reused for a socket."""
+    from stagerunner import producer  # psycopg: see the module's docstring
+
     ours, theirs = ctx.Pipe(duplex=True)
     drop = () if forked_drop is None else (*forked_drop, ours.fileno())
     process = ctx.Process(target=producer.main, args=(theirs, config, os.getpid(), drop),
@@ -39,18 +49,57 @@ def start_producer(ctx: Any, config: ProducerConfig,
     return Stage(process), ours
 
 
-def start_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str],
-                   control: Any, producer_pid: int) -> Stage:
+@dataclass
+class Launched:
+    """A consumer started before its producer: its producer end waits here for ``attach``."""
+
+    stage: Stage
+    producer_end: Any
+
+    def fds(self) -> tuple[int, ...]:
+        """Ours that a producer forked before ``attach`` must not keep: the pipe end it
+        gets its own copy of, and the consumer's death sentinel."""
+        return (self.producer_end.fileno(), self.stage.process.sentinel)
+
+
+def launch_consumers(ctx: Any, configs: Iterable[ConsumerConfig], environment: dict[str, str]
+                     ) -> dict[int, Launched]:
+    return {c.slot: launch_consumer(ctx, c, environment) for c in configs}
+
+
+def launch_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str]) -> Launched:
     theirs, producer_end = ctx.Pipe(duplex=True)
     process = ctx.Process(target=consumer.main,
                           args=(theirs, config, os.getpid(), environment),
                           name=f"stagerunner-consumer-{config.slot}", daemon=False)
     process.start()
     theirs.close()
+    return Launched(Stage(process, config.slot, config.queue), producer_end)
+
+
+def attach(launched: Launched, control: Any, producer_pid: int) -> Stage:
+    """Hand the consumer's pipe to the producer (``Attach``, then the descriptor)."""
+    stage = launched.stage
+    assert stage.slot is not None  # a consumer's stage
     try:
-        control.send_bytes(encode(Attach(config.slot, config.queue, process.pid)))
-        procs.send_handle(control, producer_end.fileno(), producer_pid)
+        control.send_bytes(encode(Attach(stage.slot, stage.queue, stage.process.pid)))
+        procs.send_handle(control, launched.producer_end.fileno(), producer_pid)
     except OSError:
         pass  # the producer is dying; its restart restarts this consumer too
-    producer_end.close()
-    return Stage(process, config.slot, config.queue)
+    launched.producer_end.close()
+    return stage
+
+
+def start_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str],
+                   control: Any, producer_pid: int) -> Stage:
+    return attach(launch_consumer(ctx, config, environment), control, producer_pid)
+
+
+def abandon(launched: dict[int, Launched]) -> None:
+    """Kill consumers launched for a start that failed before their producer ran (no
+    schema, no database). They hold no task and have said nothing worth hearing."""
+    for item in launched.values():
+        procs.kill_session(item.stage.process.pid)
+        item.stage.process.join(timeout=5)
+        item.producer_end.close()
+    launched.clear()

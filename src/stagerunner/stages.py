@@ -1,20 +1,29 @@
 """What each stage is started with, worked out from the node's settings (pure): the
 producer's and a consumer's configuration, and the periodic tasks the producer enqueues.
 The supervisor starts the processes; this module only decides their arguments.
+
+A node's consumers are launched before psycopg is imported (see ``spawn``), so the
+producer's side (``producer``, ``scheduler``) is imported only when it is asked for.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from stagerunner import hooks, registry
 from stagerunner.child import Limits
 from stagerunner.config import Settings
 from stagerunner.consumer import ConsumerConfig
-from stagerunner.producer import ProducerConfig
-from stagerunner.scheduler import Periodic
+
+if TYPE_CHECKING:
+    from stagerunner.producer import ProducerConfig
+    from stagerunner.scheduler import Periodic
 
 
 def periodic(settings: Settings) -> tuple[Periodic, ...]:
     """The @task(cron=...) tasks of the node's task modules."""
+    from stagerunner.scheduler import Periodic
+
     return tuple(
         Periodic(spec.name, spec.cron or "", spec.queue, spec.priority,
                  spec.max_attempts or registry.MAX_ATTEMPTS_DEFAULT, spec.timeout)
@@ -23,6 +32,8 @@ def periodic(settings: Settings) -> tuple[Periodic, ...]:
 
 def producer_config(s: Settings, dsn: str, owner: str, replaces: tuple[str, ...],
                     cron: tuple[Periodic, ...]) -> ProducerConfig:
+    from stagerunner.producer import ProducerConfig
+
     return ProducerConfig(
         dsn=dsn, owner=owner, node=s.node_name,
         queues=tuple(sorted(s.queue_consumers())), poll_interval=s.poll_interval,
@@ -43,6 +54,11 @@ def consumer_config(s: Settings, slot: int, queue: str) -> ConsumerConfig:
                           window=s.window())
 
 
-def slot_queues(counts: dict[str, int]) -> list[str]:
-    """The queue of each consumer slot, in slot order."""
-    return [queue for queue, n in sorted(counts.items()) for _ in range(n)]
+def consumer_configs(s: Settings) -> list[ConsumerConfig]:
+    return [consumer_config(s, slot, queue) for slot, queue in slots(s)]
+
+
+def slots(s: Settings) -> list[tuple[int, str]]:
+    """Each consumer slot and its queue, in slot order."""
+    queues = [queue for queue, n in sorted(s.queue_consumers().items()) for _ in range(n)]
+    return list(enumerate(queues))

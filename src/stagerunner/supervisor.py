@@ -33,7 +33,7 @@ from stagerunner.producer import EXIT_FENCED
 from stagerunner.protocol import Alive, Died, ProtocolError, Replace, Stop, decode, encode
 from stagerunner.pruner import Pruner
 from stagerunner.restarts import Restarts
-from stagerunner.spawn import Stage, start_consumer, start_producer
+from stagerunner.spawn import Launched, Stage, attach, start_consumer, start_producer
 from stagerunner.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,14 @@ ORPHAN_WAIT_S = 1.0  # a consumer exited 0: its producer went away, or soon will
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, dsn: str) -> None:
+    def __init__(self, settings: Settings, dsn: str,
+                 launched: dict[int, Launched] | None = None) -> None:
         self.settings = settings
+        self.launched = {} if launched is None else launched  # attached on the first start
         self.dsn = dsn
         self.pooled = settings.pooled
         self.ctx = procs.context(settings.process_library)
-        self.slots = list(enumerate(stages.slot_queues(settings.queue_consumers())))
+        self.slots = stages.slots(settings)
         self.producer: Stage | None = None
         self.control: Any = None
         self.owner = ""
@@ -151,7 +153,8 @@ class Supervisor:
         config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
                                         self.periodic)
         if first and threading.active_count() == 1:
-            ctx, drop = procs.context(self.settings.process_library, "fork"), self.signals.fds()
+            ctx = procs.context(self.settings.process_library, "fork")
+            drop = (*self.signals.fds(), *(fd for c in self.launched.values() for fd in c.fds()))
             self.producer, self.control = start_producer(ctx, config, forked_drop=drop)
         else:
             self.producer, self.control = start_producer(self.ctx, config)
@@ -159,6 +162,10 @@ class Supervisor:
 
     def _start_consumer(self, slot: int, queue: str) -> None:
         assert self.producer is not None
+        if slot in self.launched:  # the first start: launched already (``spawn``)
+            launched = self.launched.pop(slot)
+            self.consumers[slot] = attach(launched, self.control, self.producer.process.pid)
+            return
         config = stages.consumer_config(self.settings, slot, queue)
         self.consumers[slot] = start_consumer(self.ctx, config, self.settings.job_environment(),
                                               self.control, self.producer.process.pid)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, end_embedded_node, eventually, run_cli
+from tests.helpers import ROOT, end_embedded_node, eventually, node_env, run_cli
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -37,6 +37,35 @@ def test_run_refuses_a_database_without_the_schema_and_names_the_fix(empty_db):
     out = run_cli("run", dsn=empty_db)
     assert out.returncode == 3
     assert "python -m stagerunner migrate" in out.stderr
+
+
+# Runs a node as the child of a child subreaper: whatever the node leaves behind when it
+# exits is reparented here, and listed once the stragglers killed with it are reaped.
+_LEFT_BEHIND = """
+import os, subprocess, sys, time
+from stagerunner import procs
+procs.become_subreaper()
+rc = subprocess.call([sys.executable, "-m", "stagerunner"])
+deadline = time.monotonic() + 1.0
+while time.monotonic() < deadline:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    time.sleep(0.05)
+print(rc, procs.children_of(os.getpid()))
+"""
+
+
+def test_a_start_that_fails_after_launching_the_consumers_leaves_none_behind(empty_db):
+    """The consumers start before the schema check (their start overlaps the node's own);
+    when the check fails, nothing they started outlives the node, and they say nothing."""
+    env = node_env(empty_db, consumers="3")
+    out = subprocess.run([sys.executable, "-c", _LEFT_BEHIND], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split(maxsplit=1) == ["3", "[]\n"], (out.stdout, out.stderr)
+    assert "python -m stagerunner migrate" in out.stderr
+    assert "Traceback" not in out.stderr and "consumer" not in out.stderr
 
 
 def test_migrate_then_enqueue_prints_an_id_and_status_counts_it(empty_db):

@@ -2,13 +2,14 @@
 
 import json
 import os
+from collections import Counter
 import signal
 import time
 
 import pytest
 
 from stagerunner_tools.procfs import alive as pid_alive
-from stagerunner_tools.procfs import cpu_ns
+from stagerunner_tools.procfs import cpu_ns, started_at
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
@@ -193,16 +194,20 @@ def test_tasks_that_keep_killing_their_consumer_are_quarantined_and_the_node_car
     assert node.proc.poll() is None and "too many restarts" not in node.log()
 
 
-def _fd_targets(pid):
+def _fd_list(pid):
     """What the process's fds above 2 point at (socket:[inode], pipe:[inode], paths)."""
-    found = set()
+    found = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         if int(fd) > 2:
             try:
-                found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
             except FileNotFoundError:
                 pass
     return found
+
+
+def _fd_targets(pid):
+    return set(_fd_list(pid))
 
 
 def _maps(pid):
@@ -216,14 +221,23 @@ def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, 
     supervisor's sockets (its signal wake-up, its end of the control pipe), and its
     signals are its own: a SIGHUP kills it (its default), the node restarts it by
     spawning a fresh one, and the node itself does not reload."""
-    node = start_node(consumers=1)
-    producer, _ = node.wait_stages(1)
+    node = start_node(consumers=2)
+    producer, consumers = node.wait_stages(2)
     assert "pydantic_core" in _maps(producer)
+    # the consumers were launched first (their start overlaps the supervisor's imports),
+    # and the producer holds its end of each consumer's pipe as received (twice: it reads
+    # through one handle and writes through another), not also the copy it inherited,
+    # which would keep a pipe it drops open
+    assert all(started_at(c) <= started_at(producer) for c in consumers)
+    sockets = Counter(t for t in _fd_list(producer) if t.startswith("socket:"))
+    assert sorted(sockets.values()).count(2) == len(consumers), sockets
+    assert max(sockets.values()) == 2, sockets
     shared = _fd_targets(producer) & _fd_targets(node.proc.pid)
-    # only the pipes by which the library tells the producer's death (a pipe's two ends
-    # read the same); no socket of the supervisor's: its signal wake-up, its control end
+    # only the process library's pipes: the producer's death sentinel (a pipe's two ends
+    # read the same), the one that handed each consumer its arguments, the one to its
+    # resource tracker; no socket of the supervisor's: its signal wake-up, its control end
     assert not [t for t in shared if not t.startswith("pipe:")], shared
-    assert len(shared) <= 2
+    assert len(shared) <= 3 + len(consumers)
     before = cpu_ns([node.proc.pid])[node.proc.pid]
     time.sleep(1.0)
     assert cpu_ns([node.proc.pid])[node.proc.pid] - before < 0.2e9  # it sleeps: no sentinel fires
@@ -231,7 +245,7 @@ def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, 
 
     def respawned():
         new, consumers = node.stages()
-        return new not in (None, producer) and len(consumers) == 1 and new
+        return new not in (None, producer) and len(consumers) == 2 and new
 
     new = eventually(respawned, timeout=20)
     assert not node.events("node.reloading")
