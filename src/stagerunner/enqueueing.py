@@ -48,6 +48,7 @@ def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> st
     known = (yield from catalog.entries(key, foreign)) if foreign else {}
     fixed = _when(options)
     made: dict[str, tuple[Any, ...]] = {}  # per task name: its options, worked out once
+    bound: set[tuple[str, int, tuple[str, ...]]] = set()  # call shapes that fit already
     rows = []
     for name, args in named:
         if name not in made:
@@ -56,7 +57,7 @@ def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> st
         args = [] if args is None else args
         text = to_json(name, args)
         if spec is not None:
-            _check_signature(spec, args)
+            _check_signature(spec, args, bound)
         rows.append(inserts.NewTask(name, text, queue, priority, max_attempts, timeout, *fixed))
     ids = yield from inserts.insert_steps(rows)
     return ids
@@ -93,10 +94,16 @@ def _when(options: dict[str, Any]) -> tuple[Any, Any, Any]:
     return delay, run_at, options.get("unique_key")
 
 
-def _check_signature(spec: registry.Spec, args: Any) -> None:
+def _check_signature(spec: registry.Spec, args: Any, bound: set[Any]) -> None:
+    """Whether a call binds depends on how many positional arguments it has and which
+    keywords, not on their values: each shape is checked once per enqueue call (a bulk
+    enqueue's tasks mostly share one; binding costs ~3 µs)."""
     try:
-        arguments.check(spec.signature, *arguments.unpack(list(args) if isinstance(args, tuple)
-                                                          else args))
+        positional, keywords = arguments.unpack(list(args) if isinstance(args, tuple) else args)
+        shape = (spec.name, len(positional), tuple(keywords))
+        if shape not in bound:
+            arguments.check(spec.signature, positional, keywords)
+            bound.add(shape)
     except TypeError as exc:
         raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None
 
@@ -109,13 +116,18 @@ def to_json(name: str, args: Any) -> str:
         raise NotJSON(f"arguments for {name} must be a list (positional) or an object "
                       f"(keyword arguments), got {type(args).__name__}")
     try:
-        return json.dumps(args, allow_nan=False, default=_refuse)
+        return _ENCODER.encode(args)
     except (TypeError, ValueError) as exc:
         raise NotJSON(f"arguments for {name} are not JSON: {exc}") from None
 
 
 def _refuse(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} value {value!r:.60} is not JSON")
+
+
+# One encoder for every call: json.dumps with options builds a new one each time, ~0.7 µs
+# of a bulk enqueue's ~5 µs of Python per task.
+_ENCODER = json.JSONEncoder(allow_nan=False, default=_refuse)
 
 
 def _name_of(target: Any, function: Any) -> str:

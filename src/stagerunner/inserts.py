@@ -86,6 +86,7 @@ def _staged(tasks: Sequence[NewTask]) -> store.Steps:
     INSERT ... SELECT, in one transaction (so one connection, even through a pooler)."""
     yield store.ATOMIC, {}
     yield "stage_tasks", {}
+    yield "clear_staged_tasks", {}
     yield "copy_staged_tasks", {"rows": [
         (i, t.name, t.args, t.queue, t.priority, t.max_attempts, t.timeout_s, t.delay_s,
          t.run_at) for i, t in enumerate(tasks)]}

@@ -5,7 +5,7 @@ import pytest
 import stagerunner
 import tests.tasks
 from stagerunner import inserts, store
-from stagerunner.errors import NotJSON
+from stagerunner.errors import BadArguments, NotJSON
 
 pytestmark = pytest.mark.db
 
@@ -84,6 +84,16 @@ def test_a_large_enqueue_is_staged_with_copy_in_input_order_with_every_option(co
     assert other.execute("SELECT count(*) FROM stagerunner.tasks").fetchone()[0] == before
     again = stagerunner.enqueue_many([("tests.tasks:ok", [])] * n, conn=other)
     assert len(again) == n and len(set(again)) == n
+    # two in one transaction of the caller's: the second stages only its own rows
+    with other.transaction():
+        first = stagerunner.enqueue_many([("tests.tasks:add", [1, i]) for i in range(n)], conn=other)
+        second = stagerunner.enqueue_many([("tests.tasks:add", [2, i]) for i in range(n)], conn=other)
+    assert len(set(first) | set(second)) == 2 * n
+    assert [get_task(second[i])["args"] for i in (0, n - 1)] == [[2, 0], [2, n - 1]]
+    assert other.execute("SELECT count(*) FROM stagerunner.tasks WHERE id = ANY(%s)",
+                         [first + second]).fetchone()[0] == 2 * n
+    # the staging table keeps nothing between transactions
+    assert other.execute("SELECT count(*) FROM pg_temp.stagerunner_staged_tasks").fetchone()[0] == 0
 
 
 def test_a_large_enqueue_with_uniqueness_keys_keeps_the_single_statement(conn, monkeypatch):
@@ -103,6 +113,19 @@ def test_delay_and_run_at_schedule_the_task(conn, get_task):
     fixed = stagerunner.enqueue("tests.tasks:ok", [], conn=conn, run_at=at)
     assert get_task(later)["run_at"] - get_task(later)["created_at"] >= timedelta(seconds=59)
     assert get_task(fixed)["run_at"] == at
+
+
+def test_a_bulk_enqueue_checks_every_call_shape_against_the_signature(conn, statuses):
+    """Each shape of call is bound once per enqueue; a new one, however late, is checked."""
+    good = [("tests.tasks:add", [i, i]) for i in range(inserts.COPY_MIN)]
+    for bad in ([1], {"a": 1, "c": 2}, {"*args": [1], "b": 2, "a": 3}):
+        with pytest.raises(BadArguments) as err:
+            stagerunner.enqueue_many([*good, ("tests.tasks:add", bad)], conn=conn)
+        assert "tests.tasks:add" in str(err.value)
+    ids = stagerunner.enqueue_many([*good, ("tests.tasks:add", {"a": 1, "b": 2}),
+                                    ("tests.tasks:add", {"*args": [1], "b": 2})], conn=conn)
+    assert len(ids) == inserts.COPY_MIN + 2
+    assert statuses() == {"waiting": inserts.COPY_MIN + 2}
 
 
 def test_non_json_arguments_are_refused_before_the_database(conn, statuses):

@@ -1,3 +1,3 @@
-COPY pg_temp.stagerunner_new_tasks
+COPY pg_temp.stagerunner_staged_tasks
     (ord, name, args, queue, priority, max_attempts, timeout_s, delay_s, run_at)
 FROM STDIN

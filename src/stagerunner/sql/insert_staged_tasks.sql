@@ -1,12 +1,8 @@
 -- insert_staged_tasks: (new) -> waiting for every staged row, in the order staged (ids
--- ascend with ord), emptying the staging table in the same statement.
-WITH moved AS (
-    DELETE FROM pg_temp.stagerunner_new_tasks
-    RETURNING *
-)
+-- ascend with ord).
 INSERT INTO stagerunner.tasks (name, args, queue, priority, max_attempts, timeout_s, run_at)
 SELECT name, args, queue, priority, max_attempts, timeout_s,
        coalesce(run_at, now() + make_interval(secs => coalesce(delay_s, 0)))
-FROM moved
+FROM pg_temp.stagerunner_staged_tasks
 ORDER BY ord
 RETURNING id;
