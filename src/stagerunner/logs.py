@@ -24,6 +24,10 @@ _SECRETS = [
 
 
 def redact(text: str) -> str:
+    # Each pattern needs its literal ("://", "password"): a line without both is returned
+    # as it is, ~10x faster than running the patterns (a node logs a line per task).
+    if "://" not in text and "password" not in text.casefold():
+        return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -33,9 +37,16 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{stamp}.{int(record.msecs):03d}Z"
+    global _last_second
+    second = int(record.created)
+    cached = _last_second  # read once: another thread may replace it
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):

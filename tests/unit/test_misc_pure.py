@@ -62,6 +62,18 @@ def test_passwords_that_break_their_dsn_are_redacted_whole(text):
     assert "ter2" not in redact(text)
 
 
+@pytest.mark.parametrize("text", ["PASSWORD=hunter2", "PassWord = hunter2", "paſſword=hunter2"])
+def test_the_password_keyword_is_found_in_any_case(text):
+    """A line is scanned only when it holds '://' or the keyword: in every case the
+    pattern matches (its IGNORECASE folds the long s too)."""
+    assert "hunter2" not in redact(text)
+
+
+def test_a_line_without_a_secret_comes_back_unchanged():
+    line = "2026-11-30T00:45:11.268Z INFO task finished event=task.finished task_id=141"
+    assert redact(line) is line
+
+
 def test_arguments_must_be_json():
     assert to_json("t", [1, "a", None, {"k": [True]}]) == '[1, "a", null, {"k": [true]}]'
     assert to_json("t", (1, 2)) == "[1, 2]"
