@@ -36,8 +36,9 @@ def start_producer(ctx: Any, config: ProducerConfig,
                    forked_drop: tuple[int, ...] | None = None) -> tuple[Stage, Any]:
     """The producer and our end of its control pipe. `forked_drop`: `ctx` forks (a node's
     first start), and the producer closes these fds of ours (our signal wake-up, what
-    ``Launched.fds`` names) and our end of its pipe. Other fds it inherits stay open: an object of ours that it might use
-    (a log handler a task module opened) must not find its number reused for a socket."""
+    ``Launched.fds`` names) and our end of its pipe. Other fds it inherits stay open: an
+    object of ours that it might use (a log handler a task module opened) must not find
+    its number reused for a socket."""
     from stagerunner import producer  # psycopg: see the module's docstring
 
     ours, theirs = ctx.Pipe(duplex=True)
