@@ -2,9 +2,9 @@
 
 import json
 import os
-from collections import Counter
 import signal
 import time
+from collections import Counter
 
 import pytest
 
