@@ -148,9 +148,11 @@ def test_a_notify_wakes_the_producer_long_before_the_poll(conn, start_node, get_
 
 def test_a_scheduled_task_runs_when_due_not_before(conn, start_node, get_task):
     start_node(poll_interval=60)
-    [tid] = enqueue_many(conn, "tests.tasks:ok", [[]])
-    conn.execute("UPDATE stagerunner.tasks SET run_at = now() + interval '1.5 seconds' WHERE id = %s", [tid])
-    conn.execute("NOTIFY stagerunner_tasks, 'default'")
+    # scheduled as it is inserted: a row inserted due and pushed back after would race a
+    # node whose consumers are ready to claim it at once
+    tid = conn.execute("INSERT INTO stagerunner.tasks (name, args, run_at) VALUES "
+                       "('tests.tasks:ok', '[]', now() + interval '1.5 seconds') "
+                       "RETURNING id").fetchone()[0]
     time.sleep(1.0)
     assert get_task(tid)["status"] == "waiting"
     eventually(lambda: get_task(tid)["status"] == "success", timeout=3)

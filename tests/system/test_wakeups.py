@@ -43,11 +43,12 @@ def test_a_retry_runs_when_its_backoff_ends_not_at_the_next_poll(conn, start_nod
 def test_a_delayed_task_runs_when_due(conn, start_node):
     start_node(**SLOW_POLL)
     for _ in range(5):  # the race between the claim and the next due time was per claim
-        [task] = insert_rows(conn, "tests.tasks:ok", [[]])
-        conn.execute("UPDATE stagerunner.tasks SET run_at = now() + interval '0.7 seconds' "
-                     "WHERE id = %s", [task])
-        conn.execute("NOTIFY stagerunner_tasks, 'default'")
+        task = conn.execute("INSERT INTO stagerunner.tasks (name, args, run_at) VALUES "
+                            "('tests.tasks:ok', '[]', now() + interval '0.7 seconds') "
+                            "RETURNING id").fetchone()[0]
         wait_terminal(conn, [task], timeout=5)
+        row = rows(conn, [task])[task]
+        assert row["status"] == "success" and row["claimed_at"] >= row["run_at"]
 
 
 def test_tasks_handed_back_by_a_stopping_node_start_at_once_on_another(conn, start_node,
