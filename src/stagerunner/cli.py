@@ -151,7 +151,7 @@ def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
 def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     import logging
 
-    from stagerunner import procs, registry, spawn, stages
+    from stagerunner import procs, registry, spawn, stages  # no psycopg yet: see spawn
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:

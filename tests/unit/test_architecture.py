@@ -50,6 +50,14 @@ def test_consumers_never_import_psycopg_or_pydantic():
     assert "pydantic" not in loaded
 
 
+def test_a_node_launches_its_consumers_before_it_imports_psycopg():
+    """cli.cmd_run launches the consumers with what spawn and stages need, so that the
+    consumers' start overlaps the supervisor's import of psycopg (and the schema check)."""
+    loaded = _modules_after("import stagerunner.cli, stagerunner.config, stagerunner.procs, "
+                            "stagerunner.registry, stagerunner.spawn, stagerunner.stages")
+    assert "psycopg" not in loaded
+
+
 def test_task_modules_importing_stagerunner_stay_lean():
     loaded = _modules_after("import stagerunner, stagerunner.client, stagerunner.registry, tests.tasks")
     heavy = {"psycopg", "pydantic", "psycopg_pool", "asyncio", "sqlalchemy", "django"}
