@@ -80,11 +80,10 @@ class Producer:
             Scheduler(config.periodic) if config.periodic else None,
             config.heartbeat_interval)
         self.stats = Stats()
-        self.stopping = False
+        self.stopping = self.done = self.retired = False
         self.stop_deadline = 0.0
-        self.done = False
-        self.retired = False
         self.registered = False  # our owner row exists and holds a lease
+        self.told_held = 0  # the tasks held, as the supervisor last heard
         self.maintenance.start(self.wakeups, time.monotonic())
         self.wakeups.schedule("alive", 0.0)
 
@@ -177,11 +176,9 @@ class Producer:
             return
         try:
             # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
-            claimed = False
             if not self.wakeups.cancels_known:  # a cancel notified, a poll or a reconnect
                 self._check_cancels(conn)
-            if not self.stopping:
-                claimed = self._claim(conn, now)
+            claimed = not self.stopping and self._claim(conn, now)
             self._write_back(conn, now, force=self.stopping or claimed)
             self._services(conn, now)
         except psycopg.Error as exc:
@@ -235,6 +232,8 @@ class Producer:
             if claimed:
                 faults.hit(self.config.fault, "producer", "after_claim")
             self.dispatcher.dispatch(queue, claimed, now)
+            if claimed and not self.told_held:  # the watch is tighter on a producer holding
+                self._tell_alive(time.monotonic(), force=True)  # tasks: before a query hangs
             if len(claimed) < limit:
                 w.drained(queue)  # nothing more due for now; NOTIFY, poll or timer wakes it
                 # counted from now, after the answer: never before the task is due
@@ -280,14 +279,15 @@ class Producer:
 
     # Silence, stop -------------------------------------------------------------------
 
-    def _tell_alive(self, now: float) -> None:
+    def _tell_alive(self, now: float, force: bool = False) -> None:
         """The supervisor kills a producer that stops saying this (stuck on a dead socket)."""
-        if self.wakeups.due("alive", now):
+        if force or self.wakeups.due("alive", now):
             self.wakeups.schedule("alive", now + self.config.heartbeat_interval / 2)
             st = self.stats
             st.credits, st.consumers = self.ledger.credits(), len(self.dispatcher.pipes)
             st.consumer_deaths, st.connected = self.dispatcher.deaths, self.link.up
-            self.control.alive(len(self.ledger.held()), st)
+            self.told_held = len(self.ledger.held())
+            self.control.alive(self.told_held, st)
 
     def _begin_stop(self) -> None:
         if self.stopping:

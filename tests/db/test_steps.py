@@ -97,6 +97,25 @@ def test_producer_step_claims_on_credit_and_writes_the_outcomes(producer, conn, 
     assert status_of(conn, ids[2]) == ("waiting", 0, 0)
 
 
+def test_the_supervisor_hears_at_once_when_the_producer_starts_holding_tasks(producer,
+                                                                           insert_task):
+    """Its watchdog kills a silent producer sooner while it holds tasks; a producer that
+    went from holding nothing to holding some says so before its next statement (which
+    may hang), not when its next Alive is due (half a heartbeat, 0.25 s here)."""
+    made, control, consumer = producer
+    step_until(made.step, lambda: control.drain() and control.of(Alive))  # the first one
+    made.wakeups.schedule("alive", time.monotonic() + 60)  # no periodic Alive from here on
+    control.drain()
+    insert_task()
+    consumer.send(Demand(1))
+    step_until(made.step, lambda: consumer.drain() and consumer.of(Batch))
+    assert [a.held for a in control.drain() if isinstance(a, Alive)] == [1]
+    insert_task()
+    consumer.send(Demand(1))  # still holding one: the next claim says nothing new
+    step_until(made.step, lambda: consumer.drain() and len(consumer.of(Batch)) == 2)
+    assert not [m for m in control.drain() if isinstance(m, Alive)]
+
+
 def test_producer_step_reports_a_consumer_death_and_hands_its_task_back(producer, conn,
                                                                         insert_task):
     made, control, consumer = producer
