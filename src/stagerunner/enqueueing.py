@@ -13,8 +13,8 @@ import types
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from stagerunner import arguments, registry
-from stagerunner.errors import BadArguments, NotJSON
+from stagerunner import registry
+from stagerunner.errors import NotJSON
 
 if TYPE_CHECKING:
     from stagerunner import store
@@ -48,7 +48,6 @@ def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> st
     known = (yield from catalog.entries(key, foreign)) if foreign else {}
     fixed = _when(options)
     made: dict[str, tuple[Any, ...]] = {}  # per task name: its options, worked out once
-    bound: set[tuple[str, int, tuple[str, ...]]] = set()  # call shapes that fit already
     rows = []
     for name, args in named:
         if name not in made:
@@ -57,7 +56,7 @@ def steps(key: str, items: list[tuple[Any, Any]], options: dict[str, Any]) -> st
         args = [] if args is None else args
         text = to_json(name, args)
         if spec is not None:
-            _check_signature(spec, args, bound)
+            registry.check_call(spec, list(args) if isinstance(args, tuple) else args)
         rows.append(inserts.NewTask(name, text, queue, priority, max_attempts, timeout, *fixed))
     ids = yield from inserts.insert_steps(rows)
     return ids
@@ -92,20 +91,6 @@ def _when(options: dict[str, Any]) -> tuple[Any, Any, Any]:
     if run_at is not None and not isinstance(run_at, datetime):
         raise TypeError(f"run_at must be a datetime, got {type(run_at).__name__}")
     return delay, run_at, options.get("unique_key")
-
-
-def _check_signature(spec: registry.Spec, args: Any, bound: set[Any]) -> None:
-    """Whether a call binds depends on how many positional arguments it has and which
-    keywords, not on their values: each shape is checked once per enqueue call (a bulk
-    enqueue's tasks mostly share one; binding costs ~3 µs)."""
-    try:
-        positional, keywords = arguments.unpack(list(args) if isinstance(args, tuple) else args)
-        shape = (spec.name, len(positional), tuple(keywords))
-        if shape not in bound:
-            arguments.check(spec.signature, positional, keywords)
-            bound.add(shape)
-    except TypeError as exc:
-        raise BadArguments(f"bad arguments for {spec.name}: {exc}") from None
 
 
 def to_json(name: str, args: Any) -> str:

@@ -181,6 +181,11 @@ def check_arguments(spec: Spec, args_text: str) -> None:
     except (ValueError, RecursionError) as exc:
         raise BadArguments(f"arguments for {spec.name} cannot be decoded: "
                            f"{type(exc).__name__}: {exc}") from None
+    check_call(spec, args)
+
+
+def check_call(spec: Spec, args: Any) -> None:
+    """BadArguments unless decoded arguments (a list, an object) bind to the signature."""
     try:
         arguments.check(spec.signature, *arguments.unpack(args))
     except TypeError as exc:

@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 
 import tests.tasks  # noqa: F401  registers the test tasks
@@ -79,3 +81,29 @@ def test_private_functions_cannot_be_registered():
     with pytest.raises(UnknownTask) as err:
         task(name="t._hidden")(_hidden)
     assert "private" in str(err.value)
+
+
+def test_a_call_shape_that_bound_once_is_not_bound_again_and_hostile_shapes_stay_bounded(
+        monkeypatch):
+    """Binding depends on the shape of a call (positional count, keyword names), so the
+    check remembers shapes that bound; a bad shape is refused every time, and a stream of
+    distinct shapes (hostile rows) does not grow the memory past its cap."""
+    from stagerunner import arguments
+    from stagerunner.errors import BadArguments
+
+    monkeypatch.setattr(arguments, "_BOUND", {})
+    spec = registry.resolve("tests.tasks:add", ["tests.tasks"])
+    registry.check_arguments(spec, "[1, 2]")
+    assert (id(spec.signature), 2, ()) in arguments._BOUND
+    for _ in range(2):
+        with pytest.raises(BadArguments, match="tests.tasks:add"):
+            registry.check_arguments(spec, "[1]")
+    def anything(**kwargs):
+        return kwargs
+
+    signature = inspect.signature(anything)
+    for i in range(2 * arguments._BOUND_MAX):  # every one binds, each a new shape
+        arguments.check(signature, [], {f"k{i}": 1})
+    assert len(arguments._BOUND) == arguments._BOUND_MAX
+    with pytest.raises(TypeError):  # past the cap the check still binds
+        arguments.check(signature, [1], {})
