@@ -23,6 +23,16 @@ def ok() -> str:
 
 
 @task
+def fork_probe() -> dict[str, Any]:
+    """What a job child can tell about the fork that made it: its pid, its random numbers,
+    and that it can install a signal handler, as a main thread can."""
+    import random
+
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    return {"random": random.random(), "pid": os.getpid()}
+
+
+@task
 def echo(*args: Any, **kwargs: Any) -> Any:
     return {"args": list(args), "kwargs": kwargs}
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import arguments, procs, running
+from stagerunner import arguments, forking, procs, running
 from stagerunner.protocol import Task
 
 HEADER = struct.Struct(">I")
@@ -189,14 +189,16 @@ def _flush_std() -> None:
             pass
 
 
-def fork_child(limits: Limits, resolve: Resolver, title: str = "") -> tuple[int, int, int]:
+def fork_child(limits: Limits, resolve: Resolver, title: str = "", bare: bool = False
+               ) -> tuple[int, int, int]:
     """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
-    read end)."""
+    read end). `bare`: see ``forking``."""
     job_r, job_w = os.pipe()
     result_r, result_w = os.pipe()
     parent = os.getpid()
-    pid = procs.fork_running({job_r, result_w},
-                             lambda: child_main(job_r, result_w, parent, limits, resolve, title))
+    pid = forking.fork_running({job_r, result_w},
+                               lambda: child_main(job_r, result_w, parent, limits, resolve, title),
+                               bare)
     try:
         os.setpgid(pid, pid)  # the child does it too; whichever runs first, its group
     except OSError:           # exists before anyone can signal it

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import faults, hooks, logs, procs, registry
+from stagerunner import faults, forking, hooks, logs, procs, registry
 from stagerunner.child import Limits
 from stagerunner.context import JobContext
 from stagerunner.executor import ChildHandle, Ending, Job
@@ -318,6 +318,7 @@ def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(config.log_level, config.log_format, f"consumer-{config.slot}", config.node)
+    forking.watch_hooks()  # before the task modules: which of them register at-fork hooks
     try:
         registry.load(config.limits.modules)
     except Exception:

@@ -32,6 +32,7 @@ exits; it also dies with the consumer (PDEATHSIG), and its children die with it.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -39,10 +40,11 @@ import socket
 import struct
 import time
 
-from stagerunner import logs, procs
+from stagerunner import forking, logs, procs
 from stagerunner.child import Limits, Resolver, fork_child, max_reply, prepare_parent
 from stagerunner.executor import ChildHandle
 
+log = logging.getLogger(__name__)
 _PID = struct.Struct(">i")
 _EXIT = struct.Struct(">ii")
 _REAP_POLL_S = 0.05  # how often killed children are reaped while some are still dying
@@ -77,7 +79,14 @@ class Forker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         consumer = os.getpid()
         helper = ForkHelper(theirs, consumer, limits, resolve, f"sr-job-{name}" if name else "")
-        pid = procs.fork_running({theirs.fileno()}, lambda: helper.run(title))
+        helper.bare = not (blockers := forking.blockers())
+        if blockers:  # once per fork helper: an operator can tell why jobs cost more here
+            log.info("job children forked with os.fork: these modules may have at-fork hooks",
+                     extra={"event": "forker.fork", "fork": "os.fork", "modules": ",".join(blockers)})
+        else:
+            log.info("job children forked bare (no Python at-fork hook needs to run)",
+                     extra={"event": "forker.fork", "fork": "bare"})
+        pid = forking.fork_running({theirs.fileno()}, lambda: helper.run(title))
         theirs.close()
         forker = cls(pid, ours)
         forker.max_reply = max_reply(limits)
@@ -193,6 +202,7 @@ class ForkHelper:
         self.dying: dict[int, bool] = {}  # released, not reaped -> report its status
         self.children_fd = -1
         self.done = False
+        self.bare = False  # fork job children without Python's at-fork hooks (``forking``)
 
     def run(self, title: str) -> None:
         procs.die_with_parent(self.consumer)
@@ -244,7 +254,7 @@ class ForkHelper:
             self._reap(wait_for=pid if kind == b"W" else None)  # dead already when W asks
 
     def _fork(self) -> int:
-        pid, job_w, result_r = fork_child(self.limits, self.resolve, self.job_title)
+        pid, job_w, result_r = fork_child(self.limits, self.resolve, self.job_title, self.bare)
         try:
             socket.send_fds(self.sock, [b"C" + _PID.pack(pid)], [job_w, result_r])
         finally:

@@ -1,5 +1,5 @@
 """Process helpers that every stage shares: the process library that spawns stages, the
-prctl knobs, forking a clean child, killing process groups and sessions, reaping, and
+prctl knobs, killing process groups and sessions, reaping, and
 reading a process's children from /proc. Stdlib only: consumers and fork helpers import
 it, and what they import is paid on every fork.
 
@@ -199,24 +199,6 @@ def die_with_parent(expected_parent: int) -> None:
         os._exit(1)
 
 
-# Forking -----------------------------------------------------------------------------
-
-def fork_running(keep_fds: set[int], body: Callable[[], object]) -> int:
-    """Fork a process that holds only fds 0-2 and `keep_fds`, runs `body` and exits
-    (0, or 70 if it raised); never returns in the child. The child's pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            close_fds_except({0, 1, 2, *keep_fds})
-            body()
-        except BaseException:
-            code = 70
-        finally:
-            os._exit(code)
-    return pid
-
-
 def close_fd(fd: int) -> None:
     """Close `fd` if it is one (-1 is "already closed"); errors are of no interest."""
     if fd >= 0:
@@ -224,16 +206,6 @@ def close_fd(fd: int) -> None:
             os.close(fd)
         except OSError:
             pass
-
-
-def close_fds_except(keep: set[int]) -> None:
-    top = os.sysconf("SC_OPEN_MAX")
-    low = 0
-    for fd in sorted(keep):
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, top)
 
 
 # Killing and reaping -------------------------------------------------------------------

@@ -13,9 +13,13 @@ its own per fork, as the median of R interleaved runs:
     job       the real job child (``jobchild.child_main``): + running a no-op task,
               encoding and writing the result
 
-The job is written into the pipe before the fork, so no child ever waits. The difference
-between ``exit`` and ``job`` is what a job costs on top of a bare fork; the README's
-performance section quotes it.
+Each step runs twice: forked by ``os.fork`` (CPython's at-fork hooks run in the child)
+and by ``forking.bare_fork`` (they do not: what a node's fork helper does when no module
+needs them). Besides CPU, each child's minor page faults (``wait4``'s ``ru_minflt``: pages
+it wrote that it shared with its parent, plus first touches), which do not depend on the
+machine's load. The job is written into the pipe before the fork, so no child ever waits.
+The difference between ``exit`` and ``job`` is what a job costs on top of a bare fork; the
+README's performance section quotes it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 
 import stagerunner.consumer  # noqa: F401  what a consumer has imported before it forks
 from stagerunner import child as jobchild
-from stagerunner import procs, registry
+from stagerunner import forking, procs, registry
 
 MODULES = ("stagerunner_tools.bench_tasks",)
 NOOP = "stagerunner_tools.bench_tasks:noop"
@@ -61,31 +65,33 @@ STEPS: dict[str, Callable[[int, int, int], None] | None] = {
     "exit": None, "group": _group, "setup": _setup, "read": _read, "job": _job}
 
 
-def measure(step: str, forks: int) -> tuple[float, float]:
-    """(child CPU ms, parent CPU ms) per fork."""
+def measure(step: str, forks: int, bare: bool) -> tuple[float, float, float]:
+    """(child CPU ms, parent CPU ms, child minor faults: median) per fork."""
     body = STEPS[step]
+    fork = forking.bare_fork if bare else os.fork
     job = jobchild.frame(json.dumps([1, NOOP, "[]"]).encode())
+    faults = []
     before = os.times()
     for _ in range(forks):
         job_r, job_w = os.pipe()
         result_r, result_w = os.pipe()
         os.write(job_w, job)
         parent = os.getpid()
-        pid = os.fork()
+        pid = fork()
         if pid == 0:
             try:
                 if body is not None:
                     body(job_r, result_w, parent)
             finally:
                 os._exit(0)
-        os.waitpid(pid, 0)
+        faults.append(os.wait4(pid, 0)[2].ru_minflt)
         for fd in (job_r, job_w, result_r, result_w):
             os.close(fd)
     after = os.times()
     child = (after.children_user - before.children_user
              + after.children_system - before.children_system)
     own = after.user - before.user + after.system - before.system
-    return child / forks * 1000, own / forks * 1000
+    return child / forks * 1000, own / forks * 1000, statistics.median(faults)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,23 +103,29 @@ def main(argv: list[str] | None = None) -> int:
     registry.load(MODULES)
     procs.become_subreaper()  # as a fork helper is; also loads libc for prctl
     jobchild.prepare_parent()  # as a fork helper does once, before its children
-    samples: dict[str, list[tuple[float, float]]] = {step: [] for step in STEPS}
+    kinds = {"fork": False, "bare": True}
+    samples: dict[str, list[tuple[float, float, float]]] = {
+        f"{step}/{kind}": [] for step in STEPS for kind in kinds}
     for _ in range(args.runs):
         for step in STEPS:
-            samples[step].append(measure(step, args.forks))
+            for kind, bare in kinds.items():
+                samples[f"{step}/{kind}"].append(measure(step, args.forks, bare))
     with open("/proc/self/status") as f:
         rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    result = {step: {"child_ms": statistics.median(c for c, _ in runs),
-                     "parent_ms": statistics.median(p for _, p in runs)}
-              for step, runs in samples.items()}
+    result = {key: {"child_ms": statistics.median(c for c, _, _ in runs),
+                    "parent_ms": statistics.median(p for _, p, _ in runs),
+                    "child_faults": statistics.median(n for _, _, n in runs)}
+              for key, runs in samples.items()}
     if args.json:
         print(json.dumps({"rss_mib": rss_kib / 1024, "steps": result}))
         return 0
     print(f"job child CPU by step: {args.forks} forks x {args.runs} runs (median), "
-          f"forking process {rss_kib / 1024:.1f} MiB")
-    print(f"{'step':8} {'child ms':>9} {'parent ms':>10}")
-    for step, values in result.items():
-        print(f"{step:8} {values['child_ms']:9.3f} {values['parent_ms']:10.3f}")
+          f"forking process {rss_kib / 1024:.1f} MiB; os.fork / bare fork")
+    print(f"{'step':8} {'child ms':>15} {'child faults':>14} {'parent ms':>15}")
+    for step in STEPS:
+        a, b = result[f"{step}/fork"], result[f"{step}/bare"]
+        print(f"{step:8} {a['child_ms']:7.3f} {b['child_ms']:7.3f} {a['child_faults']:7.0f} "
+              f"{b['child_faults']:6.0f} {a['parent_ms']:7.3f} {b['parent_ms']:7.3f}")
     return 0
 
 

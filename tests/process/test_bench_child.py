@@ -16,8 +16,10 @@ def test_bench_child_reports_every_step_as_json():
                           "--runs", "1", "--json"], cwd=ROOT, env=node_env(""), capture_output=True, text=True,
                          timeout=50, check=True).stdout
     report = json.loads(out)
-    assert list(report["steps"]) == ["exit", "group", "setup", "read", "job"]
-    steps = report["steps"].values()
-    assert all(v["child_ms"] >= 0 and v["parent_ms"] >= 0 for v in steps)
-    assert sum(v["child_ms"] for v in steps) > 0  # os.times counts in clock ticks
+    steps = ["exit", "group", "setup", "read", "job"]
+    assert list(report["steps"]) == [f"{s}/{kind}" for s in steps for kind in ("fork", "bare")]
+    values = report["steps"].values()
+    assert all(v["child_ms"] >= 0 and v["parent_ms"] >= 0 for v in values)
+    assert sum(v["child_ms"] for v in values) > 0  # os.times counts in clock ticks
+    assert all(v["child_faults"] > 0 for v in values)
     assert report["rss_mib"] > 5

@@ -1,0 +1,126 @@
+"""Forking a clean child, and which fork a job child gets.
+
+``os.fork()`` runs every hook registered with ``os.register_at_fork`` and CPython's own
+after-fork work in the child. In a fork helper the stdlib's hooks have nothing to do: it
+is single-threaded (a fork keeps only the calling thread), holds no lock while it forks
+and runs no event loop. Yet threading's hook alone made each job child write ~200 more
+pages than a child that skips them, ~0.3-0.5 ms of CPU per job (the README's performance
+section). So a fork helper forks its job children with libc's ``fork()``, which skips
+Python's hooks (C libraries' ``pthread_atfork`` handlers still run), and reseeds
+``random`` before each fork, the one stdlib hook whose effect a job can see.
+
+Only while no other module may have registered a hook: a library's hook may have to run
+in the child (OpenTelemetry's batch exporter restarts its thread there). A consumer
+calls ``watch_hooks`` before it imports its task modules; a registration after that by a
+module other than the stdlib's own, or a module outside the stdlib and stagerunner
+already imported before it (a sitecustomize, a parent's main script), keeps ``os.fork``
+for that consumer's children, and the consumer says so in its log.
+
+Stdlib only, like ``procs``: fork helpers and their job children import it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# the stdlib's hooks, harmless to skip in a single-threaded helper without an event loop
+# (random's is replaced by the reseed in ``bare_fork``)
+STDLIB_HOOKS = frozenset({"threading", "random", "logging", "concurrent.futures.thread",
+                          "asyncio.events"})
+# imported into a consumer before its task modules, known to register no hook
+# (__main__ is the spawn bootstrap, __mp_main__ the same module unless a script's)
+HARMLESS = frozenset({"stagerunner", "setproctitle", "multiprocess", "_multiprocess", "dill",
+                      "_distutils_hack", "_virtualenv", "__main__"})
+
+Hook = Callable[..., Any] | None
+_blockers: list[str] = []  # modules whose hooks (maybe) must run: os.fork for their sake
+_watching = [False]
+_fork: Any = None
+
+
+def watch_hooks() -> None:
+    """From now on, note who registers an at-fork hook; first, note the modules already
+    imported that may have registered one unseen."""
+    if _watching[0]:
+        return
+    _watching[0] = True
+    _blockers.extend(_unknown_modules())
+    real = os.register_at_fork
+
+    def register(*, before: Hook = None, after_in_parent: Hook = None,
+                 after_in_child: Hook = None) -> None:
+        caller = sys._getframe(1).f_globals.get("__name__", "?")
+        if caller not in STDLIB_HOOKS:
+            _blockers.append(caller)
+        hooks = {"before": before, "after_in_parent": after_in_parent,
+                 "after_in_child": after_in_child}
+        real(**{k: v for k, v in hooks.items() if v is not None})
+
+    os.register_at_fork = register
+
+
+def blockers() -> list[str]:
+    """The modules for whose at-fork hooks job children get ``os.fork`` (none: a bare
+    fork). Before ``watch_hooks`` ran, anything may have registered one."""
+    if not _watching[0]:
+        return ["(hooks not watched)"]
+    return sorted(set(_blockers))
+
+
+def _unknown_modules() -> list[str]:
+    found = []
+    for name, module in list(sys.modules.items()):
+        top = name.partition(".")[0]
+        if top in sys.stdlib_module_names or top in HARMLESS or top.startswith(
+                ("__editable__", "_sysconfigdata")):
+            continue
+        if name == "__mp_main__" and module is sys.modules.get("__main__"):
+            continue
+        found.append(top)
+    return found
+
+
+def fork_running(keep_fds: set[int], body: Callable[[], object], bare: bool = False) -> int:
+    """Fork a process that holds only fds 0-2 and `keep_fds`, runs `body` and exits
+    (0, or 70 if it raised); never returns in the child. The child's pid. `bare`: skip
+    Python's at-fork hooks (see the module's docstring; only from a single thread)."""
+    pid = bare_fork() if bare else os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            close_fds_except({0, 1, 2, *keep_fds})
+            body()
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    return pid
+
+
+def bare_fork() -> int:
+    global _fork
+    if _fork is None:
+        # PyDLL: the call keeps the GIL, so the child's only thread holds it, as it would
+        _fork = ctypes.PyDLL(None, use_errno=True).fork
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()  # what random's own hook does in the child, done here, in the parent
+    pid: int = _fork()
+    if pid < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return pid
+
+
+def close_fds_except(keep: set[int]) -> None:
+    top = os.sysconf("SC_OPEN_MAX")
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, top)

@@ -1,0 +1,104 @@
+"""How a fork helper forks its job children (``stagerunner.forking``): bare, without
+Python's at-fork hooks, unless a module registered one that must run. Each case runs in
+a fresh interpreter, as a consumer is one; a node's children come last."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stagerunner_tools.invariants import check_rows, insert_rows, wait_terminal
+from tests.helpers import ROOT
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
+
+
+def run(code: str, tmp_path=None) -> dict:
+    env_path = f"{ROOT / 'src'}:{ROOT}:{tmp_path or ''}"
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=30, cwd=ROOT, env={"PYTHONPATH": env_path})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+FORK_TWICE = """
+    import json, os, random
+    from stagerunner import forking
+
+    os.register_at_fork(after_in_child=lambda: os.write(w, b"hook "))
+    r, w = os.pipe()
+    def child():
+        os.write(w, json.dumps(random.random()).encode() + b"\\n")
+    for _ in range(2):
+        pid = forking.fork_running({w}, child, bare=BARE)
+        assert os.waitpid(pid, 0)[1] == 0
+    os.close(w)
+    text = os.read(r, 4096).decode()
+    print(json.dumps({"hooks": text.count("hook"), "values": text.replace("hook ", "").split()}))
+"""
+
+
+def test_a_bare_fork_skips_pythons_hooks_yet_every_child_draws_its_own_random_numbers():
+    bare = run(FORK_TWICE.replace("BARE", "True"))
+    assert bare["hooks"] == 0
+    assert len(set(bare["values"])) == 2  # random reseeded for each child, as its hook would
+    full = run(FORK_TWICE.replace("BARE", "False"))
+    assert full["hooks"] == 2 and len(set(full["values"])) == 2
+
+
+def test_a_registration_after_the_watch_starts_names_its_module_but_the_stdlibs_do_not(
+        tmp_path):
+    (tmp_path / "exporter.py").write_text(
+        "import os\nos.register_at_fork(after_in_child=lambda: None)\n")
+    found = run("""
+        import json
+        from stagerunner import forking
+        before = forking.blockers()
+        forking.watch_hooks()
+        import concurrent.futures.thread, random, logging  # the stdlib's own hooks
+        clean = forking.blockers()
+        import exporter
+        print(json.dumps({"before": before, "clean": clean, "after": forking.blockers()}))
+    """, tmp_path)
+    assert found == {"before": ["(hooks not watched)"], "clean": [], "after": ["exporter"]}
+
+
+def test_a_module_imported_before_the_watch_began_counts_as_one_that_may_hook(tmp_path):
+    (tmp_path / "early.py").write_text("X = 1\n")
+    found = run("""
+        import json
+        import early
+        from stagerunner import forking
+        forking.watch_hooks()
+        print(json.dumps(forking.blockers()))
+    """, tmp_path)
+    assert found == ["early"]
+
+
+@pytest.mark.system
+@pytest.mark.db
+def test_a_node_forks_bare_without_foreign_hooks_and_runs_them_when_a_module_has_one(
+        conn, start_node):
+    node = start_node(consumers=1, task_modules="tests.tasks")
+    ids = insert_rows(conn, "tests.tasks:fork_probe", [[]] * 4)
+    wait_terminal(conn, ids, timeout=30, node=node)
+    results = [r["result"] for r in check_rows(conn, ids).values()]
+    assert all(r is not None for r in results), check_rows(conn, ids)
+    assert len({r["pid"] for r in results}) == 4 and len({r["random"] for r in results}) == 4
+    assert [_fork_of(line) for line in node.events("forker.fork")] == ["bare"]
+    node.kill()
+
+    hooked = start_node(consumers=1, task_modules="tests.tasks,tests.fork_hook_tasks")
+    ids = insert_rows(conn, "tests.fork_hook_tasks:hook_ran", [[]] * 2)
+    wait_terminal(conn, ids, timeout=30, node=hooked)
+    assert [r["result"] for r in check_rows(conn, ids).values()] == [True, True]  # it ran
+    [line] = hooked.events("forker.fork")
+    assert _fork_of(line) == "os.fork" and "modules=tests.fork_hook_tasks" in line
+
+
+def _fork_of(line: str) -> str:
+    return next(w.partition("=")[2] for w in line.split() if w.startswith("fork="))
