@@ -103,7 +103,7 @@ def cap_error(text: str, limit: int = ERROR_MAX_CHARS) -> str:
 
 
 def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: Resolver,
-               title: str) -> None:
+               title: bytes) -> None:
     """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
     prepare_child(parent, limits, title)
     _warm_up()
@@ -144,9 +144,9 @@ def prepare_parent() -> None:
     running.prepare()
 
 
-def prepare_child(parent: int, limits: Limits, title: str) -> None:
-    """Its own process group, death with its parent, its name and the memory limit (the
-    rest was set up once, in its parent: ``prepare_parent``)."""
+def prepare_child(parent: int, limits: Limits, title: bytes) -> None:
+    """Its own process group, death with its parent, its name (`comm`, 15 bytes) and the
+    memory limit (the rest was set up once, in its parent: ``prepare_parent``)."""
     os.setpgrp()
     procs.die_with_parent(parent)
     if title:  # comm only: setproctitle would cost more than the rest of the set-up
@@ -189,7 +189,7 @@ def _flush_std() -> None:
             pass
 
 
-def fork_child(limits: Limits, resolve: Resolver, title: str = "", bare: bool = False
+def fork_child(limits: Limits, resolve: Resolver, title: bytes = b"", bare: bool = False
                ) -> tuple[int, int, int]:
     """Fork a job child that waits for its job; (pid, job pipe's write end, result pipe's
     read end). `bare`: see ``forking``."""

@@ -78,7 +78,8 @@ class Forker:
         `name` (e.g. "c0") goes into `comm`: sr-job-c0 for its job children."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         consumer = os.getpid()
-        helper = ForkHelper(theirs, consumer, limits, resolve, f"sr-job-{name}" if name else "")
+        comm = f"sr-job-{name}".encode()[:15] if name else b""
+        helper = ForkHelper(theirs, consumer, limits, resolve, comm)
         helper.bare = not (blockers := forking.blockers())
         if blockers:  # once per fork helper: an operator can tell why jobs cost more here
             log.info("job children forked with os.fork: these modules may have at-fork hooks",
@@ -192,7 +193,7 @@ class ForkHelper:
     dying, for the next reap poll), handles it, reaps, and sweeps strays."""
 
     def __init__(self, sock: socket.socket, consumer: int, limits: Limits, resolve: Resolver,
-                 job_title: str) -> None:
+                 job_title: bytes) -> None:
         self.sock = sock
         self.consumer = consumer
         self.limits = limits

@@ -34,6 +34,7 @@ _SIGKILL = int(signal.SIGKILL)
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _libc: Any = None
+_prctl_call: Any = None  # libc's prctl, looked up once
 
 
 def context(library: str = "multiprocessing", method: str = "spawn") -> Any:
@@ -169,19 +170,24 @@ class KillTimer:
 # prctl ------------------------------------------------------------------------------
 
 def _load_libc() -> None:
-    global _libc
+    global _libc, _prctl_call
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
+        _prctl_call = _libc.prctl
 
 
 def _prctl(option: int, value: int | bytes) -> None:
     _load_libc()
-    _libc.prctl(option, value, 0, 0, 0)
+    _prctl_call(option, value, 0, 0, 0)
 
 
-def set_comm(name: str) -> None:
-    """The name `top` and `ps -o comm` show (15 bytes); cheap, unlike setproctitle."""
-    _prctl(_PR_SET_NAME, name.encode()[:15])
+def set_comm(name: bytes) -> None:
+    """The name `top` and `ps -o comm` show (at most 15 bytes); cheap, unlike setproctitle.
+    Called in every job child, so directly and with `name` encoded by the forking process
+    (each frame and conversion there writes pages the child shares with its parent)."""
+    if _libc is None:
+        _load_libc()
+    _prctl_call(_PR_SET_NAME, name, 0, 0, 0)
 
 
 def become_subreaper() -> None:
@@ -193,8 +199,9 @@ def die_with_parent(expected_parent: int) -> None:
     """SIGKILL this process when its parent dies (and close the race if it already has).
     Called in every job child: the call is direct, with a plain int, because each Python
     frame and enum lookup there writes pages the child shares with the fork helper."""
-    _load_libc()
-    _libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+    if _libc is None:
+        _load_libc()
+    _prctl_call(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
     if os.getppid() != expected_parent:
         os._exit(1)
 

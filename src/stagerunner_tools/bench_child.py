@@ -49,7 +49,7 @@ def _group(job_r: int, result_w: int, parent: int) -> None:
 
 
 def _setup(job_r: int, result_w: int, parent: int) -> None:
-    jobchild.prepare_child(parent, LIMITS, "sr-job-bench")
+    jobchild.prepare_child(parent, LIMITS, b"sr-job-bench")
 
 
 def _read(job_r: int, result_w: int, parent: int) -> None:
@@ -58,7 +58,7 @@ def _read(job_r: int, result_w: int, parent: int) -> None:
 
 
 def _job(job_r: int, result_w: int, parent: int) -> None:
-    jobchild.child_main(job_r, result_w, parent, LIMITS, _resolve, "sr-job-bench")
+    jobchild.child_main(job_r, result_w, parent, LIMITS, _resolve, b"sr-job-bench")
 
 
 STEPS: dict[str, Callable[[int, int, int], None] | None] = {
