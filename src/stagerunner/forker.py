@@ -217,6 +217,8 @@ class ForkHelper:
         # one fd kept open and read with pread (which regenerates the list): opening the
         # file per job costs the helper page faults on every job
         me = os.getpid()
+        if self.bare and len(os.listdir(f"/proc/{me}/task")) > 1:
+            self.bare = False  # a C library's fork handler started a thread: os.fork copes
         self.children_fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
         try:
             while not self.done:

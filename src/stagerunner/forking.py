@@ -3,18 +3,24 @@
 ``os.fork()`` runs every hook registered with ``os.register_at_fork`` and CPython's own
 after-fork work in the child. In a fork helper the stdlib's hooks have nothing to do: it
 is single-threaded (a fork keeps only the calling thread), holds no lock while it forks
-and runs no event loop. Yet threading's hook alone made each job child write ~200 more
-pages than a child that skips them, ~0.3-0.5 ms of CPU per job (the README's performance
-section). So a fork helper forks its job children with libc's ``fork()``, which skips
-Python's hooks (C libraries' ``pthread_atfork`` handlers still run), and reseeds
-``random`` before each fork, the one stdlib hook whose effect a job can see.
+and runs no event loop. Yet threading's hook alone made a child that exits at once write
+~200 more pages, a no-op job child ~110 more, ~0.4 ms of its CPU (the README's
+performance section). So a fork helper forks its job children with libc's ``fork()``,
+which skips Python's hooks (C libraries' ``pthread_atfork`` handlers still run), and
+reseeds ``random`` before each fork, the one stdlib hook whose effect a job can see.
 
 Only while no other module may have registered a hook: a library's hook may have to run
 in the child (OpenTelemetry's batch exporter restarts its thread there). A consumer
 calls ``watch_hooks`` before it imports its task modules; a registration after that by a
 module other than the stdlib's own, or a module outside the stdlib and stagerunner
-already imported before it (a sitecustomize, a parent's main script), keeps ``os.fork``
-for that consumer's children, and the consumer says so in its log.
+already imported before it (a sitecustomize, the user's main script that spawn ran
+again), keeps ``os.fork`` for that consumer's children, and the consumer says so in its
+log. So does a build without the GIL, where CPython's after-fork work does more.
+
+What a bare child still differs in: a signal the helper received but had not yet handled
+in Python (only a task module installs a Python handler there) is handled in the child
+too, and its thread state's native id stays the helper's (which a profiler reading it
+would show; ``threading`` reports the same under both).
 
 Stdlib only, like ``procs``: fork helpers and their job children import it.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import posix
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -32,11 +39,9 @@ from typing import Any
 STDLIB_HOOKS = frozenset({"threading", "random", "logging", "concurrent.futures.thread",
                           "asyncio.events"})
 # imported into a consumer before its task modules, known to register no hook
-# (__main__ is the spawn bootstrap, __mp_main__ the same module unless a script's)
 HARMLESS = frozenset({"stagerunner", "setproctitle", "multiprocess", "_multiprocess", "dill",
-                      "_distutils_hack", "_virtualenv", "__main__"})
+                      "_distutils_hack", "_virtualenv"})
 
-Hook = Callable[..., Any] | None
 _blockers: list[str] = []  # modules whose hooks (maybe) must run: os.fork for their sake
 _watching = [False]
 _fork: Any = None
@@ -49,18 +54,16 @@ def watch_hooks() -> None:
         return
     _watching[0] = True
     _blockers.extend(_unknown_modules())
-    real = os.register_at_fork
+    real = posix.register_at_fork
 
-    def register(*, before: Hook = None, after_in_parent: Hook = None,
-                 after_in_child: Hook = None) -> None:
+    def register(*args: Any, **hooks: Any) -> None:
         caller = sys._getframe(1).f_globals.get("__name__", "?")
         if caller not in STDLIB_HOOKS:
             _blockers.append(caller)
-        hooks = {"before": before, "after_in_parent": after_in_parent,
-                 "after_in_child": after_in_child}
-        real(**{k: v for k, v in hooks.items() if v is not None})
+        real(*args, **hooks)
 
-    os.register_at_fork = register
+    for module in (os, posix):  # os's is posix's
+        setattr(module, "register_at_fork", register)
 
 
 def blockers() -> list[str]:
@@ -68,6 +71,8 @@ def blockers() -> list[str]:
     fork). Before ``watch_hooks`` ran, anything may have registered one."""
     if not _watching[0]:
         return ["(hooks not watched)"]
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return ["(free-threaded build)"]
     return sorted(set(_blockers))
 
 
@@ -75,13 +80,25 @@ def _unknown_modules() -> list[str]:
     found = []
     for name, module in list(sys.modules.items()):
         top = name.partition(".")[0]
-        if top in sys.stdlib_module_names or top in HARMLESS or top.startswith(
+        if name in ("__main__", "__mp_main__"):
+            if not _only_starts_stagerunner(module):
+                found.append(getattr(module, "__file__", name))
+        elif top not in sys.stdlib_module_names and top not in HARMLESS and not top.startswith(
                 ("__editable__", "_sysconfigdata")):
-            continue
-        if name == "__mp_main__" and module is sys.modules.get("__main__"):
-            continue
-        found.append(top)
+            found.append(top)
     return found
+
+
+def _only_starts_stagerunner(main: Any) -> bool:
+    """A consumer's ``__main__``: the spawn bootstrap (``-c``, no file; so it stays under
+    ``python -m stagerunner``), or pip's ``stagerunner`` script, which spawn runs again and
+    which imports re, sys and stagerunner.cli's main, nothing else. Any other script was
+    run again in the consumer, and may have registered hooks."""
+    if getattr(main, "__file__", None) is None:
+        return True
+    names = {k for k in vars(main) if not k.startswith("__")}
+    entry = vars(main).get("main")
+    return names <= {"re", "sys", "main"} and getattr(entry, "__module__", "") == "stagerunner.cli"
 
 
 def fork_running(keep_fds: set[int], body: Callable[[], object], bare: bool = False) -> int:

@@ -54,17 +54,62 @@ def test_a_registration_after_the_watch_starts_names_its_module_but_the_stdlibs_
         tmp_path):
     (tmp_path / "exporter.py").write_text(
         "import os\nos.register_at_fork(after_in_child=lambda: None)\n")
+    (tmp_path / "lowlevel.py").write_text(
+        "import posix\nposix.register_at_fork(before=lambda: None)\n")
     found = run("""
         import json
         from stagerunner import forking
         before = forking.blockers()
         forking.watch_hooks()
-        import concurrent.futures.thread, random, logging  # the stdlib's own hooks
+        import asyncio, concurrent.futures.thread  # the stdlib's own hooks (asyncio's: 3.12+)
         clean = forking.blockers()
-        import exporter
+        import exporter, lowlevel
         print(json.dumps({"before": before, "clean": clean, "after": forking.blockers()}))
     """, tmp_path)
-    assert found == {"before": ["(hooks not watched)"], "clean": [], "after": ["exporter"]}
+    assert found == {"before": ["(hooks not watched)"], "clean": [],
+                     "after": ["exporter", "lowlevel"]}
+
+
+def test_a_users_script_that_spawn_runs_again_in_a_consumer_counts_as_one_that_may_hook(
+        tmp_path):
+    script = tmp_path / "myrunner.py"
+    script.write_text(textwrap.dedent("""
+        import json, multiprocessing, os
+
+        os.register_at_fork(after_in_child=lambda: None)  # before any watch: unseen
+
+        def probe(queue):
+            from stagerunner import forking
+            forking.watch_hooks()
+            queue.put(forking.blockers())
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            process = ctx.Process(target=probe, args=(queue,))
+            process.start()
+            print(json.dumps(queue.get()))
+            process.join()
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=30, cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [str(script)]
+
+
+def test_pips_stagerunner_script_as_main_is_not_a_reason_to_fork_slowly():
+    import types
+
+    import stagerunner.cli
+    from stagerunner import forking
+
+    script = types.ModuleType("__main__")
+    script.__file__ = "/venv/bin/stagerunner"
+    script.re, script.sys, script.main = __import__("re"), sys, stagerunner.cli.main
+    assert forking._only_starts_stagerunner(script)
+    script.os = __import__("os")  # a script that does anything more
+    assert not forking._only_starts_stagerunner(script)
+    assert forking._only_starts_stagerunner(types.ModuleType("__main__"))  # the -c bootstrap
 
 
 def test_a_module_imported_before_the_watch_began_counts_as_one_that_may_hook(tmp_path):
