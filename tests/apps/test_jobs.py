@@ -1,5 +1,6 @@
 """Application tasks on a real node: async tasks, the job context, logging with task ids,
-per-task retry rules and snoozes, hooks, and waiting for results."""
+per-task retry rules and snoozes, hooks, waiting for results, and a task module's own
+at-fork hooks (which decide how its job children are forked)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 import stagerunner
 from stagerunner import ResultTimeout, TaskFailed
+from stagerunner_tools.invariants import check_rows, insert_rows, wait_terminal
 from tests.apps import app_tasks
 from tests.helpers import eventually
 
@@ -171,3 +173,26 @@ def test_the_async_result_waits_without_blocking_the_loop(node, conn, db):
     ticks, value = asyncio.run(main())
     assert value == {"n": 5, "loop": "_UnixSelectorEventLoop"}
     assert ticks >= 10
+
+
+def test_a_node_forks_bare_without_foreign_hooks_and_runs_them_when_a_module_has_one(
+        conn, start_node):
+    node = start_node(consumers=1, task_modules="tests.tasks")
+    ids = insert_rows(conn, "tests.tasks:fork_probe", [[]] * 4)
+    wait_terminal(conn, ids, timeout=30, node=node)
+    results = [r["result"] for r in check_rows(conn, ids).values()]
+    assert all(r is not None for r in results), check_rows(conn, ids)
+    assert len({r["pid"] for r in results}) == 4 and len({r["random"] for r in results}) == 4
+    assert [_fork_of(line) for line in node.events("forker.fork")] == ["bare"]
+    node.kill()
+
+    hooked = start_node(consumers=1, task_modules="tests.tasks,tests.fork_hook_tasks")
+    ids = insert_rows(conn, "tests.fork_hook_tasks:hook_ran", [[]] * 2)
+    wait_terminal(conn, ids, timeout=30, node=hooked)
+    assert [r["result"] for r in check_rows(conn, ids).values()] == [True, True]  # it ran
+    [line] = hooked.events("forker.fork")
+    assert _fork_of(line) == "os.fork" and "modules=tests.fork_hook_tasks" in line
+
+
+def _fork_of(line: str) -> str:
+    return next(w.partition("=")[2] for w in line.split() if w.startswith("fork="))

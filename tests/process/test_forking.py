@@ -1,6 +1,6 @@
 """How a fork helper forks its job children (``stagerunner.forking``): bare, without
 Python's at-fork hooks, unless a module registered one that must run. Each case runs in
-a fresh interpreter, as a consumer is one; a node's children come last."""
+a fresh interpreter, as a consumer is one (a node's children: tests/apps/test_jobs.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 
-from stagerunner_tools.invariants import check_rows, insert_rows, wait_terminal
 from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
@@ -122,28 +121,3 @@ def test_a_module_imported_before_the_watch_began_counts_as_one_that_may_hook(tm
         print(json.dumps(forking.blockers()))
     """, tmp_path)
     assert found == ["early"]
-
-
-@pytest.mark.system
-@pytest.mark.db
-def test_a_node_forks_bare_without_foreign_hooks_and_runs_them_when_a_module_has_one(
-        conn, start_node):
-    node = start_node(consumers=1, task_modules="tests.tasks")
-    ids = insert_rows(conn, "tests.tasks:fork_probe", [[]] * 4)
-    wait_terminal(conn, ids, timeout=30, node=node)
-    results = [r["result"] for r in check_rows(conn, ids).values()]
-    assert all(r is not None for r in results), check_rows(conn, ids)
-    assert len({r["pid"] for r in results}) == 4 and len({r["random"] for r in results}) == 4
-    assert [_fork_of(line) for line in node.events("forker.fork")] == ["bare"]
-    node.kill()
-
-    hooked = start_node(consumers=1, task_modules="tests.tasks,tests.fork_hook_tasks")
-    ids = insert_rows(conn, "tests.fork_hook_tasks:hook_ran", [[]] * 2)
-    wait_terminal(conn, ids, timeout=30, node=hooked)
-    assert [r["result"] for r in check_rows(conn, ids).values()] == [True, True]  # it ran
-    [line] = hooked.events("forker.fork")
-    assert _fork_of(line) == "os.fork" and "modules=tests.fork_hook_tasks" in line
-
-
-def _fork_of(line: str) -> str:
-    return next(w.partition("=")[2] for w in line.split() if w.startswith("fork="))
