@@ -219,6 +219,8 @@ class ForkHelper:
         me = os.getpid()
         if self.bare and len(os.listdir(f"/proc/{me}/task")) > 1:
             self.bare = False  # a C library's fork handler started a thread: os.fork copes
+            log.info("job children forked with os.fork: the fork helper has a second thread",
+                     extra={"event": "forker.fork", "fork": "os.fork", "modules": "(a thread)"})
         self.children_fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
         try:
             while not self.done:
