@@ -151,7 +151,7 @@ def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
 def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     import logging
 
-    from stagerunner import procs, registry, spawn, stages  # no psycopg yet: see spawn
+    from stagerunner import procs, registry, spawn, stages  # nothing of psycopg's: see spawn
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:
@@ -170,7 +170,8 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
               "lower the task's timeout", file=sys.stderr)
         return EXIT_USAGE
     # The consumers start now: their interpreters and imports (~0.1 s) overlap ours below
-    # (psycopg, the supervisor) and the schema check; the supervisor attaches them.
+    # (the supervisor, the producer's side; psycopg unless the DSN check loaded it) and
+    # the schema check; the supervisor attaches them.
     launched = spawn.launch_consumers(procs.context(settings.process_library),
                                       stages.consumer_configs(settings),
                                       settings.job_environment())

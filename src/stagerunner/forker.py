@@ -81,12 +81,7 @@ class Forker:
         comm = f"sr-job-{name}".encode()[:15] if name else b""
         helper = ForkHelper(theirs, consumer, limits, resolve, comm)
         helper.bare = not (blockers := forking.blockers())
-        if blockers:  # once per fork helper: an operator can tell why jobs cost more here
-            log.info("job children forked with os.fork: these modules may have at-fork hooks",
-                     extra={"event": "forker.fork", "fork": "os.fork", "modules": ",".join(blockers)})
-        else:
-            log.info("job children forked bare (no Python at-fork hook needs to run)",
-                     extra={"event": "forker.fork", "fork": "bare"})
+        _say_fork(blockers)
         pid = forking.fork_running({theirs.fileno()}, lambda: helper.run(title))
         theirs.close()
         forker = cls(pid, ours)
@@ -186,6 +181,17 @@ class Forker:
             raise ForkerGone(f"fork helper {self.pid} is gone (said {message[:8]!r})")
 
 
+def _say_fork(blockers: list[str]) -> None:
+    """Once per fork helper, which fork its children get: an operator can tell why jobs
+    cost more on one node than on another."""
+    if blockers:
+        log.info("job children forked with os.fork: at-fork hooks may need to run",
+                 extra={"event": "forker.fork", "fork": "os.fork", "modules": ",".join(blockers)})
+    else:
+        log.info("job children forked bare (no Python at-fork hook needs to run)",
+                 extra={"event": "forker.fork", "fork": "bare"})
+
+
 # The helper process ---------------------------------------------------------------------
 
 class ForkHelper:
@@ -219,8 +225,7 @@ class ForkHelper:
         me = os.getpid()
         if self.bare and len(os.listdir(f"/proc/{me}/task")) > 1:
             self.bare = False  # a C library's fork handler started a thread: os.fork copes
-            log.info("job children forked with os.fork: the fork helper has a second thread",
-                     extra={"event": "forker.fork", "fork": "os.fork", "modules": "(a thread)"})
+            _say_fork(["(a second thread)"])
         self.children_fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
         try:
             while not self.done:

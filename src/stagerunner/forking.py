@@ -43,16 +43,17 @@ HARMLESS = frozenset({"stagerunner", "setproctitle", "multiprocess", "_multiproc
                       "_distutils_hack", "_virtualenv"})
 
 _blockers: list[str] = []  # modules whose hooks (maybe) must run: os.fork for their sake
-_watching = [False]
+_watching = False
 _fork: Any = None
 
 
 def watch_hooks() -> None:
     """From now on, note who registers an at-fork hook; first, note the modules already
     imported that may have registered one unseen."""
-    if _watching[0]:
+    global _watching
+    if _watching:
         return
-    _watching[0] = True
+    _watching = True
     _blockers.extend(_unknown_modules())
     real = posix.register_at_fork
 
@@ -69,7 +70,7 @@ def watch_hooks() -> None:
 def blockers() -> list[str]:
     """The modules for whose at-fork hooks job children get ``os.fork`` (none: a bare
     fork). Before ``watch_hooks`` ran, anything may have registered one."""
-    if not _watching[0]:
+    if not _watching:
         return ["(hooks not watched)"]
     if not getattr(sys, "_is_gil_enabled", lambda: True)():
         return ["(free-threaded build)"]

@@ -2,8 +2,8 @@
 producer's and a consumer's configuration, and the periodic tasks the producer enqueues.
 The supervisor starts the processes; this module only decides their arguments.
 
-A node's consumers are launched before psycopg is imported (see ``spawn``), so the
-producer's side (``producer``, ``scheduler``) is imported only when it is asked for.
+A node's consumers are launched before the supervisor imports the producer's side
+(see ``spawn``), so ``producer`` and ``scheduler`` are imported only when asked for.
 """
 
 from __future__ import annotations
