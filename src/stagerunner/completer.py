@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import retry, store
+from stagerunner import logs, retry, store
 from stagerunner.demand import Claim
 from stagerunner.protocol import TERMINAL, Outcome, Status
 from stagerunner.store import Finish
@@ -160,17 +160,18 @@ class Completer:
 def _log_finish(f: Finish, status: str) -> None:
     """One line per transition written; `status` is the row's status now (a retry of a
     task whose cancel was requested ended cancelled)."""
+    level = logging.INFO if status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
     event = {Status.SUCCESS: "task.finished", Status.WAITING: "task.retrying",
              Status.TIMEOUT: "task.timed_out", Status.CANCELLED: "task.cancelled"}.get(
         Status(status), "task.failed")
     if f.reported in ("lost", "snoozed") and status != Status.CANCELLED:
         event = f"task.{f.reported}"
-    level = logging.INFO if status in (Status.SUCCESS, Status.CANCELLED) else logging.WARNING
-    log.log(level, event.replace("task.", "task ").replace("_", " "),
-            extra={"event": event, "task_id": f.task_id, "attempt": f.attempt,
-                   "status": status, "reported": str(f.reported),
-                   "runtime_ms": round(f.runtime_ms, 2),
-                   **({"error": _first_line(f.error)} if f.error else {})})
+    logs.line(log, level, event.replace("task.", "task ").replace("_", " "),
+              {"event": event, "task_id": f.task_id, "attempt": f.attempt, "status": status,
+               "reported": str(f.reported), "runtime_ms": round(f.runtime_ms, 2),
+               **({"error": _first_line(f.error)} if f.error else {})})
 
 
 def _first_line(error: str) -> str:

@@ -104,6 +104,14 @@ def configure(level: str = "info", fmt: str = "text", role: str = "main", node: 
     root.propagate = False
 
 
+def line(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    """A line a node writes per task, at a fraction of ``logger.log``'s cost: below the
+    logger's level nothing is built, and the record skips the caller lookup (a walk up
+    the stack for a file and line number that our formatters never print)."""
+    if logger.isEnabledFor(level):
+        logger.handle(logger.makeRecord(logger.name, level, "", 0, msg, (), None, extra=fields))
+
+
 def set_title(title: str) -> None:
     """Name this process for `ps` and `top` (setproctitle when installed, else comm)."""
     try:

@@ -2,6 +2,11 @@ import pytest
 
 from stagerunner.client import to_json
 from stagerunner.errors import NotJSON
+import io
+import json
+import logging
+
+from stagerunner import logs
 from stagerunner.logs import redact
 from stagerunner.restarts import EXPLAIN_S, RestartIntensity, Restarts
 
@@ -72,6 +77,24 @@ def test_the_password_keyword_is_found_in_any_case(text):
 def test_a_line_without_a_secret_comes_back_unchanged():
     line = "2026-11-30T00:45:11.268Z INFO task finished event=task.finished task_id=141"
     assert redact(line) is line
+
+
+def test_a_per_task_line_carries_its_fields_and_costs_nothing_below_the_level(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure("warning", "json", "producer", "n1")
+    log = logging.getLogger("stagerunner.completer")
+    class Untouchable(dict):
+        def __iter__(self):
+            raise AssertionError("the fields of a line below the level were read")
+
+    logs.line(log, logging.INFO, "task finished", Untouchable(task_id=1))
+    assert stream.getvalue() == ""
+    logs.line(log, logging.WARNING, "task failed", {"event": "task.failed", "task_id": 7})
+    doc = json.loads(stream.getvalue())
+    assert (doc["level"], doc["msg"], doc["event"], doc["task_id"], doc["role"], doc["node"]) == (
+        "warning", "task failed", "task.failed", 7, "producer", "n1")
+    logs.configure()
 
 
 def test_arguments_must_be_json():
