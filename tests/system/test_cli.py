@@ -68,6 +68,18 @@ def test_a_start_that_fails_after_launching_the_consumers_leaves_none_behind(emp
     assert "Traceback" not in out.stderr and "consumer" not in out.stderr
 
 
+def test_a_dsn_libpq_cannot_parse_fails_run_at_boot_and_leaves_no_consumer():
+    """A node checks its DSN once its consumers are starting (the check imports psycopg,
+    which their start then overlaps): it still fails at boot, naming the variable with
+    the password masked, and what it started goes with it."""
+    env = node_env("postgresql://u:hunter2@127.0.0.1/db?nosuchoption=1", consumers="3")
+    out = subprocess.run([sys.executable, "-c", _LEFT_BEHIND], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split(maxsplit=1) == ["2", "[]\n"], (out.stdout, out.stderr)
+    assert "STAGERUNNER_DATABASE_URL='postgresql://u:***@127.0.0.1/db?nosuchoption=1'" in out.stderr
+    assert "hunter2" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_migrate_then_enqueue_prints_an_id_and_status_counts_it(empty_db):
     assert run_cli("migrate", dsn=empty_db).returncode == 0
     assert run_cli("migrate", dsn=empty_db).returncode == 0  # idempotent
