@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from stagerunner.errors import ConfigError, SchemaLocked, SchemaMissing, StagerunnerError
 
     try:
-        settings = config.load(check_dsn=command != "run")  # run: see cmd_run
+        settings = config.load()
     except ConfigError as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -170,13 +170,12 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
               "lower the task's timeout", file=sys.stderr)
         return EXIT_USAGE
     # The consumers start now: their interpreters and imports (~0.1 s) overlap ours below
-    # (psycopg, the supervisor, the producer's side) and the schema check; the supervisor
-    # attaches them.
+    # (the supervisor, the producer's side; psycopg unless the DSN check loaded it) and
+    # the schema check; the supervisor attaches them.
     launched = spawn.launch_consumers(procs.context(settings.process_library),
                                       stages.consumer_configs(settings),
                                       settings.job_environment())
     try:
-        settings.dsn()  # the DSN's check, which imports psycopg (~0.1 s), overlaps their start
         return _run_node(settings, names, launched, log)
     finally:
         spawn.abandon(launched)  # those a failed start left unattached

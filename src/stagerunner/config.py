@@ -256,11 +256,8 @@ def unknown_variables(environ: dict[str, str]) -> list[str]:
     )
 
 
-def load(environ: dict[str, str] | None = None, *, check_dsn: bool = True, **overrides: Any
-         ) -> Settings:
-    """Settings from the environment (plus overrides), or ConfigError saying what is wrong.
-    `check_dsn=False` leaves the DSN's check (``dsn()``, which imports psycopg) to the
-    caller: a node does it once its consumers are starting."""
+def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment (plus overrides), or ConfigError saying what is wrong."""
     env = dict(os.environ if environ is None else environ)
     for name in unknown_variables(env):
         close = difflib.get_close_matches(name, field_env_names(), n=1)
@@ -273,8 +270,7 @@ def load(environ: dict[str, str] | None = None, *, check_dsn: bool = True, **ove
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, env)) from None
-    if check_dsn:
-        settings.dsn()  # a DSN libpq cannot parse fails here, at boot, with its password masked
+    settings.dsn()  # a DSN libpq cannot parse fails here, at boot, with its password masked
     return settings
 
 

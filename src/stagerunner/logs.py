@@ -107,7 +107,8 @@ def configure(level: str = "info", fmt: str = "text", role: str = "main", node: 
 def line(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
     """A line a node writes per task, at a fraction of ``logger.log``'s cost: below the
     logger's level nothing is built, and the record skips the caller lookup (a walk up
-    the stack for a file and line number that our formatters never print)."""
+    the stack for a file and line number that our formatters never print), so it carries
+    no caller: pathname "", lineno 0, funcName None."""
     if logger.isEnabledFor(level):
         logger.handle(logger.makeRecord(logger.name, level, "", 0, msg, (), None, extra=fields))
 

@@ -6,9 +6,10 @@ talk directly and the supervisor never relays work.
 
 On a node's first start the consumers are launched before anything else (``cli``), and
 attached once the producer runs: a consumer spends ~0.1 s starting its interpreter and
-importing, which then overlaps the supervisor's own imports (psycopg's with them: a node
-checks its DSN only after this launch, see ``cli.cmd_run``) and the schema check. This
-module does not import psycopg (``producer`` is imported when one is started).
+importing, which then overlaps the supervisor's own imports and the schema check. This
+module does not import psycopg (``producer`` is imported when one is started): with a
+configured DSN the settings' check of it has loaded psycopg already, but a node on the
+embedded server loads it only after its consumers are on their way.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-import pytest
-
-from stagerunner.client import to_json
-from stagerunner.errors import NotJSON
 import io
 import json
 import logging
 
+import pytest
+
 from stagerunner import logs
+from stagerunner.client import to_json
+from stagerunner.errors import NotJSON
 from stagerunner.logs import redact
 from stagerunner.restarts import EXPLAIN_S, RestartIntensity, Restarts
 
@@ -79,7 +79,17 @@ def test_a_line_without_a_secret_comes_back_unchanged():
     assert redact(line) is line
 
 
-def test_a_per_task_line_carries_its_fields_and_costs_nothing_below_the_level(monkeypatch):
+@pytest.fixture
+def stagerunner_logging():
+    """The stagerunner logger's set-up, restored after the test (configure replaces it)."""
+    root = logging.getLogger("stagerunner")
+    saved = (root.handlers[:], root.level, root.propagate)
+    yield
+    root.handlers[:], root.level, root.propagate = saved
+
+
+def test_a_per_task_line_carries_its_fields_and_costs_nothing_below_the_level(
+        monkeypatch, stagerunner_logging):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
     logs.configure("warning", "json", "producer", "n1")
@@ -94,7 +104,6 @@ def test_a_per_task_line_carries_its_fields_and_costs_nothing_below_the_level(mo
     doc = json.loads(stream.getvalue())
     assert (doc["level"], doc["msg"], doc["event"], doc["task_id"], doc["role"], doc["node"]) == (
         "warning", "task failed", "task.failed", 7, "producer", "n1")
-    logs.configure()
 
 
 def test_arguments_must_be_json():
