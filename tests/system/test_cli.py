@@ -70,8 +70,7 @@ def test_a_start_that_fails_after_launching_the_consumers_leaves_none_behind(emp
 
 def test_a_dsn_libpq_cannot_parse_fails_run_at_boot_and_leaves_no_consumer():
     """A DSN libpq cannot parse stops a node at boot, naming the variable with the
-    password masked, before it starts anything (a check moved after the consumers' launch
-    would have to take them down with it)."""
+    password masked, and nothing it started outlives it."""
     env = node_env("postgresql://u:hunter2@127.0.0.1/db?nosuchoption=1", consumers="3")
     out = subprocess.run([sys.executable, "-c", _LEFT_BEHIND], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)

@@ -94,6 +94,7 @@ def test_a_per_task_line_carries_its_fields_and_costs_nothing_below_the_level(
     monkeypatch.setattr("sys.stderr", stream)
     logs.configure("warning", "json", "producer", "n1")
     log = logging.getLogger("stagerunner.completer")
+
     class Untouchable(dict):
         def __iter__(self):
             raise AssertionError("the fields of a line below the level were read")
