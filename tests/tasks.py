@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -339,12 +341,16 @@ def close_result_pipe(seconds: float = 3.0) -> str:
 @task
 def garble_result_pipe(kind: str) -> None:
     fd = _result_pipe()
+    finished = struct.pack(">d", time.monotonic())  # a reply's header: length, then this
     if kind == "huge_header":
-        os.write(fd, b"\xff\xff\xff\xf0")
+        os.write(fd, b"\xff\xff\xff\xf0" + finished)
     elif kind == "not_json":
-        os.write(fd, (12).to_bytes(4, "big") + b"{not json!!}")
+        os.write(fd, (12).to_bytes(4, "big") + finished + b"{not json!!}")
     elif kind == "not_a_reply":
-        os.write(fd, (9).to_bytes(4, "big") + b'{"a": 1}\n')
+        os.write(fd, (9).to_bytes(4, "big") + finished + b'{"a": 1}\n')
+    elif kind == "no_finish_time":
+        reply = b'["ok", "null"]'
+        os.write(fd, len(reply).to_bytes(4, "big") + struct.pack(">d", math.nan) + reply)
     time.sleep(3)
 
 

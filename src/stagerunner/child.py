@@ -4,7 +4,12 @@ set-up and the bounds on what it sends back live here; the consumer's end of the
 ``executor``.
 
     job pipe     -> [len][json: id, name, args, attempt, max attempts, queue, times]
-    result pipe  <- [len][json: "ok", result] | ["error", text(, retry fields)]
+    result pipe  <- [len][finished][json: "ok", result] | ["error", text(, retry fields)]
+
+``finished`` is the child's CLOCK_MONOTONIC when the job returned. That clock is the
+whole machine's and keeps counting while a process is stopped, so the consumer can tell a
+job that finished after its deadline (its node was frozen across it) from one that
+finished in time and was read late.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import signal
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from stagerunner import arguments, forking, procs, running
 from stagerunner.protocol import Task
 
 HEADER = struct.Struct(">I")
+REPLY_HEADER = struct.Struct(">Id")  # a reply's length, and when the job finished
 # Error text a job sends back (a traceback, a message) is cut to this, keeping its head
 # and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
 ERROR_MAX_CHARS = 64 * 1024
@@ -58,7 +65,12 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-_OK_NONE_FRAME = frame(json.dumps(running.OK_NONE).encode())
+def reply_frame(payload: bytes, finished: float) -> bytes:
+    """A reply as the result pipe carries it: `finished` is the job's monotonic end."""
+    return REPLY_HEADER.pack(len(payload), finished) + payload
+
+
+_OK_NONE_PAYLOAD = json.dumps(running.OK_NONE).encode()
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -113,15 +125,16 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
             return
         running.enter(job)
         reply = run_job(resolve(job[1]), job[2], limits.result_max_bytes)
+        finished = time.monotonic()
         running.leave()
         _flush_std()
-        write_all(result_w, _encode(reply))
+        write_all(result_w, reply_frame(_encode(reply), finished))
 
 
 def _encode(reply: list[Any]) -> bytes:
     if reply is running.OK_NONE:  # most tasks return None: no JSON encoder in the child
-        return _OK_NONE_FRAME
-    return frame(json.dumps(reply).encode())
+        return _OK_NONE_PAYLOAD
+    return json.dumps(reply).encode()
 
 
 def _warm_up() -> None:

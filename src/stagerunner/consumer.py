@@ -238,13 +238,12 @@ class Consumer:
             return
         if ending is Ending.REPLIED:
             keep = job.child.jobs_sent < self.limits.child_reuse and job.child.broken is None
-            self._finish(job.outcome(ending, now), keep_child=keep)
-            return
-        # dead already (reap it for its wait status), or past its deadline (kill its group
-        # before we report)
-        status = self._retire_child(wait=ending is Ending.EXITED)
-        self._finish(job.outcome(ending, now, status or 0), keep_child=False)
-        if ending is Ending.EXPIRED and hooks.registered("timeout"):
+            outcome = job.outcome(ending, now)
+        else:  # gone (reap it for its wait status), or expired (kill its group, then report)
+            keep, status = False, self._retire_child(wait=ending is Ending.EXITED)
+            outcome = job.outcome(ending, now, status or 0)
+        self._finish(outcome, keep_child=keep)
+        if outcome.status is Status.TIMEOUT and hooks.registered("timeout"):
             hooks.call("timeout", JobContext.from_task(job.task))
 
     def _arm(self) -> None:

@@ -3,14 +3,16 @@ group at the deadline.
 
     consumer (through its fork helper) ──fork──> job child (own process group, ``child``)
        │  job pipe   ──>  [len][json: id, name, args, attempt, max attempts, queue, times]
-       │  result pipe <── [len][json: "ok", result] | ["error", text(, retry fields)]
+       │  result pipe <── [len][finished][json: "ok", result] | ["error", text(, retry fields)]
        └─ pidfd: tells the consumer the child exited without a result
 
 ``child.fork_child`` makes a child that waits for its job; the consumer's fork helper
 (``forker``) calls it, so the fork is paid while the consumer waits for work rather than
 between a task's arrival and its start. ``ChildHandle`` is the consumer's end of one
 child, and ``Job`` watches one task in it: the result, an exit without one, or the
-deadline, each turned into its ``Outcome`` here and nowhere else.
+deadline, each turned into its ``Outcome`` here and nowhere else. A result the child
+stamped at or after the deadline is a timeout too: its node was frozen or starved across
+the deadline, so nothing could kill it in time, and it is not let pass as a success.
 
 There is no TERM grace period: it would stretch the deadline. Killing is the
 consumer's (a SIGKILL to the child's group, see ``forker.Forker.kill``).
@@ -19,6 +21,7 @@ consumer's (a SIGKILL to the child's group, see ``forker.Forker.kill``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -27,7 +30,7 @@ from enum import Enum
 from typing import Any
 
 from stagerunner import procs, retry
-from stagerunner.child import HEADER, frame, write_all
+from stagerunner.child import REPLY_HEADER, frame, write_all
 from stagerunner.protocol import Outcome, Status, Task
 
 # A dying child closes its pipes a moment before its pidfd says it is gone: how long an
@@ -51,6 +54,7 @@ class ChildHandle:
     pidfd: int = -1
     jobs_sent: int = 0
     broken: str | None = None
+    finished: float | None = None  # the child's monotonic time at the end of its last reply
     buffer: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
@@ -61,6 +65,7 @@ class ChildHandle:
         """The job, with what its context needs (`deadline`: epoch seconds)."""
         self.jobs_sent += 1
         self.buffer.clear()
+        self.finished = None
         payload = json.dumps([task.id, task.name, task.args, task.attempt, task.max_attempts,
                               task.queue, task.enqueued_at, deadline]).encode()
         try:
@@ -95,22 +100,25 @@ class ChildHandle:
         return self._complete()
 
     def _complete(self) -> list[Any] | None:
-        if len(self.buffer) < HEADER.size:
+        if len(self.buffer) < REPLY_HEADER.size:
             return None
-        size = HEADER.unpack_from(self.buffer)[0]
+        size, finished = REPLY_HEADER.unpack_from(self.buffer)
         if size > self.max_reply:
             return self._broken(f"the job wrote garbage into its result pipe (a reply of "
                                 f"{size:,} bytes announced, at most {self.max_reply:,} possible)")
-        if len(self.buffer) < HEADER.size + size:
+        end = REPLY_HEADER.size + size
+        if len(self.buffer) < end:
             return None
         try:
-            reply = json.loads(bytes(self.buffer[HEADER.size:HEADER.size + size]))
+            reply = json.loads(bytes(self.buffer[REPLY_HEADER.size:end]))
         except (ValueError, RecursionError):
             reply = None
-        del self.buffer[:HEADER.size + size]
+        del self.buffer[:end]
         if not (isinstance(reply, list) and len(reply) in (2, 3) and reply[0] in ("ok", "error")
-                and isinstance(reply[1], str) and isinstance((reply + [{}])[2], dict)):
+                and isinstance(reply[1], str) and isinstance((reply + [{}])[2], dict)
+                and math.isfinite(finished)):
             return self._broken("the job wrote garbage into its result pipe (not a reply)")
+        self.finished = finished
         return reply
 
     def _broken(self, why: str) -> list[Any]:
@@ -170,18 +178,26 @@ class Job:
         return Ending.EXPIRED if now >= self.deadline else None
 
     def outcome(self, ending: Ending, now: float, wait_status: int = 0) -> Outcome:
-        t, ms, d = self.task, self.runtime_ms(now), self.timeout
-        if ending is Ending.REPLIED and self.reply and self.reply[0] == "ok":
-            return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=self.reply[1], deadline_s=d)
-        if ending is Ending.REPLIED:
-            reply = self.reply or ["error", ""]
-            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str(reply[1]), deadline_s=d,
-                           **retry.from_reply(reply[2] if len(reply) > 2 else {}))
+        t, d = self.task, self.timeout
+        if ending is Ending.EXPIRED:
+            return Outcome(t.id, t.attempt, Status.TIMEOUT, self.runtime_ms(now), deadline_s=d,
+                           error=f"killed at its deadline of {d:g} s")
         if ending is Ending.EXITED:
-            return Outcome(t.id, t.attempt, Status.ERROR, ms, error=describe_exit(wait_status),
-                           deadline_s=d)
-        return Outcome(t.id, t.attempt, Status.TIMEOUT, ms, deadline_s=d,
-                       error=f"killed at its deadline of {d:g} s")
+            return Outcome(t.id, t.attempt, Status.ERROR, self.runtime_ms(now), deadline_s=d,
+                           error=describe_exit(wait_status))
+        stamp = self.child.finished  # None for a reply we made up (garbage in the pipe)
+        end = now if stamp is None else min(max(stamp, self.started), now)
+        ms = self.runtime_ms(end)
+        if stamp is not None and end >= self.deadline:
+            return Outcome(t.id, t.attempt, Status.TIMEOUT, ms, deadline_s=d,
+                           error=f"finished {end - self.deadline:.3f} s past its deadline of "
+                                 f"{d:g} s (its node was stopped or starved, so it could not "
+                                 f"be killed in time); its result was discarded")
+        reply = self.reply or ["error", ""]
+        if reply[0] == "ok":
+            return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=reply[1], deadline_s=d)
+        return Outcome(t.id, t.attempt, Status.ERROR, ms, error=str(reply[1]), deadline_s=d,
+                       **retry.from_reply(reply[2] if len(reply) > 2 else {}))
 
     def cancelled(self, now: float) -> Outcome:
         return Outcome(self.task.id, self.task.attempt, Status.CANCELLED, self.runtime_ms(now),

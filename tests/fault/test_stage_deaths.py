@@ -197,6 +197,42 @@ def test_a_frozen_consumer_is_killed_by_the_kernel_at_its_jobs_deadline_backstop
     assert node.proc.poll() is None
 
 
+def test_a_job_that_finishes_as_its_node_thaws_after_its_deadline_is_a_timeout(
+        conn, start_node, recorder):
+    """The node is frozen (SIGSTOP) across a job's deadline, before its kernel backstop. The
+    thaw reaches the job first: by its own clock its second is over, so it writes its result
+    at once, and the consumer, thawed a moment later, finds that result before any kill.
+    The job finished 0.6 s past its deadline: a timeout, never a success (chaos seed 994755
+    caught the success once)."""
+    node = start_node(consumers=1)
+    [late] = recorder.enqueue(conn, 1, 1.0, prefix="late", max_attempts=1, timeout_s=0.6)
+    run = fresh_run(recorder)
+    consumer = consumer_of(run.pid)
+    assert consumer in node.stages()[1]
+    frozen = [consumer, run.pid]  # the consumer first: it must not kill the job meanwhile
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(max(0.0, run.start + 1.1 - time.time()))  # past the run's 1 s and deadline
+        os.kill(run.pid, signal.SIGCONT)
+        time.sleep(0.1)  # the job writes its result and exits; its consumer is still frozen
+        # the consumer's kill timer fires at its deadline + 1 s: thaw it before that
+        assert time.time() < run.start + 1.5, "missed the window before the kernel backstop"
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    wait_terminal(conn, [late], timeout=30, node=node)
+    done = rows(conn, [late])[late]
+    assert done["status"] == "timeout", done
+    assert "past its deadline of 0.6 s" in done["last_error"], done["last_error"]
+    assert done["errors"][-1]["runtime_ms"] >= 1000, done["errors"]
+    # its consumer lives on and serves the next task
+    again = recorder.enqueue(conn, 2, 0.05)
+    wait_terminal(conn, again, timeout=30, node=node)
+    assert {r["status"] for r in check_rows(conn, again).values()} == {"success"}
+    assert consumer in node.stages()[1] and node.proc.poll() is None
+
+
 @pytest.mark.parametrize("victim, kind", [
     ("consumer", "grandchildren"),
     pytest.param("consumer", "escaped"),

@@ -183,7 +183,7 @@ def test_a_job_that_closes_its_result_pipe_ends_in_error_at_once(consumer):
     assert run(consumer, "tests.tasks:ok").status is Status.SUCCESS  # a fresh child next
 
 
-@pytest.mark.parametrize("kind", ["huge_header", "not_json", "not_a_reply"])
+@pytest.mark.parametrize("kind", ["huge_header", "not_json", "not_a_reply", "no_finish_time"])
 def test_garbage_in_the_result_pipe_ends_in_error_and_the_consumer_carries_on(consumer, kind):
     outcome = run(consumer, "tests.tasks:garble_result_pipe", f'["{kind}"]', timeout=5.0)
     assert outcome.status is Status.ERROR and "garbage" in outcome.error
