@@ -54,7 +54,7 @@ class ChildHandle:
     pidfd: int = -1
     jobs_sent: int = 0
     broken: str | None = None
-    finished: float | None = None  # the child's monotonic time at the end of its last reply
+    finished: float | None = None  # when its last job returned, by the child's own clock
     buffer: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:

@@ -61,7 +61,6 @@ def test_a_finish_time_outside_the_watch_is_held_to_it(job):
     """The stamp is the child's word: it is kept between the job's start and its reading."""
     early = replied(job, b'["ok", "1"]', STARTED - 50.0, now=STARTED + 0.1)
     assert early.status is Status.SUCCESS and early.runtime_ms == 0.0
-    job[0].child.jobs_sent += 1  # a reused child's next reply
     later = replied(job, b'["ok", "2"]', STARTED + 50.0, now=STARTED + 0.1)
     assert later.status is Status.SUCCESS and later.runtime_ms == pytest.approx(100)
 
