@@ -30,6 +30,9 @@ from stagerunner.protocol import Task
 
 HEADER = struct.Struct(">I")
 REPLY_HEADER = struct.Struct(">Id")  # a reply's length, and when the job finished
+# Bound at import, before any task module: a job that patches time.monotonic (a frozen
+# clock in its tests, say) cannot move its own finish stamp.
+_clock_gettime, _MONOTONIC = time.clock_gettime, time.CLOCK_MONOTONIC
 # Error text a job sends back (a traceback, a message) is cut to this, keeping its head
 # and its tail: a job that raises a 60 MB error must not spend its deadline carrying it.
 ERROR_MAX_CHARS = 64 * 1024
@@ -125,7 +128,7 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
             return
         running.enter(job)
         reply = run_job(resolve(job[1]), job[2], limits.result_max_bytes)
-        finished = time.monotonic()
+        finished = _clock_gettime(_MONOTONIC)
         running.leave()
         _flush_std()
         write_all(result_w, reply_frame(_encode(reply), finished))

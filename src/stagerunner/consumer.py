@@ -237,8 +237,9 @@ class Consumer:
         if ending is None:
             return
         if ending is Ending.REPLIED:
-            keep = job.child.jobs_sent < self.limits.child_reuse and job.child.broken is None
-            outcome = job.outcome(ending, now)
+            outcome = job.outcome(ending, now)  # a reply stamped past the deadline: timeout
+            keep = (job.child.jobs_sent < self.limits.child_reuse and job.child.broken is None
+                    and outcome.status is not Status.TIMEOUT)  # a timeout's group is killed
         else:  # gone (reap it for its wait status), or expired (kill its group, then report)
             keep, status = False, self._retire_child(wait=ending is Ending.EXITED)
             outcome = job.outcome(ending, now, status or 0)

@@ -185,14 +185,22 @@ class Job:
         if ending is Ending.EXITED:
             return Outcome(t.id, t.attempt, Status.ERROR, self.runtime_ms(now), deadline_s=d,
                            error=describe_exit(wait_status))
+        return self._replied(now)
+
+    def _replied(self, now: float) -> Outcome:
+        """A reply's outcome. One stamped at or past the deadline is a timeout whatever it
+        says (its result, its error and its retry verdict are dropped): the job ran on
+        while no one could kill it, its node frozen or starved, or in the moment before
+        its consumer woke for the kill."""
+        t, d = self.task, self.timeout
         stamp = self.child.finished  # None for a reply we made up (garbage in the pipe)
         end = now if stamp is None else min(max(stamp, self.started), now)
         ms = self.runtime_ms(end)
         if stamp is not None and end >= self.deadline:
             return Outcome(t.id, t.attempt, Status.TIMEOUT, ms, deadline_s=d,
                            error=f"finished {end - self.deadline:.3f} s past its deadline of "
-                                 f"{d:g} s (its node was stopped or starved, so it could not "
-                                 f"be killed in time); its result was discarded")
+                                 f"{d:g} s, before it could be killed; its result was "
+                                 f"discarded")
         reply = self.reply or ["error", ""]
         if reply[0] == "ok":
             return Outcome(t.id, t.attempt, Status.SUCCESS, ms, result=reply[1], deadline_s=d)

@@ -202,29 +202,32 @@ def test_a_job_that_finishes_as_its_node_thaws_after_its_deadline_is_a_timeout(
     """The node is frozen (SIGSTOP) across a job's deadline, before its kernel backstop. The
     thaw reaches the job first: by its own clock its second is over, so it writes its result
     at once, and the consumer, thawed a moment later, finds that result before any kill.
-    The job finished 0.6 s past its deadline: a timeout, never a success (chaos seed 994755
+    The job finished past its deadline: a timeout, never a success (chaos seed 994755
     caught the success once)."""
     node = start_node(consumers=1)
-    [late] = recorder.enqueue(conn, 1, 1.0, prefix="late", max_attempts=1, timeout_s=0.6)
-    run = fresh_run(recorder)
+    # deadline 0.8 s, run 1 s; the consumer's kill timer fires at 0.8 + 1 s
+    [late] = recorder.enqueue(conn, 1, 1.0, prefix="late", max_attempts=1, timeout_s=0.8)
+    run = fresh_run(recorder, younger_than=0.3)
     consumer = consumer_of(run.pid)
-    assert consumer in node.stages()[1]
     frozen = [consumer, run.pid]  # the consumer first: it must not kill the job meanwhile
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
+    seen = time.time()
     try:
-        time.sleep(max(0.0, run.start + 1.1 - time.time()))  # past the run's 1 s and deadline
+        assert seen < run.start + 0.7, "frozen too late: the deadline may have passed"
+        assert consumer in node.stages()[1]
+        time.sleep(max(0.0, run.start + 1.05 - time.time()))  # its run's 1 s is over
         os.kill(run.pid, signal.SIGCONT)
-        time.sleep(0.1)  # the job writes its result and exits; its consumer is still frozen
-        # the consumer's kill timer fires at its deadline + 1 s: thaw it before that
-        assert time.time() < run.start + 1.5, "missed the window before the kernel backstop"
+        # the job writes its result and exits; its consumer is still frozen
+        eventually(lambda: not alive_since(run.pid, seen), timeout=0.4, interval=0.01)
+        assert time.time() < run.start + 1.6, "too close to the consumer's kill timer"
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
     wait_terminal(conn, [late], timeout=30, node=node)
     done = rows(conn, [late])[late]
     assert done["status"] == "timeout", done
-    assert "past its deadline of 0.6 s" in done["last_error"], done["last_error"]
+    assert "past its deadline of 0.8 s" in done["last_error"], done["last_error"]
     assert done["errors"][-1]["runtime_ms"] >= 1000, done["errors"]
     # its consumer lives on and serves the next task
     again = recorder.enqueue(conn, 2, 0.05)

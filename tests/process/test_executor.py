@@ -8,11 +8,11 @@ import time
 import pytest
 
 import tests.tasks  # noqa: F401  registers the test tasks
-from stagerunner import registry
+from stagerunner import hooks, registry
 from stagerunner.child import Limits
 from stagerunner.executor import Ending, Job
 from stagerunner.forker import Forker
-from stagerunner.protocol import Status, Task
+from stagerunner.protocol import Batch, Status, Task, encode
 from stagerunner_tools.procfs import alive as pid_alive
 from tests.helpers import eventually
 from tests.process.inprocess import InProcessConsumer
@@ -206,3 +206,36 @@ def test_descendants_that_escaped_twice_die_at_the_deadline(consumer, tmp_path):
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(set(pids)) == 2, pids  # the one that escaped, and the one that escaped it
     eventually(lambda: not any(pid_alive(p) for p in pids), timeout=5)
+
+
+def test_a_reply_stamped_past_its_deadline_is_a_timeout_that_kills_the_reused_child():
+    """The consumer is not stepped across the job's deadline (as if it were frozen): the
+    job ends meanwhile and its reply waits in the pipe, stamped late. The task is a
+    timeout, `on_timeout` hears of it, and the reused child is not kept."""
+    heard: list[int] = []
+
+    def hook(ctx):
+        heard.append(ctx.id)
+
+    hooks.on_timeout(hook)
+    try:
+        with InProcessConsumer(Limits(modules=("tests.tasks",), child_reuse=5)) as c:
+            first = run(c, "tests.tasks:record_run", '["/dev/null"]').result
+            c.pipe.send_bytes(encode(Batch((Task(2, 1, "tests.tasks:sleep_for", "[0.2]",
+                                                 0.1),))))
+            while not c.consumer.queue:
+                c.consumer.step(time.monotonic())
+            c.consumer._start_next(time.monotonic())  # started; its deadline is not watched
+            child = c.consumer.job.child
+            eventually(lambda: select.select([child.result_r], [], [], 0)[0], timeout=5)
+            time.sleep(0.05)  # well past its deadline, unwatched
+            outcome = c.next_message()
+            assert outcome.status is Status.TIMEOUT, outcome
+            assert "past its deadline of 0.1 s" in outcome.error, outcome.error
+            assert 200 <= outcome.runtime_ms < 1000
+            assert heard == [2]
+            eventually(lambda: not pid_alive(child.pid))
+            after = c.run("tests.tasks:record_run", '["/dev/null"]', task_id=3).result
+            assert after != first  # a fresh child
+    finally:
+        hooks._HOOKS["timeout"].remove(hook)
