@@ -11,8 +11,8 @@ group at the deadline.
 between a task's arrival and its start. ``ChildHandle`` is the consumer's end of one
 child, and ``Job`` watches one task in it: the result, an exit without one, or the
 deadline, each turned into its ``Outcome`` here and nowhere else. A result the child
-stamped at or after the deadline is a timeout too: its node was frozen or starved across
-the deadline, so nothing could kill it in time, and it is not let pass as a success.
+stamped at or after the deadline is a timeout too (``Job._replied`` says when that
+happens): it is never let pass as a success.
 
 There is no TERM grace period: it would stretch the deadline. Killing is the
 consumer's (a SIGKILL to the child's group, see ``forker.Forker.kill``).

@@ -9,7 +9,7 @@ Each is called where it can run:
 |---|---|---|
 | ``on_success`` | the job child, after the result was checked | ``(ctx, result)`` |
 | ``on_failure`` | the job child, when the task raised or returned a bad result | ``(ctx, exc or None, error text)`` |
-| ``on_timeout`` | the consumer, once the job's group was killed at its deadline (or it finished past it: its node was frozen) | ``(ctx,)`` |
+| ``on_timeout`` | the consumer, once the job's group was killed at its deadline, or its reply came stamped past it | ``(ctx,)`` |
 | ``on_lost`` | the producer, when a run was lost with its consumer | ``(ctx,)`` |
 
 ``ctx`` is a ``stagerunner.JobContext``. A hook that raises is logged
