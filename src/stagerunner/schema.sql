@@ -106,17 +106,10 @@ CREATE INDEX IF NOT EXISTS tasks_claim_idx
     ON stagerunner.tasks (queue, priority DESC, run_at, id)
     WHERE status = 'waiting';
 
--- The producer's wake-up timer: the earliest future run_at of a queue. It holds only rows
--- whose run_at lies past their creation (delayed, scheduled or retried later); a row due in
--- the future always does, as it was created before now. So the claim of due work cannot
--- use it. Its predecessor (version 4 and before, every waiting row) could be: on a table
--- whose statistics were stale (new, or analyzed while nearly empty, then filled) the
--- planner took it for the claim and sorted every due row at each claim, ~10 ms a claim at
--- 40,000 due rows instead of ~1 ms. And a task due at once now writes one index entry less.
-CREATE INDEX IF NOT EXISTS tasks_deferred_idx
+-- The producer's wake-up timer: the earliest future run_at of a queue.
+CREATE INDEX IF NOT EXISTS tasks_scheduled_idx
     ON stagerunner.tasks (queue, run_at)
-    WHERE status = 'waiting' AND run_at > created_at;
-DROP INDEX IF EXISTS stagerunner.tasks_scheduled_idx;
+    WHERE status = 'waiting';
 
 -- Rescue and release look up running rows by owner.
 CREATE INDEX IF NOT EXISTS tasks_running_owner_idx
@@ -275,8 +268,7 @@ CREATE TABLE IF NOT EXISTS stagerunner.schema_version (
 --   three dead tuples (claim, outcome, prune). The default trigger, 20% of the table dead,
 --   lets a week of retained rows pile millions of dead tuples (and dead claim-index
 --   entries) before a vacuum starts: 1% plus 1000 rows starts it within a naptime or two
---   at any size. ANALYZE follows the same churn (the claim's plan no longer depends on
---   it: see tasks_deferred_idx).
+--   at any size. ANALYZE follows the same churn, so the claim's plan stays on its index.
 -- * nodes: every heartbeat updates heartbeat_at, which no index holds: those updates are
 --   HOT when the page has room, so the small table keeps half of each page free.
 ALTER TABLE stagerunner.tasks SET (
@@ -291,5 +283,4 @@ ALTER TABLE stagerunner.nodes SET (fillfactor = 50);
 
 -- 4: leases, kills, run details (the production issues), the task catalog and results
 -- NOTIFY (applications), storage settings (deploying)
--- 5: tasks_deferred_idx replaces tasks_scheduled_idx (a claim that never sorts the backlog)
-INSERT INTO stagerunner.schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+INSERT INTO stagerunner.schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;

@@ -51,49 +51,6 @@ def test_the_claim_uses_the_claim_index(conn):
     assert "tasks_claim_idx" in plan, plan
 
 
-def test_the_claim_walks_its_index_even_on_statistics_of_an_empty_table(conn):
-    """A new install's first burst, or a table analyzed while nearly empty and then filled:
-    the planner believes the due rows are few. The claim must still read tasks_claim_idx in
-    order and stop at its limit, never fetch and sort every due row (up to version 4 it
-    took the next-due timer's index and sorted them all, at every claim)."""
-    import psycopg
-
-    conn.execute("ANALYZE stagerunner.tasks")  # the statistics of an empty table
-    conn.execute("INSERT INTO stagerunner.tasks (name) SELECT 'x' FROM generate_series(1, 20000)")
-    conn.execute("INSERT INTO stagerunner.tasks (name, run_at) "
-                 "SELECT 'x', now() + interval '1 hour' FROM generate_series(1, 10)")
-    sql = store.sql_text("claim_tasks")
-    for limit, short in ((64, False), (30000, True)):  # a full claim; one that takes all
-        plan = ""
-        try:
-            with conn.transaction():  # EXPLAIN ANALYZE claims for real: rolled back
-                plan = "\n".join(r[0] for r in conn.execute(
-                    "EXPLAIN ANALYZE " + sql, {"owner": "o", "queue": "default", "limit": limit}))
-                raise psycopg.Rollback()
-        except psycopg.Rollback:
-            pass
-        due = plan.split("CTE claimed")[0]
-        assert "tasks_claim_idx" in due and "Sort" not in due, plan
-        # the next-due timer runs only after a short claim, and reads its own index
-        timer = plan.split("tasks_deferred_idx")[1].split("\n")[0]
-        assert ("never executed" in timer) is not short, plan
-    assert conn.execute("SELECT count(*) FROM stagerunner.tasks WHERE status = 'waiting'"
-                        ).fetchone()[0] == 20010
-
-
-def test_a_version_4_database_gets_the_deferred_index_in_place_of_the_old_one(db, connect):
-    admin = connect()
-    admin.execute("DROP INDEX stagerunner.tasks_deferred_idx")
-    admin.execute("CREATE INDEX tasks_scheduled_idx ON stagerunner.tasks (queue, run_at) "
-                  "WHERE status = 'waiting'")  # version 4's
-    admin.execute("UPDATE stagerunner.schema_version SET version = 4")
-    with store.connect(db) as conn:
-        assert migrations.migrate(conn) is True
-    names = {r[0] for r in admin.execute(
-        "SELECT indexname FROM pg_indexes WHERE schemaname = 'stagerunner' AND tablename = 'tasks'")}
-    assert "tasks_deferred_idx" in names and "tasks_scheduled_idx" not in names, names
-
-
 @pytest.mark.parametrize("column, value", [("args", "'\"a string\"'"), ("max_attempts", "0"),
                                            ("name", "''"), ("timeout_s", "-1")])
 def test_named_constraints_refuse_impossible_rows(conn, column, value):
@@ -114,7 +71,6 @@ SCHEMA_DIGESTS = {
     2: "438ebba26b715e2ba94959bb52588ff6434ad39a65fd03a52b4af12b428a8f08",
     3: "8809096e3788abd97754c05d22af8c3244addbbd1a185d63cbcd473d7cf68edd",
     4: "c06219f23d2f288d43901496bfb343108439582215807b8d8037d1eb07043089",
-    5: "c563dd90db1f5ba15ef7f2a42d7e91cd8f123ce2502b008a9b78612231557cd0",
 }
 
 

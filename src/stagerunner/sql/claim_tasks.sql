@@ -35,8 +35,6 @@ scheduled AS (
     WHERE status = 'waiting'
       AND queue = %(queue)s
       AND run_at > now()
-      AND run_at > created_at  -- drops no row due later (it was created before now), and
-                               -- lets tasks_deferred_idx answer
       AND (SELECT count(*) FROM claimed) < %(limit)s  -- a full claim needs no answer
 )
 SELECT c.*, s.next_due_s
