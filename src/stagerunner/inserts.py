@@ -7,9 +7,8 @@ COPY into a staging table and one INSERT ... SELECT.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stagerunner import store
 
@@ -17,8 +16,11 @@ if TYPE_CHECKING:
     import psycopg
 
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
+class NewTask(NamedTuple):
+    """One task to insert. A tuple (a third of a frozen dataclass's cost to build, ~0.4
+    against ~1.3 µs, in a bulk enqueue's ~4 µs of Python a task) whose first eight fields
+    are the staging table's columns after `ord`, in order."""
+
     name: str
     args: str  # JSON text, validated by client.to_json
     queue: str = "default"
@@ -30,6 +32,7 @@ class NewTask:
     unique_key: str | None = None
 
 
+_STAGED = 8  # NewTask's fields that copy_staged_tasks takes: name ... run_at
 INSERT_ROUNDS = 3  # a key whose holder finishes between our insert and our lookup: retry
 COPY_MIN = 1000  # tasks; a smaller enqueue binds arrays in one INSERT, as fast as staging
 
@@ -87,9 +90,7 @@ def _staged(tasks: Sequence[NewTask]) -> store.Steps:
     yield store.ATOMIC, {}
     yield "stage_tasks", {}
     yield "clear_staged_tasks", {}
-    yield "copy_staged_tasks", {"rows": [
-        (i, t.name, t.args, t.queue, t.priority, t.max_attempts, t.timeout_s, t.delay_s,
-         t.run_at) for i, t in enumerate(tasks)]}
+    yield "copy_staged_tasks", {"rows": [(i, *t[:_STAGED]) for i, t in enumerate(tasks)]}
     rows = yield "insert_staged_tasks", {}
     return sorted(r["id"] for r in rows)  # drawn in staging order
 

@@ -113,3 +113,25 @@ def test_arguments_must_be_json():
     for bad in ([{1, 2}], [b"bytes"], [float("nan")], {"when": object()}, "a string"):
         with pytest.raises(NotJSON):
             to_json("t", bad)
+
+
+def test_arguments_encode_as_json_dumps_does_and_one_that_contains_itself_is_refused():
+    sample = [1, -0.0, 1e300, 2**70, "é\u0000\n", None, {"k": [True, {"n": 1.5}], "1": 2}]
+    assert to_json("t", sample) == json.dumps(sample, allow_nan=False)
+    loop: list = [1]
+    loop.append(loop)
+    with pytest.raises(NotJSON) as err:
+        to_json("t", loop)
+    assert "contain themselves" in str(err.value)
+    assert to_json("t", [1]) == "[1]"  # the shared encoder is unharmed by that failure
+
+
+def test_a_new_task_leads_with_the_staging_tables_columns_in_order():
+    import re
+
+    from stagerunner import inserts, store
+
+    copy = store.sql_text("copy_staged_tasks")
+    columns = [c.strip() for c in re.search(r"\(([^)]*)\)", copy).group(1).split(",")]
+    assert columns[0] == "ord"
+    assert list(inserts.NewTask._fields[:inserts._STAGED]) == columns[1:]
