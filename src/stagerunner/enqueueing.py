@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import types
-from datetime import datetime, timedelta
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from stagerunner import registry
