@@ -199,8 +199,10 @@ def _run_node(settings: Any, names: list[str], launched: dict[int, Any], log: An
     if db.embedded:
         log.info("using the embedded PostgreSQL", extra={
             "event": "db.embedded", "data_dir": str(settings.data_dir),
-            "connect": f"PGPASSWORD=$(cat {db.server.password_file}) psql "
-                       f"'{db.server.public_dsn()}'"})
+            # two fields, not one `PGPASSWORD=$(cat …) psql …` command: the log's secret
+            # filter blanks whatever follows "password=" and left that one unusable
+            "connect": f"psql '{db.server.public_dsn()}'",
+            "password_file": str(db.server.password_file)})
     else:
         log.info("using PostgreSQL", extra={"event": "db.configured", "database": db.describe()})
     log.info("tasks registered", extra={"event": "node.tasks", "count": len(names),

@@ -200,7 +200,18 @@ def test_readme_quickstart_with_the_embedded_server():
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         eventually(lambda: b"node started" in (data / "node.log").read_bytes(), timeout=60)
-        assert b"using the embedded PostgreSQL" in (data / "node.log").read_bytes()
+        text = (data / "node.log").read_text()
+        assert "using the embedded PostgreSQL" in text
+        # the log says how to connect, and it works with the password from the named file
+        import re
+
+        import psycopg
+
+        dsn = re.search(r"connect=\"psql '([^']+)'\"", text).group(1)
+        secret = Path(re.search(r"password_file=(\S+)", text).group(1)).read_text().strip()
+        assert secret and secret not in text
+        with psycopg.connect(dsn, password=secret, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
         cli = [sys.executable, "-m", "stagerunner"]
         out = subprocess.run([*cli, "enqueue", "tests.tasks:add", "2", "3"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60)
