@@ -203,8 +203,6 @@ def test_readme_quickstart_with_the_embedded_server():
         text = (data / "node.log").read_text()
         assert "using the embedded PostgreSQL" in text
         # the log says how to connect, and it works with the password from the named file
-        import re
-
         import psycopg
 
         dsn = re.search(r"connect=\"psql '([^']+)'\"", text).group(1)
