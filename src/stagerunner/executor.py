@@ -175,7 +175,14 @@ class Job:
                 return Ending.EXITED
         if self.reply is not None:
             return Ending.REPLIED
-        return Ending.EXPIRED if now >= self.deadline else None
+        if now < self.deadline:
+            return None
+        if child.result_r not in ready and select.select([child.result_r], [], [], 0)[0]:
+            # A select woken past its timeout may come back empty without looking again
+            # (CPython after a signal, a node thawed from SIGSTOP): a reply already in the
+            # pipe still decides the outcome, stamped late or not.
+            return self.check([child.result_r], now)
+        return Ending.EXPIRED
 
     def outcome(self, ending: Ending, now: float, wait_status: int = 0) -> Outcome:
         t, d = self.task, self.timeout

@@ -145,6 +145,24 @@ def test_a_prefork_child_waits_for_its_job_and_is_gone_after_it():
         forker.close()
 
 
+def test_a_reply_waiting_at_the_deadline_wins_over_an_empty_select():
+    """A consumer woken past the deadline by a select that came back empty (a signal, a
+    thaw) still reads the reply already waiting: it decides the outcome, never a kill."""
+    forker = Forker.start(LIMITS, lambda name: registry.resolve(name, LIMITS.modules).func)
+    try:
+        child = forker.take()
+        started = time.monotonic()
+        job = Job(Task(1, 1, "tests.tasks:ok", "[]"), child, started, started + 1.0, 1.0)
+        child.send(job.task)
+        eventually(lambda: select.select([child.result_r], [], [], 0)[0], timeout=5)
+        ending = job.check([], started + 5.0)
+        assert ending is Ending.REPLIED
+        assert job.outcome(ending, started + 5.0).status is Status.SUCCESS  # stamped in time
+        forker.kill(child)
+    finally:
+        forker.close()
+
+
 def test_a_reused_child_runs_up_to_k_jobs_then_a_fresh_one_takes_over():
     with InProcessConsumer(Limits(modules=("tests.tasks",), child_reuse=3)) as c:
         pids = [run(c, "tests.tasks:record_run", '["/dev/null"]').result for _ in range(4)]
