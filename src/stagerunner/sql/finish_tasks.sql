@@ -4,6 +4,8 @@
 -- rescued, released or re-claimed since is left alone and is not returned; the others
 -- come back with the status they now have.
 -- (A retry of a task whose cancel was requested ends cancelled: tasks_cancel_wins.)
+-- The arrays are bound in binary format (the "b" placeholders): psycopg dumps a list as
+-- text in Python, ~3x slower for the producer's batches of 64 outcomes.
 UPDATE stagerunner.tasks AS t
 SET status = o.status,
     result = o.result,
@@ -26,10 +28,10 @@ SET status = o.status,
     deadline_s = coalesce(o.deadline_s, t.deadline_s),
     consumer = CASE WHEN o.deadline_s IS NULL THEN t.consumer ELSE o.consumer END
 FROM unnest(
-    %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::stagerunner.task_status[],
-    %(reported)s::text[], %(results)s::jsonb[], %(errors)s::text[], %(delays)s::double precision[],
-    %(lost)s::integer[], %(kills)s::integer[], %(runtimes)s::double precision[],
-    %(consumers)s::integer[], %(deadlines)s::double precision[], %(refunds)s::integer[]
+    %(ids)b::bigint[], %(attempts)b::integer[], %(statuses)b::stagerunner.task_status[],
+    %(reported)b::text[], %(results)b::jsonb[], %(errors)b::text[], %(delays)b::double precision[],
+    %(lost)b::integer[], %(kills)b::integer[], %(runtimes)b::double precision[],
+    %(consumers)b::integer[], %(deadlines)b::double precision[], %(refunds)b::integer[]
 ) AS o(id, attempt, status, reported, result, error, delay_s, lost, kills, runtime_ms,
        consumer, deadline_s, refund)
 WHERE t.id = o.id
