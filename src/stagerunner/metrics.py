@@ -41,7 +41,9 @@ class Stats:
     """The producer's counters, as it sends them with each liveness report."""
 
     outcomes: Counter[str] = field(default_factory=Counter)  # "queue\tstatus" -> n
-    runtime_buckets: Counter[str] = field(default_factory=Counter)  # "queue\tbound" -> n
+    # "queue\tbound" -> runs of at most that bound and more than the one below it (one
+    # increment a run; ``render`` makes the buckets cumulative, as the format wants)
+    runtime_buckets: Counter[str] = field(default_factory=Counter)
     runtime_sum: Counter[str] = field(default_factory=Counter)
     runtime_count: Counter[str] = field(default_factory=Counter)
     rescued: int = 0
@@ -54,8 +56,9 @@ class Stats:
     def observe(self, queue: str, status: str, runtime_ms: float) -> None:
         self.outcomes[f"{queue}\t{status}"] += 1
         seconds = runtime_ms / 1000
-        for key in _bucket_keys(queue)[bisect_left(BUCKETS_S, seconds):]:  # every bound >= it
-            self.runtime_buckets[key] += 1
+        i = bisect_left(BUCKETS_S, seconds)  # the smallest bound >= it
+        if i < len(BUCKETS_S):
+            self.runtime_buckets[_bucket_keys(queue)[i]] += 1
         self.runtime_sum[queue] += seconds
         self.runtime_count[queue] += 1
 
@@ -112,9 +115,10 @@ def render(stats: Stats, restarts: dict[str, int], live: list[dict[str, Any]],
            [(_labels(queue=q, status=s), n) for (q, s), n in _split(stats.outcomes)])
     histogram: list[tuple[str, float]] = []
     for queue in sorted(stats.runtime_count):
+        below = 0
         for bound in BUCKETS_S:
-            histogram.append((f"_bucket{_labels(queue=queue, le=str(bound))}",
-                              stats.runtime_buckets[f"{queue}\t{bound}"]))
+            below += stats.runtime_buckets[f"{queue}\t{bound}"]
+            histogram.append((f"_bucket{_labels(queue=queue, le=str(bound))}", below))
         histogram += [(f"_bucket{_labels(queue=queue, le='+Inf')}", stats.runtime_count[queue]),
                       (f"_sum{_labels(queue=queue)}", round(stats.runtime_sum[queue], 6)),
                       (f"_count{_labels(queue=queue)}", stats.runtime_count[queue])]

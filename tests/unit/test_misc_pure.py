@@ -135,3 +135,26 @@ def test_a_new_task_leads_with_the_staging_tables_columns_in_order():
     columns = [c.strip() for c in re.search(r"\(([^)]*)\)", copy).group(1).split(",")]
     assert columns[0] == "ord"
     assert list(inserts.NewTask._fields[:inserts._STAGED]) == columns[1:]
+
+
+def test_the_runtime_histogram_is_cumulative_and_survives_the_wire():
+    """One increment a run in the producer; the exposition's buckets count every run at or
+    below their bound, +Inf all of them, as Prometheus's parser reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stagerunner.metrics import Stats, render
+
+    stats = Stats()
+    for ms in (1, 5, 5.01, 20, 700, 1000, 45_000):  # 5 ms is on its bound: le="0.005"
+        stats.observe("q", "success", ms)
+    stats.observe("other", "error", 3)
+    text = render(Stats.from_wire(json.loads(json.dumps(stats.to_wire()))), {}, [], [])
+    [family] = [f for f in text_string_to_metric_families(text)
+                if f.name == "stagerunner_job_runtime_seconds"]
+    got = {(s.labels["queue"], s.labels.get("le")): s.value for s in family.samples
+           if s.name.endswith("_bucket")}
+    assert [got[("q", le)] for le in ("0.005", "0.01", "0.025", "0.5", "1.0", "30.0", "+Inf")] \
+        == [2, 3, 4, 4, 6, 6, 7]
+    assert got[("other", "0.005")] == 1 and got[("other", "+Inf")] == 1
+    counts = {s.labels["queue"]: s.value for s in family.samples if s.name.endswith("_count")}
+    assert counts == {"q": 7, "other": 1}
