@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 
@@ -41,35 +41,46 @@ FLUSH_AFTER_S = 0.02  # outcomes wait at most this long for a batch to fill
 FLUSH_BATCH = 64
 
 
-def decide(outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0) -> Finish:
+class _Run(TypedDict):
+    """What a Finish says about the run itself: the consumer slot and the deadline it had."""
+
+    consumer: int | None
+    deadline_s: float | None
+
+
+def decide(outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0,
+           consumer: int | None = None) -> Finish:
     """The row transition for one outcome; `lost` and `kills` are the task's counts at claim
-    time."""
+    time, `consumer` the slot that ran it. (Built in one go: ``dataclasses.replace`` on the
+    result would cost the producer more than deciding does, ~4.6 against ~2.6 µs.)"""
     o = outcome
+    run: _Run = {"consumer": consumer, "deadline_s": o.deadline_s or None}
     if o.lost:
-        return _lost(o, kills)
+        return _lost(o, kills, run)
     if o.status in (Status.SUCCESS, Status.CANCELLED):
-        return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0, o.runtime_ms)
+        return Finish(o.task_id, o.attempt, o.status, o.status, o.result, o.error, 0.0, 0,
+                      o.runtime_ms, **run)
     if o.status not in TERMINAL:
         raise ValueError(f"an outcome cannot report {o.status}")
     d = retry.decide(o, failures=o.attempt - lost, max_attempts=max_attempts)
     failure = None if d.refund else o.error  # a snooze is not a failure: no history entry
     return Finish(o.task_id, o.attempt, d.status, d.reported, None, failure, d.delay_s, 0,
-                  o.runtime_ms, refund=d.refund)
+                  o.runtime_ms, refund=d.refund, **run)
 
 
-def _lost(o: Outcome, kills: int) -> Finish:
+def _lost(o: Outcome, kills: int, run: _Run) -> Finish:
     """Back to waiting without spending an attempt -- after a backoff if its consumer died
     under it -- unless that has now happened QUARANTINE_KILLS times."""
     if not o.suspect:
         return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error, 0.0, lost=1,
-                      runtime_ms=o.runtime_ms)
+                      runtime_ms=o.runtime_ms, **run)
     if kills + 1 >= QUARANTINE_KILLS:
         error = (f"{o.error}; quarantined: its consumer died while it ran {kills + 1} times, "
                  "so it will not run again until it is retried")
         return Finish(o.task_id, o.attempt, Status.ERROR, "lost", None, error, lost=1, kills=1,
-                      runtime_ms=o.runtime_ms)
+                      runtime_ms=o.runtime_ms, **run)
     return Finish(o.task_id, o.attempt, Status.WAITING, "lost", None, o.error,
-                  retry.DEFAULT.delay(kills + 1), lost=1, kills=1, runtime_ms=o.runtime_ms)
+                  retry.DEFAULT.delay(kills + 1), lost=1, kills=1, runtime_ms=o.runtime_ms, **run)
 
 
 @dataclass
@@ -102,8 +113,8 @@ class Completer:
 
     def add(self, outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0,
             consumer: int | None = None) -> Finish:
-        finish = replace(decide(outcome, lost=lost, max_attempts=max_attempts, kills=kills),
-                         consumer=consumer, deadline_s=outcome.deadline_s or None)
+        finish = decide(outcome, lost=lost, max_attempts=max_attempts, kills=kills,
+                        consumer=consumer)
         if not self.pending:
             self.since = time.monotonic()
         self.pending.append(finish)

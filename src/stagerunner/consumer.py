@@ -22,7 +22,6 @@ timeout.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -261,9 +260,8 @@ class Consumer:
     def _finish(self, outcome: Outcome, keep_child: bool) -> None:
         self.job = None
         self._arm()
-        if self.backoff is not None:  # the task's own retry backoff, for the producer
-            outcome = dataclasses.replace(outcome, backoff=self.backoff)
-        self._report(outcome, more=self.queue.job_ended())  # ask again for what went back
+        # ask again for what went back; the task's own retry backoff is for the producer
+        self._report(outcome, more=self.queue.job_ended(), backoff=self.backoff)
         if not keep_child:
             self._retire_child()  # done with it (if not killed already); the helper kills
         else:                     # strays as it reaps it
@@ -271,9 +269,9 @@ class Consumer:
         if self.spare is None and not self.stopping:
             self._forker().request()  # forked now, while the next task is on its way
 
-    def _report(self, outcome: Outcome, more: int = 0) -> None:
-        demand = 0 if self.stopping else 1 + more
-        self._send(dataclasses.replace(outcome, demand=demand))
+    def _report(self, outcome: Outcome, more: int = 0,
+                backoff: tuple[float, float, float] | None = None) -> None:
+        self._send(outcome.carrying(0 if self.stopping else 1 + more, backoff))
 
     def _retire_child(self, wait: bool = False) -> int | None:
         """SIGKILL the spare child's group now; with `wait`, also learn its wait status."""

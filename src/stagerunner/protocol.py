@@ -95,6 +95,14 @@ class Outcome:
     snooze_s: float | None = None  # the job asked to run again later, spending no attempt
     backoff: tuple[float, float, float] | None = None  # the task's own retry.Backoff
 
+    def carrying(self, demand: int, backoff: tuple[float, float, float] | None = None
+                 ) -> Outcome:
+        """This outcome with new demand credits (and the task's own backoff, when it has
+        one): built field by field, as ``dataclasses.replace`` costs ~4 µs a task."""
+        return Outcome(self.task_id, self.attempt, self.status, self.runtime_ms, self.result,
+                       self.error, demand, self.lost, self.final, self.suspect, self.deadline_s,
+                       self.retry, self.snooze_s, self.backoff if backoff is None else backoff)
+
 
 @dataclass(frozen=True, slots=True)
 class Stop:

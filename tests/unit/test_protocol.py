@@ -32,3 +32,19 @@ def test_garbage_is_a_protocol_error_not_a_crash(data):
 def test_status_values_are_the_sql_labels():
     assert [s.value for s in Status] == ["waiting", "running", "success", "error", "timeout",
                                          "cancelled"]
+
+
+def test_an_outcome_carrying_demand_keeps_every_other_field():
+    """``Outcome.carrying`` is written out field by field (for speed): a field added to
+    Outcome and forgotten there fails here."""
+    import dataclasses
+
+    values = {"task_id": 7, "attempt": 2, "status": Status.ERROR, "runtime_ms": 1.5,
+              "result": "1", "error": "e", "demand": 0, "lost": True, "final": True,
+              "suspect": True, "deadline_s": 0.3, "retry": False, "snooze_s": 2.0,
+              "backoff": (1.0, 2.0, 0.1)}
+    assert set(values) == {f.name for f in dataclasses.fields(Outcome)}
+    o = Outcome(**values)
+    assert o.carrying(3) == dataclasses.replace(o, demand=3)
+    assert o.carrying(1, (5.0, 9.0, 0.0)) == dataclasses.replace(o, demand=1,
+                                                                 backoff=(5.0, 9.0, 0.0))
