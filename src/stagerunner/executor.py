@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from stagerunner import procs, retry
+from stagerunner import jsontext, procs, retry
 from stagerunner.child import REPLY_HEADER, frame, write_all
 from stagerunner.protocol import Outcome, Status, Task
 
@@ -66,8 +66,9 @@ class ChildHandle:
         self.jobs_sent += 1
         self.buffer.clear()
         self.finished = None
-        payload = json.dumps([task.id, task.name, task.args, task.attempt, task.max_attempts,
-                              task.queue, task.enqueued_at, deadline]).encode()
+        payload = jsontext.dumps([task.id, task.name, task.args, task.attempt,
+                                  task.max_attempts, task.queue, task.enqueued_at,
+                                  deadline]).encode()
         try:
             write_all(self.job_w, frame(payload))
         except BrokenPipeError:

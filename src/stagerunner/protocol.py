@@ -34,6 +34,8 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from stagerunner import jsontext
+
 
 class Status(StrEnum):
     """Task states; the values are the SQL enum labels verbatim."""
@@ -214,7 +216,7 @@ def encode(message: Message) -> bytes:
             wire = ["K", held, stats]
         case _:
             raise ProtocolError(f"cannot encode {message!r}")
-    return json.dumps(wire, separators=(",", ":")).encode()
+    return jsontext.compact(wire).encode()
 
 
 def decode(data: bytes) -> Message:
