@@ -102,11 +102,18 @@ def _check_callable(fn: Any, name: str | None) -> None:
 
 
 def _check_name(name: str) -> None:
+    if type(name) is str and name in _CHECKED:
+        return
     if not isinstance(name, str) or not _NAME.match(name) or "__" in name:
         raise UnknownTask(f"invalid task name {name!r}: expected module:function "
                           "or a dotted name, without dunder parts")
     if any(part.startswith("_") for part in re.split(r"[.:]", name)):
         raise UnknownTask(f"invalid task name {name!r}: private (underscore) names never run")
+    if name in _REGISTRY:  # remembered only for registered names: rows cannot grow it
+        _CHECKED.add(name)
+
+
+_CHECKED: set[str] = set()  # names that passed _check_name (every task's row repeats one)
 
 
 def load(modules: Iterable[str]) -> list[str]:

@@ -107,3 +107,18 @@ def test_a_call_shape_that_bound_once_is_not_bound_again_and_hostile_shapes_stay
     assert len(arguments._BOUND) == arguments._BOUND_MAX
     with pytest.raises(TypeError):  # past the cap the check still binds
         arguments.check(signature, [1], {})
+
+
+def test_only_registered_names_are_remembered_as_checked():
+    """The name check is skipped for a name seen before, but only a registered one is
+    remembered: rows full of made-up names cannot grow the memo, and each is refused."""
+    before = set(registry._CHECKED)
+    for i in range(200):
+        for name in (f"tests.tasks:nope{i}", f"tests.tasks:_p{i}", f"bad name {i}"):
+            spec, why = registry.admit(name, "[]", ALLOWED)
+            assert spec is None and why
+    assert registry._CHECKED - before <= {"tests.tasks:add"}
+    assert registry.admit("tests.tasks:add", "[1, 2]", ALLOWED)[0] is not None
+    assert "tests.tasks:add" in registry._CHECKED
+    assert registry.admit("tests.tasks:add", "[1, 2]", ALLOWED)[0] is not None  # from the memo
+    assert registry.admit(["not", "a", "str"], "[]", ALLOWED)[0] is None  # type: ignore[arg-type]
