@@ -116,8 +116,8 @@ def render(stats: Stats, restarts: dict[str, int], live: list[dict[str, Any]],
     histogram: list[tuple[str, float]] = []
     for queue in sorted(stats.runtime_count):
         below = 0
-        for bound in BUCKETS_S:
-            below += stats.runtime_buckets[f"{queue}\t{bound}"]
+        for bound, key in zip(BUCKETS_S, _bucket_keys(queue)):
+            below += stats.runtime_buckets[key]
             histogram.append((f"_bucket{_labels(queue=queue, le=str(bound))}", below))
         histogram += [(f"_bucket{_labels(queue=queue, le='+Inf')}", stats.runtime_count[queue]),
                       (f"_sum{_labels(queue=queue)}", round(stats.runtime_sum[queue], 6)),
