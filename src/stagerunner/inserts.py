@@ -92,7 +92,7 @@ def _staged(tasks: Sequence[NewTask]) -> store.Steps:
     yield "clear_staged_tasks", {}
     yield "copy_staged_tasks", {"rows": [(i, *t[:_STAGED]) for i, t in enumerate(tasks)]}
     rows = yield "insert_staged_tasks", {}
-    return sorted(r["id"] for r in rows)  # drawn in staging order
+    return list(rows[0]["ids"])  # drawn in staging order, sorted by the statement
 
 
 def _columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
