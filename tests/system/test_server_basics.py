@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
 import stagerunner
@@ -66,6 +67,46 @@ def test_healthcheck_follows_the_node(db, start_node):
     assert node.stop() == 0
     gone = run_cli("healthcheck", dsn=db, metrics_port=port)
     assert gone.returncode == 1 and "no answer" in gone.stderr
+
+
+def test_healthz_fails_while_the_producer_is_silent_and_readyz_while_the_database_is_gone(
+        db, conn, pg_admin_dsn, start_node):
+    """The answers a container's probes act on, from a node that still answers HTTP: a
+    producer whose loop stopped reporting makes /healthz 503 (before the watchdog's own
+    10 s limit kills it), and a producer that lost its database makes /readyz 503 while
+    /healthz stays 200; both recover."""
+    port = free_port()
+    node = start_node(metrics_port=port, heartbeat_interval="0.5")  # "recent": 2 s
+    producer, _ = node.wait_stages(2)
+
+    def probe(*flags: str) -> tuple[int, str]:
+        out = run_cli("healthcheck", *flags, "--timeout", "2", dsn=db, metrics_port=port)
+        return out.returncode, out.stdout + out.stderr
+
+    eventually(lambda: probe()[0] == 0 and probe("--ready")[0] == 0, timeout=10)
+    os.kill(producer, signal.SIGSTOP)
+    try:
+        silent = eventually(lambda: (p := probe())[0] == 1 and p, timeout=8)
+    finally:
+        os.kill(producer, signal.SIGCONT)
+    assert "/healthz: 503 unhealthy" in silent[1]
+    eventually(lambda: probe()[0] == 0, timeout=10)
+
+    name = conn.execute("SELECT current_database()").fetchone()[0]
+    admin = psycopg.connect(pg_admin_dsn, autocommit=True)  # not from inside the database
+    admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        gone = eventually(lambda: (p := probe("--ready"))[0] == 1 and p, timeout=10)
+        assert "/readyz: 503 not connected to the database" in gone[1]
+        alive = probe()  # the node itself is fine: an orchestrator must not restart it
+        assert alive[0] == 0 and "/healthz: ok" in alive[1]
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+    eventually(lambda: probe("--ready")[0] == 0, timeout=15)
+    assert node.stop() == 0
 
 
 def test_healthcheck_without_a_metrics_port_fails_and_says_what_to_set(db):
