@@ -57,10 +57,16 @@ def test_invalid_values_are_refused(env):
     assert "STAGERUNNER_" in str(err.value)
 
 
-def test_a_bad_database_url_never_shows_the_password():
+@pytest.mark.parametrize("env", [
+    {"STAGERUNNER_DATABASE_URL": "mysql://u:hunter2@h/db"},  # not PostgreSQL
+    {"STAGERUNNER_DATABASE_URL": "postgresql://u:hunter2@h:port/db"},  # not a port
+    {"STAGERUNNER_DATABASE_URLS": "postgresql://u:hunter2@h/db"},  # a misspelt name
+])
+def test_a_bad_database_url_never_shows_the_password(env):
     with pytest.raises(ConfigError) as err:
-        load({"STAGERUNNER_DATABASE_URLS": "postgresql://u:hunter2@h/db"})
+        load(env)
     assert "hunter2" not in str(err.value)
+    assert next(iter(env)) in str(err.value)  # it still names the variable
 
 
 def test_sqlalchemy_style_urls_are_accepted():
