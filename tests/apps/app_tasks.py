@@ -94,6 +94,17 @@ def _record(kind: str, ctx: Any, **more: Any) -> None:
                                 "attempt": ctx.attempt, "pid": os.getpid(), **more}) + "\n")
 
 
+def _broken(*args: Any) -> None:
+    """Registered first for every kind: with HOOK_RAISE set it raises, and the recording
+    hooks below must still run and the task's outcome must not change."""
+    if os.environ.get("HOOK_RAISE"):
+        raise LookupError("a broken hook")
+
+
+for _register in (hooks.on_success, hooks.on_failure, hooks.on_timeout, hooks.on_lost):
+    _register(_broken)
+
+
 @hooks.on_success
 def _on_success(ctx: Any, result: Any) -> None:
     _record("success", ctx, result=result)

@@ -38,7 +38,12 @@ def test_aenqueue_commits_and_rolls_back_with_the_callers_async_transaction(db, 
     assert _count(conn) == 1 and get_task(kept)["args"] == [1, 2]
 
 
-def test_aenqueue_many_writes_one_statement_in_input_order(db, conn, get_task):
+def test_aenqueue_many_writes_one_statement_in_input_order(db, conn, get_task, monkeypatch):
+    from stagerunner import astore
+
+    calls, real = [], astore.query
+    monkeypatch.setattr(astore, "query", lambda c, name, p=None: calls.append(name) or real(c, name, p))
+
     async def main() -> list[int]:
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as aconn:
             return await stagerunner.aenqueue_many(
@@ -46,6 +51,7 @@ def test_aenqueue_many_writes_one_statement_in_input_order(db, conn, get_task):
                 priority=4)
 
     ids = asyncio.run(main())
+    assert calls == ["insert_tasks"]  # the task is registered here: no catalog read either
     assert len(ids) == 50 and get_task(ids[7])["args"] == [7, 7]
     assert get_task(ids[-1])["priority"] == 4
 

@@ -48,6 +48,29 @@ def test_an_async_task_past_its_deadline_is_killed_and_the_timeout_hook_runs(nod
     assert hook[0]["task_id"] == task_id and hook[0]["pid"] in consumers  # run by the consumer
 
 
+def test_a_hook_that_raises_is_logged_and_changes_nothing(start_node, conn, db, tmp_path):
+    node = start_node(task_modules=MODULES, extra_env={
+        "HOOK_LOG": str(tmp_path / "hooks.jsonl"), "HOOK_RAISE": "1"})
+    ok = app_tasks.chatty.options(conn=conn).enqueue("hi")
+    bad = app_tasks.fails.options(conn=conn).enqueue("boom")
+    slow = app_tasks.async_forever.options(conn=conn).enqueue()
+    assert stagerunner.result(ok, timeout=30, dsn=db) == "hi"
+    with pytest.raises(TaskFailed) as failed:
+        stagerunner.result(bad, timeout=30, dsn=db)
+    assert failed.value.status == "error" and "RuntimeError: boom" in failed.value.error
+    with pytest.raises(TaskFailed) as late:
+        stagerunner.result(slow, timeout=30, dsn=db)
+    assert late.value.status == "timeout"
+    # the hooks registered after the broken one still ran, each where it runs
+    ran = eventually(lambda: (h := {(x["hook"], x["task_id"]) for x in _hooks(tmp_path)})
+                     >= {("success", ok), ("failure", bad), ("timeout", slow)} and h)
+    assert ("failure", ok) not in ran
+    logged = eventually(lambda: (e := node.events("hook.failed")) and len(e) >= 3 and e)
+    for kind in ("success", "failure", "timeout"):
+        assert any(f"hook={kind}" in line and "LookupError: a broken hook" in line
+                   and "function=_broken" in line for line in logged), (kind, logged)
+
+
 def test_a_job_knows_its_context(node, conn, db, get_task):
     task_id = app_tasks.whoami.options(conn=conn, queue="default").enqueue()
     seen = stagerunner.result(task_id, timeout=30, dsn=db)

@@ -126,6 +126,9 @@ def test_tasks_behind_a_long_job_are_handed_back_and_asked_for_again_when_it_end
 
 
 def test_jobs_do_not_see_stagerunner_variables(scripted, monkeypatch):
+    # the consumer inherits this process's environment, as a node's consumers inherit the
+    # supervisor's: its job children must not
+    monkeypatch.setenv("STAGERUNNER_DATABASE_URL", "postgresql://app:hunter2@db.example/app")
     c = scripted()
     c.recv()
     c.send(Batch((task(1, "tests.tasks:env_has", '["SECRET_FREE"]'),

@@ -140,10 +140,15 @@ def test_sigint_behaves_like_sigterm(conn, start_node, statuses):
 
 
 def test_a_notify_wakes_the_producer_long_before_the_poll(conn, start_node, get_task):
-    node = start_node(poll_interval=60)
-    eventually(lambda: node.events("db.connected"))  # listening from here on
+    node = start_node(poll_interval=60, log_level="debug")
+    # Idle first: both consumers attached and their first demand answered by a claim that
+    # found nothing. A task enqueued earlier is taken by that claim, NOTIFY or not.
+    eventually(lambda: len(node.events("consumer.attached")) == 2, timeout=10)
+    time.sleep(1.5)
+    claims = node.log().count("query=claim_tasks")
     [tid] = enqueue_many(conn, "tests.tasks:ok", [[]])
     eventually(lambda: get_task(tid)["status"] == "success", timeout=3)
+    assert node.log().count("query=claim_tasks") > claims  # a claim the NOTIFY started
 
 
 def test_a_scheduled_task_runs_when_due_not_before(conn, start_node, get_task):

@@ -1,13 +1,14 @@
 import io
 import json
 import logging
+import sys
 
 import pytest
 
 from stagerunner import logs
 from stagerunner.client import to_json
 from stagerunner.errors import NotJSON
-from stagerunner.logs import redact
+from stagerunner.logs import JsonFormatter, TextFormatter, redact
 from stagerunner.restarts import EXPLAIN_S, RestartIntensity, Restarts
 
 
@@ -72,6 +73,23 @@ def test_the_password_keyword_is_found_in_any_case(text):
     """A line is scanned only when it holds '://' or the keyword: in every case the
     pattern matches (its IGNORECASE folds the long s too)."""
     assert "hunter2" not in redact(text)
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()],
+                         ids=["text", "json"])
+def test_a_log_line_never_carries_a_password_from_its_message_fields_or_traceback(formatter):
+    """What every log line goes through: the formatter redacts the whole line it built,
+    whatever part of the record the password came in."""
+    dsn = "postgresql://app:hunter2@db.example:5432/app"
+    try:
+        raise ConnectionError(f"cannot reach {dsn}")
+    except ConnectionError:
+        record = logging.getLogger("stagerunner.test").makeRecord(
+            "stagerunner.test", logging.ERROR, __file__, 1, "connecting to %s failed", (dsn,),
+            sys.exc_info(), extra={"event": "db.failed", "database": "host=db password=hunter2"})
+    line = formatter.format(record)
+    assert "hunter2" not in line
+    assert "db.example" in line and "db.failed" in line and "ConnectionError" in line
 
 
 def test_a_line_without_a_secret_comes_back_unchanged():

@@ -60,7 +60,7 @@ def test_rows_the_runtime_wrote_without_the_new_columns_still_show(conn):
     assert detail is not None and detail["node"] is None
 
 
-def test_queue_counts_come_from_the_partial_indexes_and_the_last_hour(conn):
+def test_queue_counts_split_due_scheduled_running_and_the_last_hours_errors(conn):
     insert_row(conn, name="app:x", queue="mail")
     insert_row(conn, name="app:x", queue="mail", run_at=ago(minutes=-10))
     insert_row(conn, name="app:x", queue="mail", status="running", attempts=1, claimed_by="n/1")
