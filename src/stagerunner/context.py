@@ -42,10 +42,6 @@ class JobContext:
         return cls(task.id, task.name, task.attempt, task.max_attempts, task.queue,
                    _utc(task.enqueued_at), None)
 
-    @property
-    def is_last_attempt(self) -> bool:
-        return self.attempt >= self.max_attempts
-
 
 # A job child's running job, as the job message and its start (epoch seconds) until a
 # job asks for its context: most never do, and building it (three datetimes) in every

@@ -29,7 +29,7 @@ Measurements (``--only`` takes the names in brackets):
    ``stagerunner_tools.bench_tasks``; log level warning). Rate = successes / (max(finished_at)
    - min(claimed_at)), both database timestamps, so node start-up is excluded (it is
    reported separately as Popen -> first claim). Modes: default (what ships: a fresh
-   job child per job, stdlib multiprocessing, prefetch 1), the same with
+   job child per job, stdlib multiprocessing, prefetch 8), the same with
    STAGERUNNER_PROCESS_LIBRARY=multiprocess, and child reuse
    (STAGERUNNER_CHILD_REUSE=100, whose default prefetch is 32). For the default and reuse modes the CPU spent per task is split by
    role: once the node is claiming, the CPU time of the supervisor, the producer, the

@@ -9,7 +9,6 @@ before the other's last sign of life.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
@@ -95,11 +94,6 @@ class Records:
 
         return [r for rs in self.runs().values() for r in rs
                 if not r.ended and alive_since(r.pid, r.start)]
-
-    def overlaps(self, window: float = 0.0) -> list[tuple[Run, Run]]:
-        """Pairs of runs of one key that were alive at once (by more than `window` s)."""
-        return [(a, b) for rs in self.runs().values() for a, b in itertools.combinations(rs, 2)
-                if overlap(a, b) > window]
 
 
 def overlap(a: Run, b: Run) -> float:

@@ -60,9 +60,6 @@ class TaskFilter:
             ("before", current.before)) if v not in (None, "")]
         return urlencode(pairs)
 
-    def is_empty(self) -> bool:
-        return self == TaskFilter(before=self.before)
-
 
 def parse(args: dict[str, str]) -> TaskFilter:
     """A TaskFilter from the query string's values; BadFilter names what is wrong."""
