@@ -180,7 +180,7 @@ def start_node(db: str, tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
         env = {**node_env(dsn or db, **overrides), **(extra_env or {})}
         node = NodeProcess(env, tmp_path / f"node-{len(nodes)}.log")
         nodes.append(node)
-        node.wait_started(timeout=20)
+        assert node.wait_started(timeout=20), f"the node exited at boot:\n{node.log_tail()}"
         return node
 
     yield _start
