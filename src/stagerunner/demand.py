@@ -40,6 +40,10 @@ class Slot:
     credits: int = 0
     held: list[Claim] = field(default_factory=list)
     heard_at: float = 0.0  # monotonic time of the last message from this consumer
+    # It handed tasks back from behind a long job: nothing more goes to it (its credits
+    # wait) until it reports an outcome, or each task it got would come back 0.2 s later,
+    # be released and claimed for it again, as long as it had credits.
+    busy: bool = False
 
 
 class Ledger:
@@ -58,13 +62,17 @@ class Ledger:
         s.credits += n
         s.heard_at = now
 
+    def _open(self, queue: str) -> list[Slot]:
+        """The queue's slots that may be given tasks now."""
+        return [s for s in self.slots.values() if s.queue == queue and not s.busy]
+
     def unmet(self, queue: str) -> int:
-        return sum(s.credits for s in self.slots.values() if s.queue == queue)
+        return sum(s.credits for s in self._open(queue))
 
     def worth_claiming(self, queue: str) -> bool:
         """Claim now, or wait to batch? Now when a consumer of the queue has nothing left to
         run, or half of the queue's window is free (GenStage's min_demand)."""
-        slots = [s for s in self.slots.values() if s.queue == queue]
+        slots = self._open(queue)
         unmet = sum(s.credits for s in slots)
         if unmet == 0:
             return False
@@ -77,7 +85,8 @@ class Ledger:
                ) -> tuple[dict[int, list[Claim]], list[Claim]]:
         """Give each task to the slot with the most credits left; return (plan, leftover)."""
         plan: dict[int, list[Claim]] = {}
-        hungry = [i for i, s in self.slots.items() if s.queue == queue and s.credits > 0]
+        hungry = [i for i, s in self.slots.items()
+                  if s.queue == queue and s.credits > 0 and not s.busy]
         pending = list(tasks)
         while pending and hungry:
             slot = max(hungry, key=lambda i: self.slots[i].credits)
@@ -95,10 +104,16 @@ class Ledger:
     def finished(self, slot: int, task_id: int, attempt: int) -> Claim | None:
         """Forget a task the slot reported on; None if the slot did not hold it."""
         s = self.slots[slot]
+        s.busy = False
         for i, claim in enumerate(s.held):
             if claim.task.id == task_id and claim.task.attempt == attempt:
                 return s.held.pop(i)
         return None
+
+    def handed_back(self, slot: int, task_ids: Iterable[int]) -> list[Claim]:
+        """Tasks a consumer returned from behind its long job (``Return``)."""
+        self.slots[slot].busy = True
+        return self.take_back(slot, task_ids)
 
     def take_back(self, slot: int, task_ids: Iterable[int]) -> list[Claim]:
         """Tasks a consumer returned unstarted."""

@@ -76,7 +76,7 @@ class Dispatcher:
                     return
                 self.on_outcome(slot, claim, o)
             case Return(unstarted=ids):
-                self.releases += self.ledger.take_back(slot, ids)
+                self.releases += self.ledger.handed_back(slot, ids)
             case Bye(unstarted=ids):
                 self.releases += self.ledger.take_back(slot, ids)
                 self._close(slot)

@@ -77,3 +77,17 @@ def test_a_task_prefetched_behind_a_long_job_runs_on_the_idle_consumer(conn, sta
     assert started[recorder.keys[behind]] - started[recorder.keys[first]] < 5  # not 20 s later
     assert rows(conn, [long])[long]["status"] == "running" and len(runs[recorder.keys[long]]) == 1
     assert node.events("task.released")
+
+
+def test_a_task_handed_back_waits_for_a_consumer_instead_of_bouncing(conn, start_node, recorder):
+    """One consumer, busy with a long job: what arrives for it is handed back once, then
+    waits in the table until the consumer can take it, not claimed and released again
+    for as long as the consumer had credits."""
+    node = start_node(consumers=1, prefetch=8, **SLOW_POLL)
+    node.wait_stages(1)
+    [long] = recorder.enqueue(conn, 1, 2.0, timeout_s=30)
+    eventually(recorder.running_now, timeout=20)
+    [short] = recorder.enqueue(conn, 1, 0.0, timeout_s=30)
+    wait_terminal(conn, [long, short], timeout=20, node=node)
+    released = node.events("task.released")
+    assert 1 <= len(released) <= 2, released  # a second only if a claim was on its way

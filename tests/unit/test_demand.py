@@ -147,3 +147,22 @@ def test_a_consumer_gives_back_what_waits_behind_a_long_job_and_asks_again_after
     assert held.job_ended() == 2 and held.job_ended() == 0
     held.add([task(3).task, task(4).task])
     assert held.remove(4) is not None and held.remove(4) is None and held.next().id == 3
+
+
+def test_a_consumer_that_handed_tasks_back_gets_nothing_until_its_long_job_ends():
+    """Else each task given to it would come back 0.2 s later, be released and claimed
+    for it again: a loop of claims and releases for as long as it had credits."""
+    ledger = Ledger()
+    for slot in (1, 2):
+        ledger.add(slot, "default")
+    ledger.ask(1, 8)
+    ledger.assign("default", [task(1), task(2)])  # 1 runs long, 2 waits behind it
+    assert [c.task.id for c in ledger.handed_back(1, [2])] == [2]
+    assert ledger.unmet("default") == 0 and not ledger.worth_claiming("default")
+    assert ledger.assign("default", [task(3)]) == ({}, [task(3)])
+    ledger.ask(2, 1)  # an idle consumer of the queue takes what came back
+    assert ledger.worth_claiming("default")
+    assert ledger.assign("default", [task(2)])[0] == {2: [task(2)]}
+    assert ledger.finished(1, 1, 1) is not None  # the long job ended: its credits count again
+    ledger.ask(1, 2)  # its own and the one it handed back
+    assert ledger.unmet("default") == 8 and ledger.slots[1].credits == 8
