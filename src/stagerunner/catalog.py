@@ -12,6 +12,7 @@ refused at enqueue; with an empty catalog (no node ever started) it is accepted.
 from __future__ import annotations
 
 import difflib
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from stagerunner import registry, store
 
+log = logging.getLogger(__name__)
 TTL_S = 30.0
 MISS_TTL_S = 1.0
 _cache: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
@@ -52,6 +54,25 @@ def entries(key: str, names: Iterable[str]) -> store.Steps:
     known = {r["name"]: r for r in rows}
     _cache[key] = (now, known)
     return known
+
+
+def reloaded(modules: Sequence[str]) -> list[registry.Spec] | None:
+    """A reloaded node's tasks, for its new producer to publish once it registers, so that
+    enqueue by name elsewhere knows the code the new consumers run (the supervisor's
+    copies are the code it started with). None when there is nothing to publish (not a
+    reload), or when the modules do not import: the consumers fail on them and say why,
+    and the catalog keeps the tasks it had."""
+    from stagerunner import registry
+
+    if not modules:
+        return None
+    try:
+        registry.load(modules)
+    except Exception as exc:
+        log.error("the reloaded task modules do not import; the task catalog is unchanged",
+                  extra={"event": "catalog.stale", "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return None
+    return registry.specs(modules)
 
 
 def check_known(name: str, known: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """The producer's periodic services (River calls them maintenance services), each on its
 own timer in ``wakeups``: the heartbeat with the rescue of dead owners' tasks
-(``rescuer``) and cron ticks (``scheduler``). While the node stops, only the heartbeat and
-rescue go on. (Retention runs beside the producer, in a thread of the supervisor:
+(``rescuer``) and cron ticks (``scheduler``); and, for a reloaded node's new owner, the
+task catalog of the code it runs now (``catalog.reloaded``). While the node stops, only the
+heartbeat and rescue go on. (Retention runs beside the producer, in a thread of the supervisor:
 ``pruner``.)"""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stagerunner import catalog
+from stagerunner.registry import Spec
 from stagerunner.rescuer import Rescuer
 from stagerunner.scheduler import Scheduler
 from stagerunner.wakeups import Wakeups
@@ -22,6 +25,7 @@ class Maintenance:
     rescuer: Rescuer
     scheduler: Scheduler | None
     heartbeat_interval: float
+    unpublished: list[Spec] | None = None  # published when the owner registers
 
     def start(self, wakeups: Wakeups, now: float) -> None:
         if self.scheduler is not None:
@@ -36,7 +40,11 @@ class Maintenance:
         wakeups.schedule("rescue", now + self.heartbeat_interval)
         if registered:
             return self.rescuer.beat(conn, consumers, info)
-        return self.rescuer.register(conn, consumers, info)
+        left = self.rescuer.register(conn, consumers, info)
+        if self.unpublished is not None:
+            catalog.publish(conn, self.rescuer.node, self.unpublished)
+            self.unpublished = None
+        return left
 
     def rescue(self, conn: psycopg.Connection[Any]) -> int:
         """Hand back dead owners' tasks; how many."""

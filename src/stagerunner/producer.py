@@ -10,8 +10,8 @@ outcomes back (``completer``), and runs the periodic services (``maintenance``).
 
 Losing the database is normal weather: outcomes stay buffered, the link reconnects with
 backoff, consumers keep enforcing deadlines. If the outage lasts long enough that other
-nodes could consider us dead, the producer exits so the supervisor restarts the stages
-and no job of ours runs on after its rescue.
+nodes could consider us dead, the producer exits so the supervisor restarts the stages and
+no job of ours runs on after its rescue.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from stagerunner import context, faults, hooks, logs, procs, registry, signals, store
+from stagerunner import catalog, context, faults, hooks, logs, procs, registry, signals, store
 from stagerunner.completer import Completer
 from stagerunner.demand import Claim
 from stagerunner.control import Attached, Control
@@ -62,6 +62,7 @@ class ProducerConfig:
     log_format: str = "text"
     fault: str = ""
     hook_modules: tuple[str, ...] = ()  # task modules to import for their on_lost hooks
+    catalog_modules: tuple[str, ...] = ()  # a reload's, to publish: see catalog.reloaded
     listen_dsn: str | None = None  # a direct connection for LISTEN (transaction pooling)
     pooled: bool = False  # the DSN is a transaction-pooling PgBouncer
 
@@ -78,11 +79,10 @@ class Producer:
         self.maintenance = Maintenance(
             Rescuer(config.owner, config.node, ",".join(config.queues), lease_s=config.node_expiry),
             Scheduler(config.periodic) if config.periodic else None,
-            config.heartbeat_interval)
+            config.heartbeat_interval, catalog.reloaded(config.catalog_modules))
         self.stats = Stats()
         self.stopping = self.done = self.retired = False
-        self.stop_deadline = 0.0
-        self.registered = False  # our owner row exists and holds a lease
+        self.registered, self.stop_deadline = False, 0.0  # registered: our owner row is in
         self.told_held = 0  # the tasks held, as the supervisor last heard
         self.maintenance.start(self.wakeups, time.monotonic())
         self.wakeups.schedule("alive", 0.0)

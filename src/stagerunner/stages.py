@@ -31,7 +31,7 @@ def periodic(settings: Settings) -> tuple[Periodic, ...]:
 
 
 def producer_config(s: Settings, dsn: str, owner: str, replaces: tuple[str, ...],
-                    cron: tuple[Periodic, ...]) -> ProducerConfig:
+                    cron: tuple[Periodic, ...], reload: bool = False) -> ProducerConfig:
     from stagerunner.producer import ProducerConfig
 
     return ProducerConfig(
@@ -42,7 +42,8 @@ def producer_config(s: Settings, dsn: str, owner: str, replaces: tuple[str, ...]
         periodic=cron, log_level=s.log_level, log_format=s.log_format,
         fault=s.fault, listen_dsn=s.listen_dsn(), pooled=s.pooled,
         # the producer imports the task modules only when one of them has a lost hook
-        hook_modules=tuple(s.task_modules) if hooks.registered("lost") else ())
+        hook_modules=tuple(s.task_modules) if hooks.registered("lost") else (),
+        catalog_modules=tuple(s.task_modules) if reload else ())
 
 
 def consumer_config(s: Settings, slot: int, queue: str) -> ConsumerConfig:

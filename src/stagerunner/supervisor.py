@@ -89,7 +89,7 @@ class Supervisor:
         in their own process with start(), step() and stop()."""
         # The stages first, while this process has no thread: the first producer is forked
         # from it (see _start_producer), and forking beside a running thread is unsafe.
-        self._start_stages(replaces=(), first=True)
+        self._start_stages(replaces=(), how="first")
         if self.settings.metrics_port:
             metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
                            self._snapshot, pooled=self.pooled).start()
@@ -139,20 +139,21 @@ class Supervisor:
 
     # Starting -------------------------------------------------------------------------
 
-    def _start_stages(self, replaces: tuple[str, ...], first: bool = False) -> None:
-        self._start_producer(replaces, first)
+    def _start_stages(self, replaces: tuple[str, ...], how: str = "restart") -> None:
+        self._start_producer(replaces, how)
         for slot, queue in self.slots:
             self._start_consumer(slot, queue)
 
-    def _start_producer(self, replaces: tuple[str, ...], first: bool = False) -> None:
-        """On the node's first start the producer is forked from us: it needs what we have
-        imported already (psycopg, the runtime), and a spawned one spends ~0.15-0.3 s on its
-        interpreter and imports before the node's first claim. Restarts and reloads spawn it:
-        a reload must import the hook modules anew, and by then our threads run."""
+    def _start_producer(self, replaces: tuple[str, ...], how: str = "restart") -> None:
+        """`how`: "first", "restart" or "reload". On the node's first start the producer is
+        forked from us: it needs what we have imported already (psycopg, the runtime), and a
+        spawned one spends ~0.15-0.3 s on its interpreter and imports before the node's
+        first claim. Restarts and reloads spawn it: a reload must import the hook modules
+        anew (and publishes the catalog of the new code), and by then our threads run."""
         self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
         config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
-                                        self.periodic)
-        if first and threading.active_count() == 1:
+                                        self.periodic, reload=how == "reload")
+        if how == "first" and threading.active_count() == 1:
             ctx = procs.context(self.settings.process_library, "fork")
             drop = (*self.signals.fds(), *(fd for c in self.launched.values() for fd in c.fds()))
             self.producer, self.control = start_producer(ctx, config, forked_drop=drop)
@@ -249,7 +250,7 @@ class Supervisor:
         if self.reloading:  # drained (or killed at the deadline): start anew
             self.reloading = False
             self._kill_all()
-            self._start_stages(replaces=() if code == 0 else (self.owner,))
+            self._start_stages(replaces=() if code == 0 else (self.owner,), how="reload")
             log.info("node reloaded", extra={"event": "node.reloaded", "owner": self.owner})
             return
         self.sweep_until = now + SWEEP_S

@@ -133,11 +133,16 @@ from stagerunner import task
 def version(seconds: float = 0.0) -> str:
     time.sleep(seconds)
     return {version!r}
+{added}'''
+ADDED = '''
+@task(name="hup.added", priority=3)
+def added() -> str:
+    return "added"
 '''
 
 
 def test_sighup_reloads_the_task_code_without_losing_a_task(db, conn, start_node, tmp_path):
-    (tmp_path / "hupmod.py").write_text(TASK_MODULE.format(version="one"))
+    (tmp_path / "hupmod.py").write_text(TASK_MODULE.format(version="one", added=""))
     node = start_node(task_modules="hupmod", consumers=2, max_job_timeout=10,
                       extra_env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
                                  "PYTHONDONTWRITEBYTECODE": "1"})
@@ -147,7 +152,7 @@ def test_sighup_reloads_the_task_code_without_losing_a_task(db, conn, start_node
     busy = stagerunner.enqueue_many([("hup.version", [0.6])] * 8, conn=conn)
     eventually(lambda: conn.execute("SELECT count(*) FROM stagerunner.tasks WHERE status = "
                                     "'running'").fetchone()[0] >= 2, timeout=10)
-    (tmp_path / "hupmod.py").write_text(TASK_MODULE.format(version="two, reloaded"))
+    (tmp_path / "hupmod.py").write_text(TASK_MODULE.format(version="two, reloaded", added=ADDED))
     node.proc.send_signal(signal.SIGHUP)
     eventually(lambda: node.events("node.reloaded"), timeout=30)
     after = stagerunner.enqueue("hup.version", [], conn=conn)
@@ -161,4 +166,11 @@ def test_sighup_reloads_the_task_code_without_losing_a_task(db, conn, start_node
     assert len(node.events("node.reloading")) == 1
     assert not node.events("stage.restarted")  # a reload is not a crash
     assert node.proc.poll() is None
+    # a task the new code added is in the catalog: enqueue by name elsewhere knows it
+    eventually(lambda: conn.execute("SELECT priority FROM stagerunner.task_catalog WHERE "
+                                    "name = 'hup.added'").fetchone() == (3,), timeout=10)
+    added = run_cli("enqueue", "hup.added", dsn=db)  # a process that never imported hupmod
+    assert added.returncode == 0, added.stderr
+    wait_terminal(conn, [int(added.stdout)], timeout=20, node=node)
+    assert rows(conn, [int(added.stdout)])[int(added.stdout)]["result"] == "added"
     assert node.stop() == 0

@@ -30,7 +30,7 @@ def a_supervisor(monkeypatch) -> tuple[supervisor.Supervisor, list[str]]:
                            task_modules="")
     sup = supervisor.Supervisor(settings, "postgresql://x@127.0.0.1/x")
     started: list[str] = []
-    monkeypatch.setattr(sup, "_start_producer", lambda replaces, first=False: started.append("producer"))
+    monkeypatch.setattr(sup, "_start_producer", lambda replaces, how="restart": started.append("producer"))
     monkeypatch.setattr(sup, "_start_consumer", lambda slot, queue: started.append(f"consumer {slot}"))
     monkeypatch.setattr(sup, "_kill_all", lambda: sup.consumers.clear())
     monkeypatch.setattr(supervisor.procs, "kill_session", lambda pid: None)
