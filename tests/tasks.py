@@ -50,6 +50,14 @@ def boom(message: str = "boom") -> None:
 
 
 @task
+def boom_unencodable() -> None:
+    """An error text UTF-8 cannot encode (a lone surrogate, as os.fsdecode gives back for a
+    file name that is not UTF-8) and PostgreSQL's text cannot hold (a NUL)."""
+    raise ValueError(f"no such file: {bytes([0x66, 0xff]).decode('utf-8', 'surrogateescape')}"
+                     f" (nul: {chr(0)})")
+
+
+@task
 def sleep_for(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

@@ -139,7 +139,7 @@ class Completer:
             written = store.finish_tasks(conn, owner=self.owner, finishes=batch)
         except psycopg.OperationalError:
             raise
-        except psycopg.DatabaseError:
+        except (psycopg.DatabaseError, ValueError):  # ValueError: a value psycopg cannot send
             written = self._one_by_one(conn, batch)
         self.pending = []
         for f in batch:
@@ -158,14 +158,29 @@ class Completer:
                 written |= store.finish_tasks(conn, owner=self.owner, finishes=[f])
             except psycopg.OperationalError:
                 raise
-            except psycopg.DatabaseError as exc:
-                log.error("outcome refused by the database; the task ends in error",
-                          extra={"event": "task.unstorable", "task_id": f.task_id,
-                                 "error": str(exc).strip()[:300]})
-                refused = replace(f, status=Status.ERROR, result=None, delay_s=0.0,
-                                  error=f"outcome could not be stored: {str(exc).strip()[:500]}")
-                written |= store.finish_tasks(conn, owner=self.owner, finishes=[refused])
+            except (psycopg.DatabaseError, ValueError) as exc:
+                written |= self._refused(conn, f, exc)
         return written
+
+    def _refused(self, conn: psycopg.Connection[Any], f: Finish, exc: Exception) -> dict[int, str]:
+        """The task ends in error, its counters as they are (whatever was refused may be
+        one of them). If even that is refused, its outcome is dropped rather than every
+        later outcome blocked behind it: the row stays running until its node stops and a
+        live node rescues it."""
+        why = str(exc).strip()
+        log.error("outcome refused by the database; the task ends in error",
+                  extra={"event": "task.unstorable", "task_id": f.task_id, "error": why[:300]})
+        refused = replace(f, status=Status.ERROR, result=None, delay_s=0.0, lost=0, kills=0,
+                          refund=0, error=f"outcome could not be stored: {why[:500]}")
+        try:
+            return store.finish_tasks(conn, owner=self.owner, finishes=[refused])
+        except psycopg.OperationalError:
+            raise
+        except (psycopg.DatabaseError, ValueError) as again:
+            log.error("the task's row refuses even an error; its outcome is dropped",
+                      extra={"event": "task.unstorable", "task_id": f.task_id,
+                             "error": str(again).strip()[:300]})
+            return {}
 
 
 def _log_finish(f: Finish, status: str) -> None:

@@ -184,13 +184,22 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "owner": owner,
         "ids": [f.task_id for f in finishes], "attempts": [f.attempt for f in finishes],
         "statuses": [f.status for f in finishes], "reported": [f.reported for f in finishes],
-        "results": [f.result for f in finishes], "errors": [f.error for f in finishes],
+        "results": [f.result for f in finishes], "errors": [storable(f.error) for f in finishes],
         "delays": [f.delay_s for f in finishes], "lost": [f.lost for f in finishes],
         "kills": [f.kills for f in finishes], "runtimes": [f.runtime_ms for f in finishes],
         "consumers": [f.consumer for f in finishes], "deadlines": [f.deadline_s for f in finishes],
         "refunds": [f.refund for f in finishes],
     })
     return {r["id"]: r["status"] for r in rows}
+
+
+def storable(text: str | None) -> str | None:
+    """Text as PostgreSQL can store it. A job's error text may hold a lone surrogate (a file
+    name ``os.fsdecode`` gave back, say), which UTF-8 cannot encode, or a NUL, which text
+    cannot hold: both are written escaped instead of failing the whole batch's write."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[Task],

@@ -19,3 +19,31 @@ def test_a_row_the_database_refuses_does_not_block_the_others(conn, insert_task,
     row = get_task(bad["id"])
     assert row["status"] == "error" and "could not be stored" in row["last_error"]
     assert completer.pending == []
+
+
+def test_a_result_psycopg_cannot_send_is_refused_like_one_the_database_refuses(
+        conn, insert_task, get_task):
+    task = insert_task(status="running", claimed_by=OWNER)
+    completer = Completer(OWNER)  # a reply forged in the child's pipe: a lone surrogate
+    completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0, result='"\ud800"'), lost=0,
+                  max_attempts=1)
+    assert completer.flush(conn) == 1
+    row = get_task(task["id"])
+    assert row["status"] == "error" and "could not be stored" in row["last_error"]
+
+
+def test_a_row_that_refuses_even_the_error_loses_its_outcome_not_the_others(
+        conn, insert_task, get_task):
+    good = insert_task(status="running", claimed_by=OWNER)
+    stuck = insert_task(status="running", claimed_by=OWNER)
+    conn.execute(f"""
+        CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'this row refuses every update'; END $$;
+        CREATE TRIGGER refuse BEFORE UPDATE ON stagerunner.tasks FOR EACH ROW
+            WHEN (OLD.id = {stuck["id"]}) EXECUTE FUNCTION pg_temp.refuse();""")
+    completer = Completer(OWNER)
+    for task in (stuck, good):
+        completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    assert completer.flush(conn) == 1  # no exception: the producer goes on
+    assert get_task(good["id"])["status"] == "success"
+    assert get_task(stuck["id"])["status"] == "running" and completer.pending == []

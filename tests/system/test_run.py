@@ -89,6 +89,20 @@ def test_a_raising_task_ends_in_error_with_its_traceback_after_its_attempts(conn
     assert [e["attempt"] for e in row["errors"]] == [1, 2]
 
 
+def test_an_error_text_utf8_cannot_encode_is_stored_escaped_and_no_stage_crashes(
+        conn, start_node, get_task):
+    """Once, such a text failed the producer's whole write, and the producer crashed until
+    the node gave up: one task stopped every node."""
+    ids = enqueue_many(conn, "tests.tasks:boom_unencodable", [[]], max_attempts=1)
+    ids += enqueue_many(conn, "tests.tasks:ok", [[]] * 3)
+    start_node()  # the fixture fails the test if a stage crashed
+    wait_all(conn, ids, timeout=20)
+    row = get_task(ids[0])
+    assert row["status"] == "error"
+    assert "ValueError: no such file: f\\udcff (nul: \\x00)" in row["last_error"], row["last_error"]
+    assert {get_task(i)["status"] for i in ids[1:]} == {"success"}
+
+
 def test_disallowed_names_end_in_error_and_nothing_is_imported(conn, start_node, get_task, tmp_path):
     mark = tmp_path / "imported"
     names = ["tests.sentinel_module:run", "os:system", "builtins:eval", "tests.tasks:system",
