@@ -234,18 +234,19 @@ def normalize_dsn(dsn: str, variable: str) -> str:
     normalized = f"{scheme}{sep}{rest}" if sep else dsn
     from psycopg.conninfo import conninfo_to_dict  # pydantic is loaded already; so is this
 
+    hint = (" (in a URL, percent-encode the password: '%' as %25, a space as %20, '@' as "
+            "%40, '/' as %2F)" if sep else "")
     try:
         info = conninfo_to_dict(normalized)
     except Exception:
-        hint = (" (in a URL, percent-encode the password: '%' as %25, a space as %20, "
-                "'@' as %40, '/' as %2F)" if sep else "")
         raise ConfigError(f"{variable}={redact(normalized)!r} is not a valid PostgreSQL "
                           f"URL or key=value string{hint}") from None
-    # libpq parses any port text and fails only when it connects: at boot instead
+    # libpq parses any port text and fails only when it connects: at boot instead. The
+    # port is not shown: a '/' in a URL's password makes a piece of it the "port".
     ports = str(info.get("port") or "").split(",")  # one per host, empty for the default
     if not all(p == "" or (p.isdigit() and 0 < int(p) < 65536) for p in ports):
-        raise ConfigError(f"{variable}={redact(normalized)!r}: port {info['port']!r} is not "
-                          "a number from 1 to 65535")
+        raise ConfigError(f"{variable}={redact(normalized)!r}: its port is not a number from "
+                          f"1 to 65535{hint}")
     return normalized
 
 

@@ -15,9 +15,11 @@ import time
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-# A URL's password runs to the last '@' before its path: a stray '@' or space in it (a DSN
-# that does not parse) is masked too, at the price of masking a little more of a log line.
+# A URL's password runs to its last '@': within the URL (up to a space or a quote), so that
+# an unencoded '/' in it is masked too; and before its path, so that a space in it is.
+# A DSN that does not parse costs a little more of the line masked.
 _SECRETS = [
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^\s\"']*@", re.I), r"\1***@"),
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^/]*@", re.I), r"\1***@"),
     (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.I), r"\1***"),
 ]

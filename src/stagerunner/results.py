@@ -52,8 +52,8 @@ def settled(task_id: int, rows: list[dict[str, Any]]) -> tuple[bool, Any]:
 
 def ours(task_id: int, payload: str) -> bool:
     """Is this notification about our task? (Payloads are untrusted.)"""
-    text = payload.strip()
-    return text.isdigit() and len(text) < 20 and int(text) == task_id
+    text = payload.strip()  # ASCII digits only: '²'.isdigit() is true and int('²') raises
+    return text.isascii() and text.isdigit() and len(text) < 20 and int(text) == task_id
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -75,7 +75,7 @@ def test_new_message_fields_survive_the_wire_and_old_messages_still_decode():
 
 def test_results_ignore_hostile_payloads_and_say_how_a_task_ended():
     assert ours(42, "42") and ours(42, " 42\n")
-    for payload in ("", "x", "42x", "-42", "4" * 40, "41", "4 2", "١٢"):
+    for payload in ("", "x", "42x", "-42", "4" * 40, "41", "4 2", "١٢", "²", "4²"):
         assert not ours(42, payload)
     assert settled(1, [{"status": "success", "result": {"a": 1}}]) == (True, {"a": 1})
     assert settled(1, [{"status": "waiting"}]) == (False, None)

@@ -63,6 +63,8 @@ def test_passwords_are_redacted(text):
     "postgresql://u:hun ter2@db/app failed",  # a stray space
     "connection to postgres://u:hun%ter2@db failed: x@y",
     "host=db password='hun\\'ter2' user=x",  # an escaped quote
+    "postgresql://u:hun/ter2@db:5432/app",  # an unencoded '/'
+    '{"msg": "postgresql://u:hun/ter2@db/app", "x": "a@b"}',  # one JSON line
 ])
 def test_passwords_that_break_their_dsn_are_redacted_whole(text):
     assert "ter2" not in redact(text)
