@@ -14,12 +14,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from stagerunner import jsontext, registry
-from stagerunner.errors import NotJSON
+from stagerunner.errors import ArgumentsTooLarge, NotJSON
 
 if TYPE_CHECKING:
     from stagerunner import store
 
 OPTIONS = ("conn", "run_at", "delay", "priority", "queue", "unique_key", "max_attempts", "timeout")
+ARGS_MAX_BYTES = 1 << 20  # schema.sql: tasks_args_at_most_1_mib
 INLINE: list[Any] = [None]  # stagerunner.testing's inline mode, while a test turns it on
 
 
@@ -101,12 +102,22 @@ def to_json(name: str, args: Any) -> str:
         raise NotJSON(f"arguments for {name} must be a list (positional) or an object "
                       f"(keyword arguments), got {type(args).__name__}")
     try:
-        return _encode(args)
+        text = _encode(args)
+        if len(text) > ARGS_MAX_BYTES:  # ours escapes non-ASCII: count as PostgreSQL does
+            _check_size(name, args)
+        return text
     except (TypeError, ValueError) as exc:
         raise NotJSON(f"arguments for {name} are not JSON: {exc}") from None
     except RecursionError:
         raise NotJSON(f"arguments for {name} are not JSON: nested too deeply, or they "
                       "contain themselves") from None
+
+
+def _check_size(name: str, args: Any) -> None:
+    size = len(json.dumps(args, ensure_ascii=False).encode())
+    if size > ARGS_MAX_BYTES:
+        raise ArgumentsTooLarge(f"arguments for {name} are too large: {size} bytes of JSON, "
+                                f"limit {ARGS_MAX_BYTES}")
 
 
 def _refuse(value: Any) -> Any:

@@ -22,6 +22,10 @@ class NotJSON(StagerunnerError):
     """Task arguments must be JSON: lists, objects, strings, numbers, booleans and null."""
 
 
+class ArgumentsTooLarge(StagerunnerError):
+    """Task arguments are at most 1 MiB of JSON (the schema's tasks_args_at_most_1_mib)."""
+
+
 class UnknownTask(StagerunnerError):
     """The task name is not registered in any module listed in STAGERUNNER_TASK_MODULES."""
 

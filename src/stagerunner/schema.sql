@@ -80,6 +80,46 @@ END
 $$;
 ALTER TABLE stagerunner.tasks VALIDATE CONSTRAINT tasks_finished_when_terminal;
 
+-- 5: what any role may write is bounded, so that no row can stop a claim, a node or a page.
+-- * run_at and created_at within what Python's datetime holds (years 1 to 9999): a row at
+--   'infinity' made every claim of its queue fail (its next due time cannot be computed),
+--   one at '-infinity' was claimed and could not be read back, again and again.
+-- * At most 1 MiB of arguments (as JSON text), like a result: a few rows of 100 MB stalled
+--   the producer that claimed them past its lease, again on every node that tried. The
+--   value's size (a stored one's without decompressing it) decides for the small arguments
+--   of nearly every task; only a large one pays for converting it to text.
+-- Rows from before: live ones out of bounds end in error (a claim of them would fail),
+-- times are clamped. The arguments' check is not validated on old finished rows (history:
+-- a retry of one is refused); every write from now on is checked.
+UPDATE stagerunner.tasks
+SET run_at = least(greatest(run_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00'),
+    created_at = least(greatest(created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+WHERE run_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
+   OR created_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00';
+UPDATE stagerunner.tasks
+SET status = 'error', finished_at = now(), claimed_by = coalesce(claimed_by, 'migration'),
+    last_error = 'arguments too large: ' || octet_length(args::text)
+                 || ' bytes of JSON, limit 1048576'
+WHERE status IN ('waiting', 'running')
+  AND pg_column_size(args) >= 8192 AND octet_length(args::text) > 1048576;
+DO $$
+BEGIN
+    ALTER TABLE stagerunner.tasks ADD CONSTRAINT tasks_times_in_range CHECK (
+        run_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
+        AND created_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00') NOT VALID;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+ALTER TABLE stagerunner.tasks VALIDATE CONSTRAINT tasks_times_in_range;
+DO $$
+BEGIN
+    ALTER TABLE stagerunner.tasks ADD CONSTRAINT tasks_args_at_most_1_mib CHECK (
+        CASE WHEN pg_column_size(args) < 8192 THEN true
+             ELSE octet_length(args::text) <= 1048576 END) NOT VALID;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+
 -- A task whose cancel was requested never goes back to waiting: every statement that
 -- hands a task back (a retry, a release, a rescue, a waiting task being cancelled) ends
 -- it cancelled instead, keeping who ran it last. The rule lives here, once.
@@ -283,4 +323,5 @@ ALTER TABLE stagerunner.nodes SET (fillfactor = 50);
 
 -- 4: leases, kills, run details (the production issues), the task catalog and results
 -- NOTIFY (applications), storage settings (deploying)
-INSERT INTO stagerunner.schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
+-- 5: bounded times and arguments (hostile rows)
+INSERT INTO stagerunner.schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;

@@ -196,3 +196,17 @@ def test_integer_and_float_timeouts_mix_in_one_enqueue_and_in_the_catalog(conn, 
     catalog.publish(conn, "node-1", [spec, custom])
     found = dict(conn.execute("SELECT name, timeout_s FROM stagerunner.task_catalog").fetchall())
     assert (found["tests.db.ten_seconds"], found["custom.name"]) == (10.0, 0.5)
+
+
+def test_arguments_over_1_mib_are_refused_before_anything_is_written(conn, statuses):
+    from stagerunner.errors import ArgumentsTooLarge
+
+    with pytest.raises(ArgumentsTooLarge, match="1048580 bytes of JSON, limit 1048576"):
+        stagerunner.enqueue("tests.tasks:echo", ["x" * (1 << 20)], conn=conn)
+    with pytest.raises(ArgumentsTooLarge):
+        stagerunner.enqueue_many([("tests.tasks:echo", ["x"])] * 1500
+                                 + [("tests.tasks:echo", ["x" * (1 << 20)])], conn=conn)
+    assert statuses() == {}
+    # counted as PostgreSQL counts (UTF-8), not as escaped JSON (six bytes a character)
+    stagerunner.enqueue("tests.tasks:echo", ["é" * 400_000], conn=conn)
+    assert statuses() == {"waiting": 1}

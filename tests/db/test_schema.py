@@ -51,8 +51,14 @@ def test_the_claim_uses_the_claim_index(conn):
     assert "tasks_claim_idx" in plan, plan
 
 
-@pytest.mark.parametrize("column, value", [("args", "'\"a string\"'"), ("max_attempts", "0"),
-                                           ("name", "''"), ("timeout_s", "-1")])
+@pytest.mark.parametrize("column, value", [
+    ("args", "'\"a string\"'"), ("max_attempts", "0"), ("name", "''"), ("timeout_s", "-1"),
+    # what the enqueue-only role may write, bounded: no row can stop a claim or a page
+    ("run_at", "'infinity'"), ("run_at", "'-infinity'"), ("run_at", "'0001-01-01 BC'"),
+    ("run_at", "'10000-01-01'"), ("created_at", "'infinity'"),
+    ("args", "jsonb_build_array(repeat('x', 1048576))"),  # 1 MiB + the JSON around it
+    ("args", "(SELECT jsonb_agg(g) FROM generate_series(1, 200000) g)"),  # a long list
+])
 def test_named_constraints_refuse_impossible_rows(conn, column, value):
     import psycopg
 
@@ -71,6 +77,7 @@ SCHEMA_DIGESTS = {
     2: "438ebba26b715e2ba94959bb52588ff6434ad39a65fd03a52b4af12b428a8f08",
     3: "8809096e3788abd97754c05d22af8c3244addbbd1a185d63cbcd473d7cf68edd",
     4: "c06219f23d2f288d43901496bfb343108439582215807b8d8037d1eb07043089",
+    5: "21e5a23e4f5581c976fb0be2a97dfb6fe7a37f76ed270200d40415237d2045f8",
 }
 
 
@@ -132,3 +139,30 @@ def test_a_database_newer_than_the_code_is_refused(db, connect):
     with store.connect(db) as conn, pytest.raises(SchemaMissing) as err:
         migrations.migrate(conn)
     assert "newer" in str(err.value)
+
+
+def test_arguments_up_to_1_mib_are_accepted(conn):
+    conn.execute("INSERT INTO stagerunner.tasks (name, args) "
+                 "VALUES ('x', jsonb_build_array(repeat('x', 1048576 - 4)))")  # ["…"]: 1 MiB
+
+
+def test_upgrading_to_5_ends_live_rows_out_of_bounds_and_clamps_their_times(db, connect):
+    admin = connect()
+    for constraint in ("tasks_times_in_range", "tasks_args_at_most_1_mib"):  # as in 4
+        admin.execute(f"ALTER TABLE stagerunner.tasks DROP CONSTRAINT {constraint}")
+    far, huge, done, fine = [admin.execute(
+        "INSERT INTO stagerunner.tasks (name, args, run_at, status, finished_at) "
+        "VALUES ('x', %s::jsonb, %s, %s, %s) RETURNING id", row).fetchone()[0] for row in (
+            ("[]", "infinity", "waiting", None),
+            ('["' + "x" * 2_000_000 + '"]', "now", "waiting", None),
+            ('["' + "x" * 2_000_000 + '"]', "now", "success", "now"),  # history: kept
+            ("[1]", "now", "waiting", None))]
+    admin.execute("UPDATE stagerunner.schema_version SET version = 4")
+    with store.connect(db) as conn:
+        assert migrations.migrate(conn) is True
+    got = {r[0]: r[1:] for r in admin.execute(
+        "SELECT id, status::text, run_at < 'infinity', last_error FROM stagerunner.tasks")}
+    assert got[far][:2] == ("waiting", True)
+    assert got[huge][0] == "error" and got[huge][2].startswith("arguments too large: 200000")
+    assert got[done][0] == "success" and got[fine] == ("waiting", True, None)
+    assert migrations.check_schema(admin) == 5
