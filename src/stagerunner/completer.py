@@ -129,18 +129,12 @@ class Completer:
         return self.since + FLUSH_AFTER_S
 
     def flush(self, conn: psycopg.Connection[Any]) -> int:
-        """Write everything pending. Connection errors propagate with the buffer intact;
-        a row the database refuses (bad data) is isolated and ends in error instead of
-        blocking every outcome behind it."""
+        """Write everything pending (``write_finishes``); connection errors propagate with
+        the buffer intact."""
         if not self.pending:
             return 0
         batch = self.pending
-        try:
-            written = store.finish_tasks(conn, owner=self.owner, finishes=batch)
-        except psycopg.OperationalError:
-            raise
-        except (psycopg.DatabaseError, ValueError):  # ValueError: a value psycopg cannot send
-            written = self._one_by_one(conn, batch)
+        written = write_finishes(conn, self.owner, batch)
         self.pending = []
         for f in batch:
             if f.task_id not in written:
@@ -151,36 +145,49 @@ class Completer:
                 _log_finish(f, written[f.task_id])
         return len(written)
 
-    def _one_by_one(self, conn: psycopg.Connection[Any], batch: list[Finish]) -> dict[int, str]:
-        written: dict[int, str] = {}
-        for f in batch:
-            try:
-                written |= store.finish_tasks(conn, owner=self.owner, finishes=[f])
-            except psycopg.OperationalError:
-                raise
-            except (psycopg.DatabaseError, ValueError) as exc:
-                written |= self._refused(conn, f, exc)
-        return written
 
-    def _refused(self, conn: psycopg.Connection[Any], f: Finish, exc: Exception) -> dict[int, str]:
-        """The task ends in error, its counters as they are (whatever was refused may be
-        one of them). If even that is refused, its outcome is dropped rather than every
-        later outcome blocked behind it: the row stays running until its node stops and a
-        live node rescues it."""
-        why = str(exc).strip()
-        log.error("outcome refused by the database; the task ends in error",
-                  extra={"event": "task.unstorable", "task_id": f.task_id, "error": why[:300]})
-        refused = replace(f, status=Status.ERROR, result=None, delay_s=0.0, lost=0, kills=0,
-                          refund=0, error=f"outcome could not be stored: {why[:500]}")
+def write_finishes(conn: psycopg.Connection[Any], owner: str, batch: list[Finish]
+                   ) -> dict[int, str]:
+    """Write `batch` (the producer's outcomes, a rescue's); {id: status now} of the rows
+    written. Connection errors propagate; a row the database refuses (bad data, a counter
+    at its limit) is isolated and ends in error instead of blocking every row behind it."""
+    try:
+        return store.finish_tasks(conn, owner=owner, finishes=batch)
+    except psycopg.OperationalError:
+        raise
+    except (psycopg.DatabaseError, ValueError):  # ValueError: a value psycopg cannot send
+        pass
+    written: dict[int, str] = {}
+    for f in batch:
         try:
-            return store.finish_tasks(conn, owner=self.owner, finishes=[refused])
+            written |= store.finish_tasks(conn, owner=owner, finishes=[f])
         except psycopg.OperationalError:
             raise
-        except (psycopg.DatabaseError, ValueError) as again:
-            log.error("the task's row refuses even an error; its outcome is dropped",
-                      extra={"event": "task.unstorable", "task_id": f.task_id,
-                             "error": str(again).strip()[:300]})
-            return {}
+        except (psycopg.DatabaseError, ValueError) as exc:
+            written |= _refused(conn, owner, f, exc)
+    return written
+
+
+def _refused(conn: psycopg.Connection[Any], owner: str, f: Finish, exc: Exception
+             ) -> dict[int, str]:
+    """The task ends in error, its counters as they are (whatever was refused may be one of
+    them). If even that is refused, its outcome is dropped rather than every later outcome
+    blocked behind it: the row stays running until its node stops and a live node rescues
+    it."""
+    why = str(exc).strip()
+    log.error("outcome refused by the database; the task ends in error",
+              extra={"event": "task.unstorable", "task_id": f.task_id, "error": why[:300]})
+    refused = replace(f, status=Status.ERROR, result=None, delay_s=0.0, lost=0, kills=0,
+                      refund=0, error=f"outcome could not be stored: {why[:500]}")
+    try:
+        return store.finish_tasks(conn, owner=owner, finishes=[refused])
+    except psycopg.OperationalError:
+        raise
+    except (psycopg.DatabaseError, ValueError) as again:
+        log.error("the task's row refuses even an error; its outcome is dropped",
+                  extra={"event": "task.unstorable", "task_id": f.task_id,
+                         "error": str(again).strip()[:300]})
+        return {}
 
 
 def _log_finish(f: Finish, status: str) -> None:

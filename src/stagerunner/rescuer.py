@@ -20,7 +20,7 @@ from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from stagerunner import store
-from stagerunner.completer import decide
+from stagerunner.completer import decide, write_finishes
 from stagerunner.protocol import Outcome, Status
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ class Rescuer:
         orphans = store.find_orphans(conn)
         rescued = []
         for owner, group in groupby(sorted(orphans, key=lambda o: o.owner), lambda o: o.owner):
-            written = store.finish_tasks(conn, owner=owner, finishes=[_decide(o) for o in group])
+            # a row the database refuses must not keep every node from connecting
+            written = write_finishes(conn, owner, [_decide(o) for o in group])
             for task_id, status in sorted(written.items()):
                 rescued.append((task_id, status))
                 log.warning("task rescued from a dead node",

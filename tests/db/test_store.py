@@ -132,6 +132,23 @@ class TestRescue:
         t = insert_task(status="running", claimed_by="dead/1", lost=20, kills=2)
         assert rescue(conn) == [(t["id"], "waiting")]
 
+    def test_a_row_whose_counter_is_at_its_limit_ends_in_error_and_the_others_are_rescued(
+            self, conn, insert_task, get_task):
+        """Hand-written (a role with the runner's grants): it failed the whole rescue, and
+        with it every node's connect, over and over."""
+        self.beat(conn, "dead/1", age_s=60)
+        full = insert_task(status="running", claimed_by="dead/1", lost=2147483647)
+        other = insert_task(status="running", claimed_by="dead/1")
+        assert sorted(rescue(conn)) == sorted([(full["id"], "error"), (other["id"], "waiting")])
+        assert "could not be stored" in get_task(full["id"])["last_error"]
+
+    def test_a_waiting_row_whose_attempts_are_at_their_limit_does_not_stop_the_claim(
+            self, conn, insert_task):
+        insert_task(attempts=2147483647)
+        fine = insert_task()
+        claimed, _ = store.claim_tasks(conn, owner=OWNER, queue="default", limit=10)
+        assert [c.task.id for c in claimed] == [fine["id"]]
+
     def test_an_owner_is_judged_by_its_own_lease_not_the_rescuers(self, conn, insert_task,
                                                                     get_task):
         """A rolling configuration change: a node with a 30 s lease, beaten 10 s ago, is

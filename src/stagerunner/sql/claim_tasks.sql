@@ -13,6 +13,7 @@ WITH due AS (
     WHERE status = 'waiting'
       AND queue = %(queue)s
       AND run_at <= now()
+      AND attempts < 2147483647  -- a counter at its limit (hand-written) would fail the claim
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
