@@ -45,6 +45,8 @@ def test_the_store_needs_pooled_connections_through_transaction_pooling(
         # from then on the client's transactions rotate over several server connections
         opstore.count_live_tasks(work)
         eventually(lambda: server_connections(conn) >= 3, timeout=15)
+        store.register_node(work, owner="o/1", node="o", host="h", pid=1, queues="default",
+                            lease_s=3600.0)  # a claim needs its owner's lease
         for _ in range(20):  # far past psycopg's prepare threshold of 5
             claims, _ = store.claim_tasks(work, owner="o/1", queue="default", limit=2)
             finishes = [store.Finish(c.task.id, c.task.attempt, "success", "success", "1")

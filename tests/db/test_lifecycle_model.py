@@ -47,7 +47,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
             self.conn.execute("TRUNCATE stagerunner.tasks, stagerunner.nodes")
             for owner in OWNERS:
                 store.register_node(self.conn, owner=owner, node=owner, host="h", pid=1,
-                                    queues="default", lease_s=3.0)
+                                    queues="default", lease_s=3600.0)
             self.model: dict[int, Row] = {}
             self.stale: list[tuple[int, int, str]] = []  # (task, attempt, owner) no longer current
 
@@ -135,7 +135,7 @@ def test_task_lifecycle_matches_the_model(lifecycle_db):
                     assert rescued[task_id] == row.status
             assert set(rescued) <= set(self.model)
             store.register_node(self.conn, owner=owner, node=owner, host="h", pid=1,
-                                queues="default", lease_s=3.0)
+                                queues="default", lease_s=3600.0)
 
         @precondition(lambda self: self.model)
         @rule(data=st.data())

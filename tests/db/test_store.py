@@ -11,6 +11,14 @@ pytestmark = pytest.mark.db
 OWNER = "node-a/1"
 
 
+@pytest.fixture(autouse=True)
+def leases(conn):
+    """The owners these tests claim as hold a lease, as a producer's do before it claims."""
+    for owner in (OWNER, "a", "b"):
+        store.register_node(conn, owner=owner, node=owner, host="h", pid=1, queues="default",
+                            lease_s=3600.0)
+
+
 class TestClaim:
     def test_claims_at_most_the_limit_due_first_highest_priority_first(self, conn, insert_task):
         low = insert_task(priority=0)
@@ -35,6 +43,18 @@ class TestClaim:
             [got_a] = store.claim_tasks(a, owner="a", queue="default", limit=1)[0]
             [got_b] = store.claim_tasks(b, owner="b", queue="default", limit=1)[0]
         assert {got_a.task.id, got_b.task.id} == {first["id"], second["id"]}
+
+    def test_an_owner_the_database_counts_as_dead_claims_nothing(self, conn, insert_task):
+        """Its tasks may have been rescued (its lease shortened in the database, the
+        database's clock stepped on): until its next heartbeat fences it, it must not start
+        them again beside its jobs still running."""
+        t = insert_task()
+        conn.execute("UPDATE stagerunner.nodes SET expires_at = now() - interval '1 second' "
+                     "WHERE owner = %s", [OWNER])
+        assert store.claim_tasks(conn, owner=OWNER, queue="default", limit=5)[0] == []
+        assert store.claim_tasks(conn, owner="never-registered", queue="default", limit=5)[0] == []
+        assert [c.task.id for c in store.claim_tasks(conn, owner="a", queue="default",
+                                                       limit=5)[0]] == [t["id"]]
 
     def test_claim_never_takes_running_or_finished_rows(self, conn, insert_task):
         for status in ("running", "success", "error", "timeout", "cancelled"):

@@ -14,6 +14,9 @@ WITH due AS (
       AND queue = %(queue)s
       AND run_at <= now()
       AND attempts < 2147483647  -- a counter at its limit (hand-written) would fail the claim
+      -- only while our own lease runs: an owner the database counts as dead (its tasks may
+      -- be rescued already) must not start them again beside its jobs still running
+      AND EXISTS (SELECT FROM stagerunner.nodes WHERE owner = %(owner)s AND expires_at > now())
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
