@@ -278,10 +278,37 @@ def misbehave(kind: str, pidfile: str, amount: int = 0) -> Any:
     raise ValueError(f"unknown kind {kind!r}")
 
 
+def _in_memory(markers: list[list[str]]) -> list[str]:
+    """Which markers, each given in two halves (so that the whole one is in this process's
+    memory only if it came from elsewhere), a readable mapping of ours holds."""
+    halves = [(a.encode(), b.encode()) for a, b in markers]
+    found = set()
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            span, perms, *_rest = line.split()
+            if not perms.startswith("r") or line.rstrip().endswith(("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            for a, b in halves:
+                at = chunk.find(a)
+                while at >= 0:
+                    if chunk[at + len(a):at + len(a) + len(b)] == b:
+                        found.add(f"{a.decode()}{b.decode()}")
+                        break
+                    at = chunk.find(a, at + 1)
+    return sorted(found)
+
+
 @task
-def inheritance() -> dict[str, Any]:
+def inheritance(markers: list[list[str]] | None = None) -> dict[str, Any]:
     """What a job child inherited: socket fds, STAGERUNNER_* names in os.environ and in the
-    environment block the kernel shows for it (/proc/self/environ)."""
+    environment block the kernel shows for it (/proc/self/environ), and which of `markers`
+    its memory holds anywhere (a variable deleted from os.environ stays in the heap)."""
     targets = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -292,6 +319,7 @@ def inheritance() -> dict[str, Any]:
         block = [e.decode(errors="replace") for e in f.read().split(b"\0") if e]
     credentials = ("STAGERUNNER_", "DATABASE_URL", "PG")
     return {
+        "in_memory": _in_memory(markers or []),
         "fds": targets,
         "sockets": sorted(t for t in targets.values() if t.startswith("socket:")),
         "environ": sorted(k for k in os.environ if k.startswith(credentials)),

@@ -14,8 +14,9 @@ embedded server loads it only after its consumers are on their way.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,9 +76,26 @@ def launch_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str
     process = ctx.Process(target=consumer.main,
                           args=(theirs, config, os.getpid(), environment),
                           name=f"stagerunner-consumer-{config.slot}", daemon=False)
-    process.start()
+    with _environ(environment):
+        process.start()
     theirs.close()
     return Launched(Stage(process, config.slot, config.queue), producer_end)
+
+
+@contextlib.contextmanager
+def _environ(environment: dict[str, str]) -> Iterator[None]:
+    """The environment a consumer is spawned with: its jobs' (no DSN, no password). Spawn
+    passes ours to the new interpreter, and a variable the consumer deletes later stays in
+    its memory, which every job child inherits. (Swapped for the few milliseconds of the
+    spawn; a thread of ours that read PG* variables meanwhile would miss them.)"""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def attach(launched: Launched, control: Any, producer_pid: int) -> Stage:

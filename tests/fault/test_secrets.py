@@ -80,13 +80,16 @@ def test_a_job_child_inherits_no_database_socket_and_no_credential_variable(conn
     node = start_node(consumers=2, child_reuse=1, extra_env={
         "DATABASE_URL": "postgresql://app:app-secret@db.internal/app",
         "PGPASSWORD": "pg-secret", "PGUSER": "someone", "PGPASSFILE": "/root/.pgpass"})
-    ids = insert_rows(conn, "tests.tasks:inheritance", [[]] * 4)
+    halves = [["app-se", "cret"], ["pg-se", "cret"]]  # never whole in this process either
+    ids = insert_rows(conn, "tests.tasks:inheritance", [[halves]] * 4)
     wait_terminal(conn, ids, timeout=30, node=node)
     for r in rows(conn, ids).values():
         assert r["status"] == "success", r["last_error"]
         seen = r["result"]
         assert seen["sockets"] == [], f"a job inherited sockets: {seen['fds']}"
         assert seen["environ"] == [], seen["environ"]
+        # not even in memory: consumers are spawned with their jobs' environment
+        assert seen["in_memory"] == [], f"a job's memory holds {seen['in_memory']}"
         assert seen["proc_environ"] == [], ("STAGERUNNER_* variables are readable in the job's "
                                             f"/proc/self/environ: {seen['proc_environ']}")
         # stdio and its two pipes, nothing else
