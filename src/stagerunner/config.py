@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     retention: float = Field(default=7 * 86400, ge=0)  # seconds; 0 keeps finished tasks forever
     failed_retention: float = Field(default=30 * 86400, ge=0)  # error / timeout tasks; 0: forever
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)  # empty would bind 0.0.0.0
     # Through PgBouncer (see README, Deploying): "transaction" sends no startup parameter and
     # keeps no session state; LISTEN then needs a direct connection, else the node polls.
     pool_mode: Literal["session", "transaction"] = "session"
@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():  # Path("") is the working directory
+            raise ValueError("is empty: name a directory for the embedded server's data")
+        return value
 
     @field_validator("retention", "failed_retention", mode="before")
     @classmethod
@@ -147,11 +154,17 @@ class Settings(BaseSettings):
                 f"STAGERUNNER_MAX_JOB_TIMEOUT={self.max_job_timeout}"
             )
         if self.node_expiry <= self.heartbeat_interval:
-            raise ValueError("STAGERUNNER_NODE_EXPIRY must be longer than STAGERUNNER_HEARTBEAT_INTERVAL")
-        if any(n is not None and n < 1 for n in self.queues.values()):
-            raise ValueError("every queue in STAGERUNNER_QUEUES needs at least 1 consumer")
-        if (self.web_user is None) != (self.web_password is None):
-            raise ValueError("STAGERUNNER_WEB_USER and STAGERUNNER_WEB_PASSWORD go together")
+            raise ValueError(f"STAGERUNNER_NODE_EXPIRY={self.node_expiry:g} must be longer than "
+                             f"STAGERUNNER_HEARTBEAT_INTERVAL={self.heartbeat_interval:g}")
+        empty = [f"{q}={n}" for q, n in self.queues.items() if n is not None and n < 1]
+        if empty:
+            raise ValueError(f"STAGERUNNER_QUEUES: every queue needs at least 1 consumer, "
+                             f"not {', '.join(empty)}")
+        if self.web_user is not None and self.web_password is None:
+            raise ValueError(f"STAGERUNNER_WEB_USER={self.web_user!r} needs "
+                             "STAGERUNNER_WEB_PASSWORD as well")
+        if self.web_password is not None and self.web_user is None:
+            raise ValueError("STAGERUNNER_WEB_PASSWORD needs STAGERUNNER_WEB_USER as well")
         return self
 
     def window(self) -> int:
@@ -292,5 +305,6 @@ def _describe(exc: ValidationError, env: dict[str, str]) -> str:
         variable = PREFIX + field.upper() if field else "settings"
         value = env.get(variable)
         shown = f"={_shown(variable, value)}" if value is not None else ""
-        lines.append(f"{variable}{shown}: {err['msg']}")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(message if variable == "settings" else f"{variable}{shown}: {message}")
     return "invalid configuration: " + "; ".join(lines)

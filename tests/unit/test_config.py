@@ -50,6 +50,9 @@ def test_test_suite_variables_are_not_settings():
     {"STAGERUNNER_TASK_MODULES": "app/tasks.py"},
     {"STAGERUNNER_QUEUES": "mail=two"},
     {"STAGERUNNER_CHILD_REUSE": "0"},
+    {"STAGERUNNER_DATA_DIR": ""},  # would be the working directory
+    {"STAGERUNNER_DATA_DIR": "  "},
+    {"STAGERUNNER_METRICS_HOST": ""},  # would bind every interface
 ])
 def test_invalid_values_are_refused(env):
     with pytest.raises(ConfigError) as err:
@@ -94,3 +97,16 @@ def test_jobs_get_the_environment_without_stagerunner_variables(monkeypatch):
     env = load({}).job_environment()
     assert env["APP_SETTING"] == "kept"
     assert not [k for k in env if k.startswith("STAGERUNNER_")]
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"STAGERUNNER_QUEUES": "mail=0,default=2"}, "STAGERUNNER_QUEUES: every queue needs at least 1 consumer, not mail=0"),
+    ({"STAGERUNNER_NODE_EXPIRY": "0.5"}, "STAGERUNNER_NODE_EXPIRY=0.5 must be longer than STAGERUNNER_HEARTBEAT_INTERVAL=1"),
+    ({"STAGERUNNER_WEB_USER": "bob"}, "STAGERUNNER_WEB_USER='bob' needs STAGERUNNER_WEB_PASSWORD"),
+    ({"STAGERUNNER_WEB_PASSWORD": "x" * 20}, "STAGERUNNER_WEB_PASSWORD needs STAGERUNNER_WEB_USER"),
+])
+def test_settings_that_disagree_are_named_with_their_values(env, says):
+    with pytest.raises(ConfigError) as err:
+        load(env)
+    assert says in str(err.value) and "Value error" not in str(err.value)
+    assert "x" * 20 not in str(err.value)  # a password is never shown
