@@ -48,12 +48,17 @@ class Backoff:
 DEFAULT = Backoff()
 
 
+SNOOZE_MAX_S = 30 * 86400.0
+
+
 class Snooze(Exception):
-    """Raised by a job: run this task again in `seconds`, without spending an attempt."""
+    """Raised by a job: run this task again in `seconds` (at most 30 days), without
+    spending an attempt."""
 
     def __init__(self, seconds: float) -> None:
-        if not 0 <= float(seconds) < float("inf"):
-            raise ValueError(f"Snooze needs a finite number of seconds >= 0, got {seconds!r}")
+        if not 0 <= float(seconds) <= SNOOZE_MAX_S:
+            raise ValueError(f"Snooze needs 0 to {SNOOZE_MAX_S:g} seconds (30 days), "
+                             f"got {seconds!r}")
         super().__init__(f"snoozed for {float(seconds):g} s")
         self.seconds = float(seconds)
 
@@ -92,11 +97,11 @@ def classify(exc: BaseException, retry_on: tuple[type[BaseException], ...],
 
 def from_reply(fields: dict[str, Any]) -> dict[str, Any]:
     """Outcome fields from what a job child's reply said (untrusted: anything that is not
-    a bool retry or a finite snooze of at most a day is ignored)."""
+    a bool retry or a snooze Snooze itself accepts is ignored)."""
     out: dict[str, Any] = {}
     if isinstance(fields.get("retry"), bool):
         out["retry"] = fields["retry"]
     snooze = fields.get("snooze")
-    if isinstance(snooze, (int, float)) and not isinstance(snooze, bool) and 0 <= snooze <= 86400:
+    if isinstance(snooze, (int, float)) and not isinstance(snooze, bool) and 0 <= snooze <= SNOOZE_MAX_S:
         out["snooze_s"] = float(snooze)
     return out

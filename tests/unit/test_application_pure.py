@@ -57,6 +57,16 @@ def test_the_child_classifies_exceptions_by_the_tasks_rules():
         retry.Snooze(float("inf"))
 
 
+def test_a_snooze_the_job_may_raise_is_one_the_node_honours():
+    """Once, Snooze(2 days) was accepted in the job and dropped by the node (its cap was a
+    day): the task ran again at once, on backoff, as a plain error."""
+    for seconds in (0, 2 * 86400, retry.SNOOZE_MAX_S):
+        said = retry.classify(retry.Snooze(seconds), (), ())
+        assert retry.from_reply(said) == {"snooze_s": float(seconds)}
+    with pytest.raises(ValueError, match="30 days"):
+        retry.Snooze(retry.SNOOZE_MAX_S + 1)
+
+
 def test_what_a_reply_says_about_retries_is_untrusted():
     assert retry.from_reply({"retry": False, "snooze": 3}) == {"retry": False, "snooze_s": 3.0}
     for hostile in ({"retry": "no"}, {"snooze": -1}, {"snooze": True}, {"snooze": 1e12},
