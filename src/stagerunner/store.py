@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import sys
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from stagerunner.demand import Claim
 from stagerunner.protocol import Task
@@ -64,8 +66,22 @@ def connect(dsn: str, *, pooled: bool = False, **kwargs: Any) -> psycopg.Connect
     prepares a statement on the server after its 5th run; the next run could then land on
     a server connection that never saw it, so preparing is off (each statement is then
     planned anew: see the README for what that costs)."""
-    return psycopg.connect(dsn, autocommit=True, application_name="stagerunner",
+    conn = psycopg.connect(dsn, autocommit=True, application_name="stagerunner",
                            **connect_kwargs(pooled, kwargs))
+    set_json_loads(_json_loads, conn)
+    return conn
+
+
+def _json_loads(data: str | bytes) -> Any:
+    return json.loads(data, parse_int=_json_int)
+
+
+def _json_int(digits: str) -> int | str:
+    """A JSON integer longer than CPython converts (4300 digits by default) stays text: a
+    row with one in its arguments (any role that enqueues can write it) must not break
+    every page and command that reads the row."""
+    limit = sys.get_int_max_str_digits()
+    return digits if limit and len(digits.lstrip("-")) > limit else int(digits)
 
 
 def connect_kwargs(pooled: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
