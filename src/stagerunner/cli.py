@@ -151,7 +151,7 @@ def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
 def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     import logging
 
-    from stagerunner import procs, registry, spawn, stages  # nothing of psycopg's: see spawn
+    from stagerunner import logs, procs, registry, spawn, stages  # no psycopg: see spawn
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:
@@ -169,6 +169,9 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
               f"STAGERUNNER_MAX_JOB_TIMEOUT={settings.max_job_timeout:g} s: raise the cap or "
               "lower the task's timeout", file=sys.stderr)
         return EXIT_USAGE
+    # Titled before the consumers' launch rewrites our environment for a moment (spawn):
+    # setproctitle finds the room for titles, ours and the producer's, only before that.
+    logs.set_title(f"stagerunner: supervisor node={settings.node_name}")
     # The consumers start now: their interpreters and imports (~0.1 s) overlap ours below
     # (the supervisor, the producer's side; psycopg unless the DSN check loaded it) and
     # the schema check; the supervisor attaches them.
