@@ -80,8 +80,8 @@ def test_big_messages_crossing_between_producer_and_consumer_never_deadlock(conn
     comes back the other: neither stage ever blocks writing to the other."""
     node = start_node(consumers=1, prefetch=3, result_max_bytes=8 << 20, job_timeout=10,
                       max_job_timeout=10)
-    big = "z" * (3 << 20)
-    ids = insert_rows(conn, "tests.tasks:echo", [[big]] * 2)
+    big = "z" * ((1 << 20) - 100)  # arguments are at most 1 MiB: a batch of 3 is 3 MiB
+    ids = insert_rows(conn, "tests.tasks:echo", [[big]] * 3)
     ids += insert_rows(conn, "tests.tasks:echo_big", [[3 << 20]] * 4)
     wait_terminal(conn, ids, timeout=60, node=node)
     found = check_rows(conn, ids)

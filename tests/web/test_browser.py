@@ -267,7 +267,7 @@ def hostile_rows(conn: Any) -> dict[str, int]:
                         last_error=f"Traceback (most recent call last):\n{SCRIPT}\n{BREAKOUT}\n{CONTROL}",
                         errors=[{"attempt": 1, "status": BREAKOUT, "error": SCRIPT + CONTROL, "at": BREAKOUT,
                                  "runtime_ms": "x"}, SCRIPT, {"status": "timeout", "error": {"e": SCRIPT}}])
-    big = insert_row(conn, name="app:big", status="timeout", attempts=1, args={"big": BIG}, last_error=BIG,
+    big = insert_row(conn, name="app:big", status="timeout", attempts=1, args={"big": BIG[:-64]}, last_error=BIG,
                      errors=[{"attempt": 1, "status": "timeout", "error": BIG}], claimed_by=owner,
                      finished_at=ago(minutes=1), runtime_ms=1003.0, deadline_s=1.0)
     return {"failed": failed["id"], "big": big["id"]}
