@@ -38,6 +38,7 @@ PREFETCH_DEFAULT = 8
 PREFETCH_REUSE_DEFAULT = 32
 WEB_HOST_DEFAULT = "127.0.0.1"
 WEB_PORT_DEFAULT = 8089
+CENTURY_S = 100 * 365 * 86400.0
 WEB_SECRET_MIN_LENGTH = 16  # a token or password guessed over the network must not be short
 # Variables that belong to the test suite, not to the runner.
 NOT_SETTINGS = ("STAGERUNNER_TEST_",)
@@ -88,8 +89,9 @@ class Settings(BaseSettings):
     max_restarts: int = Field(default=MAX_RESTARTS_DEFAULT, ge=0)
     restart_window: float = Field(default=RESTART_WINDOW_DEFAULT, gt=0)
     process_library: Literal["multiprocess", "multiprocessing"] = "multiprocessing"
-    retention: float = Field(default=7 * 86400, ge=0)  # seconds; 0 keeps finished tasks forever
-    failed_retention: float = Field(default=30 * 86400, ge=0)  # error / timeout tasks; 0: forever
+    # seconds (0: keep forever); at most a century, which the database's dates can hold
+    retention: float = Field(default=7 * 86400, ge=0, le=CENTURY_S)
+    failed_retention: float = Field(default=30 * 86400, ge=0, le=CENTURY_S)  # error / timeout
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = Field(default="127.0.0.1", min_length=1)  # empty would bind 0.0.0.0
     # Through PgBouncer (see README, Deploying): "transaction" sends no startup parameter and
@@ -110,12 +112,13 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("data_dir", mode="before")
+    @field_validator("data_dir", "metrics_host", "web_host", mode="before")
     @classmethod
-    def _data_dir(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():  # Path("") is the working directory
-            raise ValueError("is empty: name a directory for the embedded server's data")
-        return value
+    def _not_blank(cls, value: Any) -> Any:
+        # an empty data directory is the working directory, an empty host every interface
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty")
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("retention", "failed_retention", mode="before")
     @classmethod

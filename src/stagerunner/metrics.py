@@ -165,6 +165,22 @@ class Snapshot:
     ready: bool
 
 
+def bound(settings: Any, dsn: str, snapshot: Callable[[], Snapshot], pooled: bool
+          ) -> Server | None:
+    """The node's metrics server, its port bound but not serving yet (None: no port set);
+    ConfigError naming the settings if the port cannot be had (in use, a bad host)."""
+    host, port = settings.metrics_host, settings.metrics_port
+    if not port:
+        return None
+    from stagerunner.errors import ConfigError
+
+    try:
+        return Server(host, port, dsn, snapshot, pooled=pooled)
+    except OSError as exc:
+        raise ConfigError(f"STAGERUNNER_METRICS_HOST={host!r} STAGERUNNER_METRICS_PORT={port}: "
+                          f"cannot listen there: {exc.strerror or exc}") from None
+
+
 class Server:
     """A small HTTP server in a daemon thread. `snapshot` is called from that thread; the
     database is read on the server's own connection."""

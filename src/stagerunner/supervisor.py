@@ -87,12 +87,12 @@ class Supervisor:
         """Every stage, then the node's services. What belongs to the whole process (the
         subreaper, signal handlers, its title) is run()'s, so tests can drive a supervisor
         in their own process with start(), step() and stop()."""
-        # The stages first, while this process has no thread: the first producer is forked
-        # from it (see _start_producer), and forking beside a running thread is unsafe.
+        # The metrics port is bound before any stage runs, the stages start while we have
+        # no thread (the first producer is forked: _start_producer), then the threads.
+        server = metrics.bound(self.settings, self.dsn, self._snapshot, self.pooled)
         self._start_stages(replaces=(), how="first")
-        if self.settings.metrics_port:
-            metrics.Server(self.settings.metrics_host, self.settings.metrics_port, self.dsn,
-                           self._snapshot, pooled=self.pooled).start()
+        if server is not None:
+            server.start()
         if self.settings.retention > 0 or self.settings.failed_retention > 0:
             Pruner(self.dsn, self.settings.retention, self.settings.failed_retention,
                    pooled=self.pooled).start()

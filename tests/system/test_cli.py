@@ -67,6 +67,23 @@ def test_a_start_that_fails_after_launching_the_consumers_leaves_none_behind(emp
     assert "Traceback" not in out.stderr and "consumer" not in out.stderr
 
 
+def test_a_metrics_port_in_use_stops_the_node_at_boot_and_leaves_no_stage(db):
+    """Once, the supervisor logged the bind error and hung, its stages running on without
+    it and deaf to SIGINT and SIGTERM."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = node_env(db, consumers="2", metrics_port=str(port))
+        out = subprocess.run([sys.executable, "-c", _LEFT_BEHIND], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert out.stdout.split(maxsplit=1) == ["2", "[]\n"], (out.stdout, out.stderr)
+    assert f"STAGERUNNER_METRICS_PORT={port}: cannot listen there" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_a_dsn_libpq_cannot_parse_fails_run_at_boot_and_leaves_no_consumer():
     """A DSN libpq cannot parse stops a node at boot, naming the variable with the
     password masked, and nothing it started outlives it."""
