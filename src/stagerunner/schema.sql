@@ -81,32 +81,51 @@ $$;
 ALTER TABLE stagerunner.tasks VALIDATE CONSTRAINT tasks_finished_when_terminal;
 
 -- 5: what any role may write is bounded, so that no row can stop a claim, a node or a page.
--- * run_at and created_at within what Python's datetime holds (years 1 to 9999): a row at
---   'infinity' made every claim of its queue fail (its next due time cannot be computed),
---   one at '-infinity' was claimed and could not be read back, again and again.
+-- * Its times within what Python's datetime holds (years 1 to 9999): a row whose run_at
+--   was 'infinity' made every claim of its queue fail (its next due time cannot be
+--   computed), one at '-infinity' was claimed and could not be read back, again and
+--   again; any of them out of range broke the pages and commands that read the row.
 -- * At most 1 MiB of arguments (as JSON text), like a result: a few rows of 100 MB stalled
 --   the producer that claimed them past its lease, again on every node that tried. The
 --   value's size (a stored one's without decompressing it) decides for the small arguments
---   of nearly every task; only a large one pays for converting it to text.
+--   of most tasks: under 256 bytes, even compressed, it cannot hold 1 MiB of text; a
+--   larger one pays for converting it to text.
 -- Rows from before: live ones out of bounds end in error (a claim of them would fail),
 -- times are clamped. The arguments' check is not validated on old finished rows (history:
 -- a retry of one is refused); every write from now on is checked.
 UPDATE stagerunner.tasks
 SET run_at = least(greatest(run_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00'),
-    created_at = least(greatest(created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+    created_at = least(greatest(created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00'),
+    -- (greatest() skips a NULL: these stay NULL where they were)
+    finished_at = CASE WHEN finished_at IS NOT NULL THEN least(greatest(
+        finished_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00') END,
+    claimed_at = CASE WHEN claimed_at IS NOT NULL THEN least(greatest(
+        claimed_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00') END,
+    cancel_requested_at = CASE WHEN cancel_requested_at IS NOT NULL THEN least(greatest(
+        cancel_requested_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00') END
 WHERE run_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
-   OR created_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00';
+   OR created_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
+   OR finished_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
+   OR claimed_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
+   OR cancel_requested_at NOT BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00';
 UPDATE stagerunner.tasks
 SET status = 'error', finished_at = now(), claimed_by = coalesce(claimed_by, 'migration'),
     last_error = 'arguments too large: ' || octet_length(args::text)
                  || ' bytes of JSON, limit 1048576'
 WHERE status IN ('waiting', 'running')
-  AND pg_column_size(args) >= 8192 AND octet_length(args::text) > 1048576;
+  AND pg_column_size(args) >= 256 AND octet_length(args::text) > 1048576;
 DO $$
 BEGIN
     ALTER TABLE stagerunner.tasks ADD CONSTRAINT tasks_times_in_range CHECK (
         run_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
-        AND created_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00') NOT VALID;
+        AND created_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00'
+        AND (finished_at IS NULL
+             OR finished_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00')
+        AND (claimed_at IS NULL
+             OR claimed_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00')
+        AND (cancel_requested_at IS NULL
+             OR cancel_requested_at BETWEEN '0001-01-02 00:00+00' AND '9999-12-30 00:00+00')
+    ) NOT VALID;
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
 $$;
@@ -114,7 +133,7 @@ ALTER TABLE stagerunner.tasks VALIDATE CONSTRAINT tasks_times_in_range;
 DO $$
 BEGIN
     ALTER TABLE stagerunner.tasks ADD CONSTRAINT tasks_args_at_most_1_mib CHECK (
-        CASE WHEN pg_column_size(args) < 8192 THEN true
+        CASE WHEN pg_column_size(args) < 256 THEN true
              ELSE octet_length(args::text) <= 1048576 END) NOT VALID;
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
@@ -175,8 +194,11 @@ BEGIN
     SELECT string_agg(DISTINCT queue, ',') INTO queues
     FROM inserted
     WHERE status = 'waiting';
+    -- A payload holds under 8000 bytes: an insert into more queues than fit wakes every
+    -- node for all of its queues ('*') rather than failing.
     IF queues IS NOT NULL THEN
-        PERFORM pg_notify('stagerunner_tasks', queues);
+        PERFORM pg_notify('stagerunner_tasks',
+                          CASE WHEN octet_length(queues) < 7900 THEN queues ELSE '*' END);
     END IF;
     RETURN NULL;
 END

@@ -61,8 +61,10 @@ class Wakeups:
             self.tasks_notified(payload.split(","))
 
     def tasks_notified(self, queues: Iterable[str]) -> None:
-        """Work arrived in (or came back to) these queues; names we do not serve are ignored."""
-        self.wanted.update(q for q in queues if q in self.queues)
+        """Work arrived in (or came back to) these queues; names we do not serve are ignored,
+        and "*" (an insert into more queues than a payload can name) means all of ours."""
+        queues = list(queues)
+        self.wanted.update(self.queues if "*" in queues else (q for q in queues if q in self.queues))
 
     def pauses_changed(self) -> None:
         self.pauses_known = False

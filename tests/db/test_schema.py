@@ -77,7 +77,7 @@ SCHEMA_DIGESTS = {
     2: "438ebba26b715e2ba94959bb52588ff6434ad39a65fd03a52b4af12b428a8f08",
     3: "8809096e3788abd97754c05d22af8c3244addbbd1a185d63cbcd473d7cf68edd",
     4: "c06219f23d2f288d43901496bfb343108439582215807b8d8037d1eb07043089",
-    5: "21e5a23e4f5581c976fb0be2a97dfb6fe7a37f76ed270200d40415237d2045f8",
+    5: "fc356a06cc6a04578994688402f41a0fccb8aca53fd462b4b9e63cb334371929",
 }
 
 
@@ -141,6 +141,38 @@ def test_a_database_newer_than_the_code_is_refused(db, connect):
     assert "newer" in str(err.value)
 
 
+def test_compressed_arguments_are_measured_as_text(conn):
+    """A value copied from a table arrives compressed: 12 MB of text (control characters,
+    escaped six to one) stored in ~8 kB must still be refused."""
+    import psycopg
+
+    conn.execute("SET default_toast_compression = lz4")
+    conn.execute("CREATE TEMP TABLE packed (j jsonb)")
+    conn.execute("INSERT INTO packed SELECT jsonb_build_array(repeat(chr(1), 2000000))")
+    with pytest.raises(psycopg.errors.CheckViolation, match="tasks_args_at_most_1_mib"):
+        conn.execute("INSERT INTO stagerunner.tasks (name, args) SELECT 'x', j FROM packed")
+
+
+def test_no_time_of_a_row_can_leave_the_years_1_to_9999(conn, insert_task):
+    import psycopg
+
+    done = insert_task(status="success")
+    for column in ("finished_at", "claimed_at", "cancel_requested_at"):
+        with pytest.raises(psycopg.errors.CheckViolation, match="tasks_times_in_range"):
+            conn.execute(f"UPDATE stagerunner.tasks SET {column} = 'infinity' WHERE id = %s",
+                         [done["id"]])
+
+
+def test_an_insert_into_more_queues_than_a_notify_can_name_wakes_every_node(conn, connect):
+    listener = connect()
+    listener.execute("LISTEN stagerunner_tasks")
+    conn.execute("INSERT INTO stagerunner.tasks (name, queue) "
+                 "SELECT 'x', 'tenant-' || gen_random_uuid() FROM generate_series(1, 300)")
+    conn.execute("INSERT INTO stagerunner.tasks (name, queue) VALUES ('x', 'mail')")
+    payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
+    assert payloads == ["*", "mail"]
+
+
 def test_arguments_up_to_1_mib_are_accepted(conn):
     conn.execute("INSERT INTO stagerunner.tasks (name, args) "
                  "VALUES ('x', jsonb_build_array(repeat('x', 1048576 - 4)))")  # ["…"]: 1 MiB
@@ -150,13 +182,14 @@ def test_upgrading_to_5_ends_live_rows_out_of_bounds_and_clamps_their_times(db, 
     admin = connect()
     for constraint in ("tasks_times_in_range", "tasks_args_at_most_1_mib"):  # as in 4
         admin.execute(f"ALTER TABLE stagerunner.tasks DROP CONSTRAINT {constraint}")
-    far, huge, done, fine = [admin.execute(
+    far, huge, done, fine, late = [admin.execute(
         "INSERT INTO stagerunner.tasks (name, args, run_at, status, finished_at) "
         "VALUES ('x', %s::jsonb, %s, %s, %s) RETURNING id", row).fetchone()[0] for row in (
             ("[]", "infinity", "waiting", None),
             ('["' + "x" * 2_000_000 + '"]', "now", "waiting", None),
             ('["' + "x" * 2_000_000 + '"]', "now", "success", "now"),  # history: kept
-            ("[1]", "now", "waiting", None))]
+            ("[1]", "now", "waiting", None),
+            ("[2]", "now", "error", "infinity"))]
     admin.execute("UPDATE stagerunner.schema_version SET version = 4")
     with store.connect(db) as conn:
         assert migrations.migrate(conn) is True
@@ -165,4 +198,6 @@ def test_upgrading_to_5_ends_live_rows_out_of_bounds_and_clamps_their_times(db, 
     assert got[far][:2] == ("waiting", True)
     assert got[huge][0] == "error" and got[huge][2].startswith("arguments too large: 200000")
     assert got[done][0] == "success" and got[fine] == ("waiting", True, None)
+    assert admin.execute("SELECT finished_at < 'infinity', claimed_at, cancel_requested_at "
+                         "FROM stagerunner.tasks WHERE id = %s", [late]).fetchone() == (True, None, None)
     assert migrations.check_schema(admin) == 5

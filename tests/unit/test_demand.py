@@ -166,3 +166,15 @@ def test_a_consumer_that_handed_tasks_back_gets_nothing_until_its_long_job_ends(
     assert ledger.finished(1, 1, 1) is not None  # the long job ended: its credits count again
     ledger.ask(1, 2)  # its own and the one it handed back
     assert ledger.unmet("default") == 8 and ledger.slots[1].credits == 8
+
+
+def test_a_notify_of_star_wants_every_queue_served_and_names_only_those():
+    from stagerunner.wakeups import Wakeups
+
+    w = Wakeups(("default", "mail"), poll_interval=2.0)
+    w.wanted.clear()
+    w.notified("stagerunner_tasks", "other,mail")
+    assert w.wanted == {"mail"}
+    w.wanted.clear()
+    w.notified("stagerunner_tasks", "*")  # an insert into more queues than a payload names
+    assert w.wanted == {"default", "mail"}
