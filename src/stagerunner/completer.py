@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_KILLS = 3
 FLUSH_AFTER_S = 0.02  # outcomes wait at most this long for a batch to fill
 FLUSH_BATCH = 64
+BUSY_RETRY_S = 0.5  # an outcome whose row another transaction holds locked is tried again
 
 
 class _Run(TypedDict):
@@ -135,15 +136,19 @@ class Completer:
             return 0
         batch = self.pending
         written = write_finishes(conn, self.owner, batch)
-        self.pending = []
+        self.pending = [f for f in batch if written.get(f.task_id) == store.BUSY]
+        if self.pending:  # rows someone holds locked: again in a moment, not at once
+            self.since = time.monotonic() + BUSY_RETRY_S - FLUSH_AFTER_S
         for f in batch:
+            if written.get(f.task_id) == store.BUSY:
+                continue
             if f.task_id not in written:
                 log.warning("stale outcome ignored: the task was rescued or re-claimed meanwhile",
                             extra={"event": "task.stale_outcome", "task_id": f.task_id,
                                    "attempt": f.attempt, "status": str(f.status)})
             else:
                 _log_finish(f, written[f.task_id])
-        return len(written)
+        return sum(status != store.BUSY for status in written.values())
 
 
 def write_finishes(conn: psycopg.Connection[Any], owner: str, batch: list[Finish]

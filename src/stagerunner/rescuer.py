@@ -57,6 +57,8 @@ class Rescuer:
             # a row the database refuses must not keep every node from connecting
             written = write_finishes(conn, owner, [_decide(o) for o in group])
             for task_id, status in sorted(written.items()):
+                if status == store.BUSY:  # locked by someone: the next heartbeat's rescue
+                    continue
                 rescued.append((task_id, status))
                 log.warning("task rescued from a dead node",
                             extra={"event": "task.rescued", "task_id": task_id, "status": status})

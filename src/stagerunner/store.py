@@ -190,10 +190,13 @@ class Finish:
     refund: int = 0  # attempts given back: a snoozed run spent none
 
 
+BUSY = "busy"  # finish_tasks: a row another transaction holds locked, not written yet
+
+
 def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequence[Finish]
                  ) -> dict[int, str]:
     """running -> outcome, guarded by status, owner and attempt; {id: status now} of the
-    rows written."""
+    rows written, and {id: BUSY} of those another transaction holds locked (skipped)."""
     if not finishes:
         return {}
     rows = _run(conn, "finish_tasks", {
@@ -206,7 +209,7 @@ def finish_tasks(conn: psycopg.Connection[Any], *, owner: str, finishes: Sequenc
         "consumers": [f.consumer for f in finishes], "deadlines": [f.deadline_s for f in finishes],
         "refunds": [f.refund for f in finishes],
     })
-    return {r["id"]: r["status"] for r in rows}
+    return {r["id"]: r["status"] or BUSY for r in rows}
 
 
 def storable(text: str | None) -> str | None:

@@ -47,3 +47,32 @@ def test_a_row_that_refuses_even_the_error_loses_its_outcome_not_the_others(
     assert completer.flush(conn) == 1  # no exception: the producer goes on
     assert get_task(good["id"])["status"] == "success"
     assert get_task(stuck["id"])["status"] == "running" and completer.pending == []
+
+
+@pytest.mark.timeout(30)
+def test_a_row_another_transaction_holds_locked_waits_alone_and_is_written_later(
+        conn, connect, insert_task, get_task):
+    """An application's cancel inside its own long transaction, say: once, every outcome
+    of the node (and every node's rescue) waited for that lock, and the watchdog killed
+    the producers."""
+    import time
+
+    from stagerunner import store
+
+    held = insert_task(status="running", claimed_by=OWNER)
+    free = insert_task(status="running", claimed_by=OWNER)
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [held["id"]])
+    completer = Completer(OWNER)
+    for task in (held, free):
+        completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    started = time.monotonic()
+    assert completer.flush(conn) == 1 and time.monotonic() - started < 2
+    assert get_task(free["id"])["status"] == "success"
+    assert [f.task_id for f in completer.pending] == [held["id"]]
+    assert completer.flush_at() > time.monotonic() + 0.3  # again in a moment, not at once
+    app.execute("COMMIT")
+    assert completer.flush(conn) == 1 and completer.pending == []
+    assert get_task(held["id"])["status"] == "success"
+    assert store.finish_tasks(conn, owner=OWNER, finishes=[]) == {}

@@ -275,3 +275,16 @@ class TestUniqueKeys:
                               ).fetchall()
         assert not errors, errors
         assert len(ids) == 6 and len(winner) == 1 and set(ids) == {winner[0][0]}
+
+
+def test_a_rescue_passes_over_a_row_another_transaction_holds_locked(conn, connect,
+                                                                     insert_task):
+    TestRescue().beat(conn, "dead/1", age_s=60)
+    held = insert_task(status="running", claimed_by="dead/1")
+    other = insert_task(status="running", claimed_by="dead/1")
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [held["id"]])
+    assert rescue(conn) == [(other["id"], "waiting")]  # at once, not after the lock
+    app.execute("COMMIT")
+    assert rescue(conn) == [(held["id"], "waiting")]  # the next heartbeat's rescue
