@@ -15,6 +15,7 @@ embedded server loads it only after its consumers are on their way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from stagerunner.protocol import Attach, encode
 
 if TYPE_CHECKING:
     from stagerunner.producer import ProducerConfig
+
+
+log = logging.getLogger("stagerunner.supervisor")
+IMPORT_CHECK_S = 60.0
 
 
 @dataclass
@@ -80,6 +85,32 @@ def launch_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str
         process.start()
     theirs.close()
     return Launched(Stage(process, config.slot, config.queue), producer_end)
+
+
+def reload_possible(settings: Any) -> bool:
+    """A reload whose task modules do not import would restart consumers that die at once
+    until the restart limit stops the node: it is refused, and the running stages stay."""
+    why = import_error(settings.task_modules, settings.job_environment())
+    if why:
+        log.error("reload refused: the task modules do not import; the node runs on",
+                  extra={"event": "node.reload_refused", "error": why})
+    return not why
+
+
+def import_error(modules: Iterable[str], environment: dict[str, str]) -> str:
+    """Why `modules` do not import in a fresh interpreter with the consumers' environment
+    (its last line), or "" when they do: what a reload checks before it stops anything."""
+    import subprocess
+    import sys
+
+    code = "import sys; from stagerunner import registry; registry.load(sys.argv[1:])"
+    try:
+        out = subprocess.run([sys.executable, "-c", code, *modules], env=environment,
+                             capture_output=True, text=True, timeout=IMPORT_CHECK_S)
+    except subprocess.TimeoutExpired:
+        return f"importing them took over {IMPORT_CHECK_S:g} s"
+    lines = out.stderr.strip().splitlines()
+    return "" if out.returncode == 0 else (lines[-1] if lines else f"exit {out.returncode}")[:500]
 
 
 @contextlib.contextmanager

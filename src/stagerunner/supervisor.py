@@ -4,15 +4,15 @@
      ├─ producer         control pipe (Attach + passed fd, Stop, Cancel / Replace)
      └─ consumer 0 … N   one pipe each, whose other end is handed to the producer
 
-Strategy (OTP's rest-for-one): a consumer that dies is restarted alone and the
-producer accounts for what it held; a producer that dies takes its consumers with it
-and all are restarted, the new producer retiring the old one's owner so its tasks are
-handed back at once. More than ``max_restarts`` restarts within ``restart_window``
-seconds stops the node with exit code 1.
+Strategy (OTP's rest-for-one): a consumer that dies is restarted alone and the producer accounts
+for what it held; a producer that dies takes its consumers with it and all are restarted, the
+new producer retiring the old one's owner so its tasks are handed back at once. More than
+``max_restarts`` restarts within ``restart_window`` seconds stops the node with exit code 1.
 
-SIGTERM / SIGINT / SIGHUP only wake the loop (``signals``); it then asks the producer to
-stop: no more claims, running jobs finish within their deadline, unstarted tasks go back
-to ``waiting``; the node exits 0, or on SIGHUP starts fresh stages (new task code).
+SIGTERM / SIGINT / SIGHUP only wake the loop (``signals``); it then asks the producer to stop:
+no more claims, running jobs finish within their deadline, unstarted tasks go back to
+``waiting``; the node exits 0, or on SIGHUP starts fresh stages (new task code). A reload whose
+task modules do not import is refused (``spawn``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from stagerunner import logs, metrics, procs, signals, stages
+from stagerunner import logs, metrics, procs, signals, spawn, stages
 from stagerunner.config import Settings
 from stagerunner.metrics import Stats
 from stagerunner.producer import EXIT_FENCED
@@ -206,7 +206,7 @@ class Supervisor:
             if stage.process.exitcode == 0 and self._producer_died(now, wait=True):
                 return  # an orphan: the producer's death restarted it with the others
             stage.process.join()
-            del self.consumers[slot]
+            self.consumers.pop(slot, None)  # gone already if the restart limit stopped all
             procs.kill_session(stage.process.pid)  # its job children and their groups
             self.sweep_until = now + SWEEP_S
             self._consumer_exited(stage, now)
@@ -312,7 +312,7 @@ class Supervisor:
 
     def _on_signal(self) -> None:
         sig = self.signals.read()
-        if sig is not None:
+        if sig is not None and (sig != signals.RELOAD or spawn.reload_possible(self.settings)):
             self.stop(sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

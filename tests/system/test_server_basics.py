@@ -174,3 +174,27 @@ def test_sighup_reloads_the_task_code_without_losing_a_task(db, conn, start_node
     wait_terminal(conn, [int(added.stdout)], timeout=20, node=node)
     assert rows(conn, [int(added.stdout)])[int(added.stdout)]["result"] == "added"
     assert node.stop() == 0
+
+
+def test_a_reload_whose_task_modules_do_not_import_is_refused_and_the_node_runs_on(
+        db, conn, start_node, tmp_path):
+    """Once, the reloaded consumers died at their import until the restart limit stopped
+    the node (and the supervisor crashed on its way out)."""
+    (tmp_path / "hupbad.py").write_text(TASK_MODULE.format(version="one", added=""))
+    node = start_node(task_modules="hupbad", consumers=2,
+                      extra_env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+                                 "PYTHONDONTWRITEBYTECODE": "1"})
+    first = stagerunner.enqueue_many([("hup.version", [])] * 4, conn=conn)
+    wait_terminal(conn, first, timeout=20, node=node)  # both consumers have imported it
+    (tmp_path / "hupbad.py").write_text("oops(\n")
+    node.proc.send_signal(signal.SIGHUP)
+    refused = eventually(lambda: node.events("node.reload_refused"), timeout=30)
+    assert "SyntaxError" in refused[0]
+    task = stagerunner.enqueue("hup.version", [], conn=conn)
+    wait_terminal(conn, [task], timeout=20, node=node)
+    assert rows(conn, [task])[task]["result"] == "one"  # the old code runs on
+    assert not node.events("node.reloading") and node.proc.poll() is None
+    (tmp_path / "hupbad.py").write_text(TASK_MODULE.format(version="two", added=""))
+    node.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: node.events("node.reloaded"), timeout=30)
+    assert node.stop() == 0
