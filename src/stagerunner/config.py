@@ -255,15 +255,25 @@ def normalize_dsn(dsn: str, variable: str) -> str:
     try:
         info = conninfo_to_dict(normalized)
     except Exception:
-        raise ConfigError(f"{variable}={redact(normalized)!r} is not a valid PostgreSQL "
+        raise ConfigError(f"{variable}={_masked(normalized)!r} is not a valid PostgreSQL "
                           f"URL or key=value string{hint}") from None
     # libpq parses any port text and fails only when it connects: at boot instead. The
     # port is not shown: a '/' in a URL's password makes a piece of it the "port".
     ports = str(info.get("port") or "").split(",")  # one per host, empty for the default
     if not all(p == "" or (p.isdigit() and 0 < int(p) < 65536) for p in ports):
-        raise ConfigError(f"{variable}={redact(normalized)!r}: its port is not a number from "
+        raise ConfigError(f"{variable}={_masked(normalized)!r}: its port is not a number from "
                           f"1 to 65535{hint}")
     return normalized
+
+
+def _masked(dsn: str) -> str:
+    """A DSN to show: in a URL everything between the user name and the last '@' (the
+    password, whatever characters it holds), in key=value form the password value."""
+    scheme, sep, rest = dsn.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return redact(dsn)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def field_env_names() -> dict[str, str]:

@@ -65,11 +65,14 @@ def test_invalid_values_are_refused(env):
     {"STAGERUNNER_DATABASE_URL": "postgresql://u:hunter2@h:port/db"},  # not a port
     {"STAGERUNNER_DATABASE_URLS": "postgresql://u:hunter2@h/db"},  # a misspelt name
     {"STAGERUNNER_DATABASE_URL": "postgresql://u:hun/ter2@h/db"},  # "hun" is not a port
+    {"STAGERUNNER_DATABASE_URL": "postgresql://u:hunter 2/x@h/db"},  # a space and a '/'
+    {"STAGERUNNER_DATABASE_URL": "postgresql://u:hun'ter/2@h/db"},  # a quote and a '/'
 ])
 def test_a_bad_database_url_never_shows_the_password(env):
     with pytest.raises(ConfigError) as err:
         load(env)
     assert "hunter2" not in str(err.value) and "ter2" not in str(err.value)
+    assert "ter/2" not in str(err.value) and "2/x" not in str(err.value)
     assert "hun" not in str(err.value).replace("hunter", "")  # nor a piece of it
     assert next(iter(env)) in str(err.value)  # it still names the variable
 
