@@ -67,8 +67,8 @@ def result(task_id: int, *, timeout: float | None = None, dsn: str | None = None
     from stagerunner import connections, store
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    with psycopg.connect(dsn or connections.dsn(), autocommit=True,
-                         application_name="stagerunner-result") as conn:
+    with store.safe_json(psycopg.connect(dsn or connections.dsn(), autocommit=True,
+                                         application_name="stagerunner-result")) as conn:
         store.query(conn, "listen_results")
         while True:
             done, value = settled(task_id, store.query(conn, "get_result", {"id": task_id}))
@@ -89,12 +89,12 @@ async def aresult(task_id: int, *, timeout: float | None = None, dsn: str | None
     await aio.ready()
     import psycopg
 
-    from stagerunner import astore, connections
+    from stagerunner import astore, connections, store
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    async with await psycopg.AsyncConnection.connect(
+    async with store.safe_json(await psycopg.AsyncConnection.connect(
             dsn or connections.dsn(), autocommit=True,
-            application_name="stagerunner-result") as conn:
+            application_name="stagerunner-result")) as conn:
         await astore.query(conn, "listen_results")
         while True:
             done, value = settled(task_id, await astore.query(conn, "get_result",

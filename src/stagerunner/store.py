@@ -68,12 +68,22 @@ def connect(dsn: str, *, pooled: bool = False, **kwargs: Any) -> psycopg.Connect
     planned anew: see the README for what that costs)."""
     conn = psycopg.connect(dsn, autocommit=True, application_name="stagerunner",
                            **connect_kwargs(pooled, kwargs))
+    return safe_json(conn)
+
+
+def safe_json(conn: Any) -> Any:
+    """`conn`, reading JSON from the database (untrusted: any role that enqueues writes
+    arguments) without an integer or a nesting CPython refuses to load breaking the page,
+    the command or the result that reads it."""
     set_json_loads(_json_loads, conn)
     return conn
 
 
 def _json_loads(data: str | bytes) -> Any:
-    return json.loads(data, parse_int=_json_int)
+    try:
+        return json.loads(data, parse_int=_json_int)
+    except RecursionError:  # nested deeper than CPython parses: shown as the text it is
+        return data if isinstance(data, str) else data.decode()
 
 
 def _json_int(digits: str) -> int | str:

@@ -135,20 +135,28 @@ def test_start_up_refuses_bad_settings_with_exit_2(db):
         assert PASSWORD not in out.stdout + out.stderr
 
 
-def test_a_row_with_an_integer_python_will_not_convert_breaks_no_page_and_no_command(
+def test_a_row_with_json_python_will_not_load_breaks_no_page_and_no_command(
         start_web, conn, db):
     """Any role that enqueues can write one (a 5000-digit integer: CPython converts at
     most 4300 digits); it shows as its digits."""
     from tests.helpers import run_cli
 
     digits = "7" * 5000
-    task_id = conn.execute("INSERT INTO stagerunner.tasks (name, args) VALUES ('app:x', %s::jsonb) "
-                           "RETURNING id", [f"[{digits}, 1]"]).fetchone()[0]
+    ids = [conn.execute("INSERT INTO stagerunner.tasks (name, args) VALUES ('app:x', %s::jsonb) "
+                        "RETURNING id", [args]).fetchone()[0]
+           for args in (f"[{digits}, 1]", "[" * 5000 + "]" * 5000)]  # and nested too deeply
     web = start_web()
-    for path in ("/", "/tasks", f"/tasks/{task_id}", f"/tasks/{task_id}.json"):
-        status, _, body = web.request(path)
-        assert status == 200, (path, status, body[-500:])
-    assert digits[:100] in web.request(f"/tasks/{task_id}.json")[2]
-    for command in (("show", str(task_id)), ("list",), ("show", "--json", str(task_id))):
-        out = run_cli(*command, dsn=db)
-        assert out.returncode == 0, (command, out.stderr[-500:])
+    for task_id in ids:
+        for path in ("/", "/tasks", f"/tasks/{task_id}", f"/tasks/{task_id}.json"):
+            status, _, body = web.request(path)
+            assert status == 200, (path, status, body[-500:])
+        for command in (("show", str(task_id)), ("list",), ("show", "--json", str(task_id))):
+            out = run_cli(*command, dsn=db)
+            assert out.returncode == 0, (command, out.stderr[-500:])
+    assert digits[:100] in web.request(f"/tasks/{ids[0]}.json")[2]
+    import stagerunner
+
+    done = conn.execute("INSERT INTO stagerunner.tasks (name, status, finished_at, result) "
+                        "VALUES ('app:x', 'success', now(), %s::jsonb) RETURNING id",
+                        [f"[{digits}]"]).fetchone()[0]
+    assert stagerunner.result(done, timeout=5, dsn=db) == [digits]  # its digits, not a crash
