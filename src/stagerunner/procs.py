@@ -33,6 +33,7 @@ _PR_SET_PDEATHSIG = 1
 _SIGKILL = int(signal.SIGKILL)
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_DUMPABLE = 4
 _libc: Any = None
 _prctl_call: Any = None  # libc's prctl, looked up once
 
@@ -193,6 +194,21 @@ def set_comm(name: bytes) -> None:
 def become_subreaper() -> None:
     """Orphaned descendants get reparented to us instead of init, so we can kill them."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def keep_memory_private() -> None:
+    """Close this process's memory (/proc/PID/mem, environ, ptrace) to the other processes
+    of its user: the supervisor and the producer hold the DSN, and a job runs as the same
+    user. (Also no core dump. Root, or CAP_SYS_PTRACE, still reads it.)"""
+    _prctl(_PR_SET_DUMPABLE, 0)
+
+
+def lead_private_session(expected_parent: int) -> None:
+    """A stage's start (the producer's): its own session, death with its parent, its
+    memory private (``keep_memory_private``)."""
+    os.setsid()
+    die_with_parent(expected_parent)
+    keep_memory_private()
 
 
 def die_with_parent(expected_parent: int) -> None:

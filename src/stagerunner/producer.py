@@ -316,8 +316,7 @@ class Producer:
 
 def main(control: Any, config: ProducerConfig, parent: int, drop: tuple[int, ...] = ()) -> None:
     """Entry point of the producer process (`drop`: see ``spawn.start_producer``)."""
-    os.setsid()
-    procs.die_with_parent(parent)
+    procs.lead_private_session(parent)
     if drop:  # forked: the supervisor's objects holding these are never used here, and
         signals.forget()  # stay alive below us until we _exit (none closes a reused number)
         for fd in drop:
