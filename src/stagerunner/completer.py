@@ -31,7 +31,7 @@ import psycopg
 
 from stagerunner import logs, retry, store
 from stagerunner.demand import Claim
-from stagerunner.protocol import TERMINAL, Outcome, Status
+from stagerunner.protocol import TERMINAL, Outcome, Status, Task
 from stagerunner.store import Finish
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class Completer:
             self.since = time.monotonic()
         self.pending.append(finish)
         return finish
+
+    def unwritten(self) -> list[Task]:
+        """The tasks whose outcomes wait here (a reconnect must not hand them back)."""
+        return [Task(f.task_id, f.attempt, "", "") for f in self.pending]
 
     def due(self, now: float) -> bool:
         """Time to write: the batch is full or its oldest outcome waited long enough."""

@@ -263,11 +263,11 @@ class Producer:
             store.retire_nodes(conn, owners=self.config.replaces)
             self.retired = True
         self._beat_and_rescue(conn, time.monotonic())
-        # Outcomes buffered through the outage first: those tasks are no longer held, and
-        # handing them back before their outcome is written would run them again.
+        # Outcomes buffered through the outage first; a task no longer held whose outcome
+        # is still unwritten (its row locked by someone) must not go back: it would run again.
         self._write_back(conn, time.monotonic(), force=True)
-        released = store.release_tasks(conn, owner=self.config.owner, unheld=True,
-                                       tasks=[c.task for c in self.ledger.held()])
+        keep = [c.task for c in self.ledger.held()] + self.completer.unwritten()
+        released = store.release_tasks(conn, owner=self.config.owner, unheld=True, tasks=keep)
         if released:
             log.warning("claims whose result never reached us were handed back", extra={
                 "event": "task.released", "count": len(released)})

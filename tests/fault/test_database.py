@@ -179,3 +179,28 @@ def test_a_database_peer_that_stops_answering_gets_the_producer_replaced(
     with connect_retrying(db) as conn:
         found = check_rows(conn, ids)
         assert {r["status"] for r in found.values()} == {"success"}
+
+
+def test_an_outcome_held_up_by_a_locked_row_is_kept_through_a_reconnect_and_runs_once(
+        db, conn, connect, start_node, recorder):
+    """The outcome of a task whose row someone holds locked waits in the producer. Once, a
+    reconnect meanwhile handed that task back as a claim whose result never arrived, and
+    it ran again (the chaos run's `lock` and `pg-restart` faults found it)."""
+    from stagerunner_tools.invariants import wait_terminal
+
+    node = start_node(consumers=1)
+    [tid] = recorder.enqueue(conn, 1, 0.3, timeout_s=10)
+    eventually(recorder.running_now, timeout=15)
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [tid])
+    eventually(lambda: recorder.runs() and all(r.ended for r in recorder.runs()[recorder.keys[tid]]),
+               timeout=10)
+    time.sleep(0.3)  # its outcome reached the producer and found the row locked
+    assert terminate_node_sessions(conn, dbname_of(db)) >= 1
+    eventually(lambda: len(node.events("db.connected")) >= 2, timeout=20)
+    time.sleep(0.5)
+    app.execute("COMMIT")
+    wait_terminal(conn, [tid], timeout=20, node=node)
+    assert check_rows(conn, [tid])[tid]["status"] == "success"
+    assert len(recorder.check(conn)[recorder.keys[tid]]) == 1  # ran once

@@ -250,8 +250,12 @@ def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, 
     # through one handle and writes through another), not also the copy it inherited,
     # which would keep a pipe it drops open
     assert all(started_at(c) <= started_at(producer) for c in consumers)
-    sockets = Counter(t for t in _fd_list(producer) if t.startswith("socket:"))
-    assert sorted(sockets.values()).count(2) == len(consumers), sockets
+    def attached() -> Counter[str]:  # the consumers' ends arrive just after the stages are up
+        sockets = Counter(t for t in _fd_list(producer) if t.startswith("socket:"))
+        assert sorted(sockets.values()).count(2) == len(consumers), sockets
+        return sockets
+
+    sockets = eventually(attached, timeout=5)
     assert max(sockets.values()) == 2, sockets
     shared = _fd_targets(producer) & _fd_targets(node.proc.pid)
     # only the process library's pipes: the producer's death sentinel (a pipe's two ends
