@@ -140,11 +140,12 @@ class Completer:
             return 0
         batch = self.pending
         written = write_finishes(conn, self.owner, batch)
-        self.pending = [f for f in batch if written.get(f.task_id) == store.BUSY]
-        if self.pending:  # rows someone holds locked: again in a moment, not at once
+        busy = {i for i, status in written.items() if status == store.BUSY}
+        self.pending = [f for f in batch if f.task_id in busy]
+        if busy:  # rows someone holds locked: again in a moment, not at once
             self.since = time.monotonic() + BUSY_RETRY_S - FLUSH_AFTER_S
         for f in batch:
-            if written.get(f.task_id) == store.BUSY:
+            if f.task_id in busy:
                 continue
             if f.task_id not in written:
                 log.warning("stale outcome ignored: the task was rescued or re-claimed meanwhile",
@@ -152,7 +153,7 @@ class Completer:
                                    "attempt": f.attempt, "status": str(f.status)})
             else:
                 _log_finish(f, written[f.task_id])
-        return sum(status != store.BUSY for status in written.values())
+        return len(written) - len(busy)
 
 
 def write_finishes(conn: psycopg.Connection[Any], owner: str, batch: list[Finish]

@@ -62,17 +62,17 @@ class Ledger:
         s.credits += n
         s.heard_at = now
 
-    def _open(self, queue: str) -> list[Slot]:
+    def _open(self, queue: str) -> dict[int, Slot]:
         """The queue's slots that may be given tasks now."""
-        return [s for s in self.slots.values() if s.queue == queue and not s.busy]
+        return {i: s for i, s in self.slots.items() if s.queue == queue and not s.busy}
 
     def unmet(self, queue: str) -> int:
-        return sum(s.credits for s in self._open(queue))
+        return sum(s.credits for s in self._open(queue).values())
 
     def worth_claiming(self, queue: str) -> bool:
         """Claim now, or wait to batch? Now when a consumer of the queue has nothing left to
         run, or half of the queue's window is free (GenStage's min_demand)."""
-        slots = self._open(queue)
+        slots = self._open(queue).values()
         unmet = sum(s.credits for s in slots)
         if unmet == 0:
             return False
@@ -85,8 +85,7 @@ class Ledger:
                ) -> tuple[dict[int, list[Claim]], list[Claim]]:
         """Give each task to the slot with the most credits left; return (plan, leftover)."""
         plan: dict[int, list[Claim]] = {}
-        hungry = [i for i, s in self.slots.items()
-                  if s.queue == queue and s.credits > 0 and not s.busy]
+        hungry = [i for i, s in self._open(queue).items() if s.credits > 0]
         pending = list(tasks)
         while pending and hungry:
             slot = max(hungry, key=lambda i: self.slots[i].credits)

@@ -81,6 +81,8 @@ def safe_json(conn: Any) -> Any:
 
 def _json_loads(data: str | bytes) -> Any:
     try:
+        return json.loads(data)  # the C parser: every value but the odd hostile one
+    except ValueError:  # an integer longer than CPython converts: again, keeping it text
         return json.loads(data, parse_int=_json_int)
     except RecursionError:  # nested deeper than CPython parses: shown as the text it is
         return data if isinstance(data, str) else data.decode()

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from stagerunner import logs, metrics, procs, signals, spawn, stages
+from stagerunner import metrics, procs, signals, spawn, stages
 from stagerunner.config import Settings
 from stagerunner.metrics import Stats
 from stagerunner.producer import EXIT_FENCED
@@ -73,7 +73,7 @@ class Supervisor:
     # Lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        logs.set_title(f"stagerunner: supervisor node={self.settings.node_name}")
+        # (Its title and its private memory are set by ``cli``, before the consumers' launch.)
         # A job's grandchild that escaped its group (setsid) and outlived its consumer is
         # reparented to us rather than to init, so _sweep_orphans can kill it.
         procs.become_subreaper()
@@ -85,7 +85,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Every stage, then the node's services. What belongs to the whole process (the
-        subreaper, signal handlers, its title) is run()'s, so tests can drive a supervisor
+        subreaper, signal handlers) is run()'s, so tests can drive a supervisor
         in their own process with start(), step() and stop()."""
         # The metrics port is bound before any stage runs, the stages start while we have
         # no thread (the first producer is forked: _start_producer), then the threads.
