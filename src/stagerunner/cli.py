@@ -172,7 +172,6 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     # Titled before the consumers' launch rewrites our environment for a moment (spawn):
     # setproctitle finds the room for titles, ours and the producer's, only before that.
     logs.set_title(f"stagerunner: supervisor node={settings.node_name}")
-    procs.keep_memory_private()  # it holds the DSN; jobs run as the same user
     # The consumers start now: their interpreters and imports (~0.1 s) overlap ours below
     # (the supervisor, the producer's side; psycopg unless the DSN check loaded it) and
     # the schema check; the supervisor attaches them.

@@ -73,7 +73,7 @@ class Supervisor:
     # Lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        # (Its title and its private memory are set by ``cli``, before the consumers' launch.)
+        procs.keep_memory_private()  # it holds the DSN (its title: ``cli``, before the launch)
         # A job's grandchild that escaped its group (setsid) and outlived its consumer is
         # reparented to us rather than to init, so _sweep_orphans can kill it.
         procs.become_subreaper()
