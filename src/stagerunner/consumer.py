@@ -127,6 +127,7 @@ class Consumer:
         if forker.fileno() in ready:
             forker.pump()  # the child we asked for; or ForkerGone before we take work
         if self.conn.fileno() in ready:
+            forker.announce()
             self._read_producer()
         if self.job is not None:
             self._check_job(ready, time.monotonic())

@@ -71,6 +71,7 @@ class Forker:
         self.max_reply = 1 << 30
         self.swept_at = float("-inf")
         self.sweep_at = 0.0  # a sweep is owed from then on (0: none is)
+        self.blockers: list[str] | None = None  # for ``announce``; None once said
 
     @classmethod
     def start(cls, limits: Limits, resolve: Resolver, name: str = "", title: str = "") -> Forker:
@@ -81,12 +82,19 @@ class Forker:
         comm = f"sr-job-{name}".encode()[:15] if name else b""
         helper = ForkHelper(theirs, consumer, limits, resolve, comm)
         helper.bare = not (blockers := forking.blockers())
-        _say_fork(blockers)
         pid = forking.fork_running({theirs.fileno()}, lambda: helper.run(title))
         theirs.close()
         forker = cls(pid, ours)
         forker.max_reply = max_reply(limits)
+        forker.blockers = blockers
         return forker
+
+    def announce(self) -> None:
+        """Log, once, which fork the job children get. Called when the producer first
+        speaks: a consumer launched for a start that then fails says nothing."""
+        if self.blockers is not None:
+            _say_fork(self.blockers)
+            self.blockers = None
 
     def request(self) -> None:
         """Have a child forked ahead of time (at most one outstanding)."""
