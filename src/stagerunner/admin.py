@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import psycopg
 
 from stagerunner import opstore, store
+from stagerunner.logs import printable
 from stagerunner.protocol import Status
 
 STATUSES = tuple(s.value for s in Status)
@@ -46,10 +47,10 @@ def format_status(report: dict[str, Any], throughput: float | None = None) -> st
     lines.append(f"nodes alive: {report['nodes_alive']}  oldest waiting: "
                  f"{report['oldest_waiting_s']:.1f}s{rate}")
     if report["paused"]:
-        lines.append("paused queues: " + ", ".join(report["paused"]))
+        lines.append("paused queues: " + ", ".join(map(_cell, report["paused"])))
     for node in report["nodes"]:
-        lines.append(f"  {node['owner']}  queues={node['queues']}  pid={node['pid']}  "
-                     f"beat {node['beat_age_s']:.1f}s ago")
+        lines.append(f"  {_cell(node['owner'])}  queues={_cell(node['queues'])}  "
+                     f"pid={node['pid']}  beat {node['beat_age_s']:.1f}s ago")
     return "\n".join(lines)
 
 
@@ -88,13 +89,15 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _cell(value: Any) -> str:
+    """A value as one line of text; any role may have written it, so a terminal control in
+    it (an escape sequence, a carriage return) is shown escaped, never acted on."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}"
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+    return printable(str(value))
 
 
 def _fit(text: str, width: int) -> str:
@@ -102,7 +105,7 @@ def _fit(text: str, width: int) -> str:
 
 
 def format_task(task: dict[str, Any]) -> str:
-    lines = [f"task {task['id']}  {task['name']}  [{task['status']}]"]
+    lines = [f"task {task['id']}  {_cell(task['name'])}  [{_cell(task['status'])}]"]
     for key in ("queue", "priority", "attempts", "lost", "max_attempts", "timeout_s", "unique_key",
                 "created_at", "run_at", "claimed_by", "claimed_at", "finished_at",
                 "cancel_requested_at", "last_run_s"):
@@ -111,12 +114,15 @@ def format_task(task: dict[str, Any]) -> str:
     lines.append(f"  {'args':<20} {json.dumps(task['args'])}")
     if task.get("result") is not None:
         lines.append(f"  {'result':<20} {json.dumps(task['result'])[:2000]}")
-    for entry in task.get("errors") or []:
+    errors = task.get("errors") or []
+    for entry in errors if isinstance(errors, list) else [errors]:
+        if not isinstance(entry, dict) or not entry.keys() & {"attempt", "error"}:
+            entry = {"error": json.dumps(entry)}  # written by hand: shown as it is
         runtime = entry.get("runtime_ms")
         took = f" after {runtime:.1f} ms" if isinstance(runtime, (int, float)) else ""
-        lines.append(f"\n  attempt {entry.get('attempt')}: {entry.get('status')} at "
-                     f"{entry.get('at')}{took}")
-        lines += ["    " + line for line in str(entry.get("error", "")).rstrip().splitlines()]
+        lines.append(f"\n  attempt {_cell(entry.get('attempt'))}: {_cell(entry.get('status'))} "
+                     f"at {_cell(entry.get('at'))}{took}")
+        lines += ["    " + _cell(line) for line in str(entry.get("error", "")).rstrip().splitlines()]
     return "\n".join(lines)
 
 

@@ -78,9 +78,26 @@ class JsonFormatter(logging.Formatter):
 
 def _short(value: Any) -> str:
     text = str(value)
-    if " " in text or not text:
+    if " " in text or not text or not text.isprintable():  # quoted, its controls escaped
         text = json.dumps(text)
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+# What a terminal may act on: C0 and C1 controls (ESC, CSI, BEL, CR, backspace, ...), DEL,
+# and the bidirectional overrides that reorder what is shown.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, newlines: bool = False) -> str:
+    """`text` (from the database: any role may have written it) safe to print to a
+    terminal: each control character escaped (``\\x1b``), tabs kept, newlines kept only
+    where a multi-line block is wanted (`newlines`)."""
+    if not newlines:
+        text = text.replace("\n", "\\n")
+    if text.isascii() and text.isprintable():
+        return text
+    return _TERMINAL_CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256
+                                  else f"\\u{ord(m[0]):04x}", text)
 
 
 class _Context(logging.Filter):

@@ -250,6 +250,19 @@ class TestUniqueKeys:
         assert get_task(blocked["id"])["status"] == "error"
         assert get_task(held["id"])["status"] == "waiting"
 
+    def test_retrying_failed_tasks_is_not_stopped_by_a_counter_at_its_limit(
+            self, conn, insert_task, get_task):
+        """Hand-written counters: the new attempt allowance overflowed and the whole retry
+        failed. Such a row can never be claimed again, so it is left as it is."""
+        full = insert_task(status="error", attempts=2147483647, max_attempts=2147483647)
+        far = insert_task(status="error", attempts=2147483646, max_attempts=3)
+        fine = insert_task(status="timeout", attempts=3, max_attempts=3)
+        retried, skipped = opstore.retry_tasks(conn, failed=True)
+        assert (retried, skipped) == (sorted([far["id"], fine["id"]]), [])
+        assert get_task(full["id"])["status"] == "error"
+        assert get_task(far["id"])["max_attempts"] == 2147483647
+        assert (get_task(fine["id"])["status"], get_task(fine["id"])["max_attempts"]) == ("waiting", 4)
+
     def test_losing_an_enqueue_race_returns_the_id_of_the_winner(self, db, conn):
         import threading
 

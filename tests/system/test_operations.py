@@ -130,6 +130,35 @@ def test_list_show_retry_and_purge_from_the_cli(db, conn, insert_task):
     assert "(no tasks)" in run_cli("list", "--status", "timeout", dsn=db).stdout
 
 
+def test_list_show_and_status_escape_terminal_controls_any_role_can_write(db, conn):
+    """Any role that enqueues writes name, queue and unique_key; a job writes its error.
+    An escape sequence in them must reach the operator's terminal escaped (a title set,
+    the screen cleared, a line overwritten by a carriage return), and an errors column
+    written by hand that is not an array of objects is shown, not a crash."""
+    hostile = "app:x\x1b]0;owned\x07\x1b[2J\rfake"
+    task_id = conn.execute(
+        "INSERT INTO stagerunner.tasks (name, queue, unique_key, status, finished_at, errors) "
+        "VALUES (%s, %s, %s, 'error', now(), %s::jsonb) RETURNING id",
+        [hostile, "q\x1b[31m", "k\x9b2J", json.dumps([{"attempt": 1, "status": "error\x1b[8m",
+                                                        "error": "Boom\x1b[1A\r\nline"}, 7])]
+    ).fetchone()[0]
+    bare = conn.execute("INSERT INTO stagerunner.tasks (name, errors) VALUES ('app:y', "
+                        "'{\"not\": \"a list\"}') RETURNING id").fetchone()[0]
+    conn.execute("INSERT INTO stagerunner.queues (name, paused) VALUES (%s, true) "
+                 "ON CONFLICT (name) DO UPDATE SET paused = true", ["p\x1b[5m"])
+    outputs = {}
+    for command in (("list",), ("list", "--status", "error"), ("show", str(task_id)),
+                    ("show", str(bare)), ("status",)):
+        out = run_cli(*command, dsn=db)
+        assert out.returncode == 0, (command, out.stderr[-500:])
+        assert not any(c in out.stdout for c in "\x1b\x07\r\x9b"), (command, out.stdout)
+        outputs[command[0]] = outputs.get(command[0], "") + out.stdout
+    assert "app:x\\x1b]0;owned\\x07\\x1b[2J\\x0dfake" in outputs["show"]
+    assert "    Boom\\x1b[1A\n" in outputs["show"] and "k\\x9b2J" in outputs["show"]
+    assert '"a list"' in outputs["show"] and "\n    7" in outputs["show"]
+    assert "p\\x1b[5m" in outputs["status"]
+
+
 def test_status_watch_prints_a_line_per_refresh(db):
     out = run_cli("status", "--watch", "--json", "--count", "2", "--interval", "0.2", dsn=db)
     lines = [json.loads(line) for line in out.stdout.splitlines()]

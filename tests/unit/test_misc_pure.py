@@ -178,3 +178,15 @@ def test_the_runtime_histogram_is_cumulative_and_survives_the_wire():
     assert got[("other", "0.005")] == 1 and got[("other", "+Inf")] == 1
     counts = {s.labels["queue"]: s.value for s in family.samples if s.name.endswith("_count")}
     assert counts == {"q": 7, "other": 1}
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_a_log_line_carries_no_terminal_control_from_a_field(formatter):
+    """A job's error text reaches a field of the node's log (its first line); an escape
+    sequence in it would act on the terminal of whoever tails the log."""
+    record = logging.getLogger("stagerunner.test").makeRecord(
+        "stagerunner.test", logging.WARNING, __file__, 1, "task failed", (), None,
+        extra={"event": "task.failed", "error": "Boom\x1b]0;owned\x07\x1b[2J\r\x9b"})
+    line = formatter.format(record)
+    assert not any(c in line for c in "\x1b\x07\r\x9b"), repr(line)
+    assert "Boom" in line and "task.failed" in line

@@ -10,6 +10,10 @@ WITH candidates AS (
     WHERE t.finished_at IS NOT NULL
       AND t.status <> 'success'
       AND (t.id = ANY(%(ids)s::bigint[]) OR %(failed)s AND t.status IN ('error', 'timeout'))
+      -- a counter at its limit (written by hand) can never be claimed again (see
+      -- claim_tasks), and one more attempt allowed would overflow: not retried, and
+      -- never a reason to refuse the rest (lost is never negative)
+      AND t.attempts < 2147483647
 ),
 allowed AS (
     SELECT c.id
