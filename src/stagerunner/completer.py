@@ -93,6 +93,7 @@ class Completer:
     pending: list[Finish] = field(default_factory=list)
     since: float = 0.0  # monotonic time the oldest pending outcome arrived
     releases: list[Claim] = field(default_factory=list)
+    release_at: float = 0.0  # monotonic; releases whose rows were locked wait until then
 
     def release(self, claims: list[Claim]) -> None:
         self.releases += claims
@@ -100,17 +101,30 @@ class Completer:
     def write(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
         """Hand back what is to be handed back, then write outcomes if a batch is due (or
         `force`)."""
-        if self.releases:
-            batch, self.releases = self.releases, []
-            try:
-                store.release_tasks(conn, owner=self.owner, tasks=[c.task for c in batch])
-            except psycopg.Error:
-                self.releases = batch + self.releases  # kept for the next connection
-                raise
-            log.info("unstarted tasks handed back", extra={"event": "task.released",
-                                                           "count": len(batch)})
+        if self.releases and (force or now >= self.release_at):
+            self._release(conn, now)
         if force or self.due(now):
             self.flush(conn)
+
+    def _release(self, conn: psycopg.Connection[Any], now: float) -> None:
+        batch, self.releases = self.releases, []
+        try:
+            _, busy = store.release_tasks(conn, owner=self.owner, tasks=[c.task for c in batch])
+        except psycopg.Error:
+            self.releases = batch + self.releases  # kept for the next connection
+            raise
+        locked = {t.id for t in busy}
+        if locked:  # rows someone holds locked: again in a moment, not at once
+            self.releases = [c for c in batch if c.task.id in locked] + self.releases
+            self.release_at = now + BUSY_RETRY_S
+        log.info("unstarted tasks handed back", extra={"event": "task.released",
+                                                       "count": len(batch) - len(locked)})
+
+    def wake_at(self) -> float:
+        """When there is writing to do next (monotonic): a batch of outcomes, or releases
+        that found their rows locked."""
+        times = [self.flush_at()] if self.pending else []
+        return min(times + ([self.release_at] if self.releases else []), default=float("inf"))
 
     def add(self, outcome: Outcome, *, lost: int, max_attempts: int, kills: int = 0,
             consumer: int | None = None) -> Finish:

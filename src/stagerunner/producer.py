@@ -125,8 +125,8 @@ class Producer:
 
     def _timeout(self, now: float) -> float:
         extra = [self.link.reconnect_at] if not self.link.up else []
-        if self.link.up and self.completer.pending:
-            extra.append(self.completer.flush_at())
+        if self.link.up and (self.completer.pending or self.completer.releases):
+            extra.append(self.completer.wake_at())
         if self.stopping:
             extra.append(now + 0.1)
         claim_now = self.link.up and not self.stopping and self._hungry()
@@ -267,7 +267,8 @@ class Producer:
         # is still unwritten (its row locked by someone) must not go back: it would run again.
         self._write_back(conn, time.monotonic(), force=True)
         keep = [c.task for c in self.ledger.held()] + self.completer.unwritten()
-        released = store.release_tasks(conn, owner=self.config.owner, unheld=True, tasks=keep)
+        released, busy = store.release_tasks(conn, owner=self.config.owner, unheld=True, tasks=keep)
+        self.completer.release([Claim(t) for t in busy])  # locked by someone: again later
         if released:
             log.warning("claims whose result never reached us were handed back", extra={
                 "event": "task.released", "count": len(released)})

@@ -234,14 +234,17 @@ def storable(text: str | None) -> str | None:
 
 
 def release_tasks(conn: psycopg.Connection[Any], *, owner: str, tasks: Sequence[Task],
-                  unheld: bool = False) -> set[int]:
+                  unheld: bool = False) -> tuple[set[int], list[Task]]:
     """running (never started) -> waiting, guarded by owner and attempt. With `unheld`,
-    every running task of `owner` except `tasks` (claims whose rows never reached us)."""
+    every running task of `owner` except `tasks` (claims whose rows never reached us).
+    (ids released, tasks skipped because another transaction holds their rows locked:
+    to be released again later, listed)."""
     if not tasks and not unheld:
-        return set()
+        return set(), []
     rows = _run(conn, "release_tasks", {"owner": owner, "ids": [t.id for t in tasks],
                                         "attempts": [t.attempt for t in tasks], "unheld": unheld})
-    return {r["id"] for r in rows}
+    busy = [Task(r["id"], r["busy_attempt"], "", "") for r in rows if r["busy_attempt"] is not None]
+    return {r["id"] for r in rows if r["busy_attempt"] is None}, busy
 
 
 def register_node(conn: psycopg.Connection[Any], *, owner: str, node: str, host: str, pid: int,

@@ -76,3 +76,42 @@ def test_a_row_another_transaction_holds_locked_waits_alone_and_is_written_later
     assert completer.flush(conn) == 1 and completer.pending == []
     assert get_task(held["id"])["status"] == "success"
     assert store.finish_tasks(conn, owner=OWNER, finishes=[]) == {}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("unheld", [False, True], ids=["handed-back", "after-a-reconnect"])
+def test_a_release_passes_over_a_row_another_transaction_holds_locked(
+        conn, connect, insert_task, get_task, unheld):
+    """A prefetched task handed back (or a claim found unheld after a reconnect) whose row
+    an application holds locked: the release used to wait for the lock, and the producer
+    with it, until the watchdog killed it. It is skipped, kept, and released later."""
+    import time
+
+    from stagerunner.demand import Claim
+    from stagerunner.protocol import Task
+
+    held = insert_task(status="running", claimed_by=OWNER, attempts=1)
+    free = insert_task(status="running", claimed_by=OWNER, attempts=1)
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [held["id"]])
+    completer = Completer(OWNER)
+    started = time.monotonic()
+    if unheld:
+        from stagerunner import store
+
+        released, busy = store.release_tasks(conn, owner=OWNER, tasks=[], unheld=True)
+        assert (released, [(t.id, t.attempt) for t in busy]) == ({free["id"]}, [(held["id"], 1)])
+        completer.release([Claim(t) for t in busy])  # what the producer's reconnect does
+    else:
+        completer.release([Claim(Task(t["id"], 1, t["name"], "[]")) for t in (held, free)])
+        completer.write(conn, time.monotonic())
+    assert time.monotonic() - started < 2
+    assert get_task(free["id"])["status"] == "waiting"
+    assert [c.task.id for c in completer.releases] == [held["id"]]
+    assert completer.wake_at() > time.monotonic() + 0.3 or unheld  # again in a moment
+    app.execute("COMMIT")
+    completer.write(conn, time.monotonic() + 1)
+    assert completer.releases == []
+    row = get_task(held["id"])
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("waiting", 0, None)

@@ -104,21 +104,21 @@ class TestRelease:
     def test_unstarted_tasks_go_back_as_if_never_claimed(self, conn, insert_task, get_task):
         t = insert_task()
         [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)[0]
-        assert store.release_tasks(conn, owner=OWNER, tasks=[c.task]) == {t["id"]}
+        assert store.release_tasks(conn, owner=OWNER, tasks=[c.task]) == ({t["id"]}, [])
         row = get_task(t["id"])
         assert (row["status"], row["attempts"], row["claimed_by"]) == ("waiting", 0, None)
 
     def test_release_of_someone_elses_claim_does_nothing(self, conn, insert_task):
         insert_task()
         [c] = store.claim_tasks(conn, owner=OWNER, queue="default", limit=1)[0]
-        assert store.release_tasks(conn, owner="other/1", tasks=[c.task]) == set()
+        assert store.release_tasks(conn, owner="other/1", tasks=[c.task]) == (set(), [])
 
     def test_release_unheld_hands_back_claims_we_never_received(self, conn, insert_task):
         kept, orphan = insert_task(status="running", claimed_by=OWNER), insert_task(status="running",
                                                                                   claimed_by=OWNER)
         insert_task(status="running", claimed_by="other/1")
         held = Task(kept["id"], 1, kept["name"], "[]")
-        assert store.release_tasks(conn, owner=OWNER, tasks=[held], unheld=True) == {orphan["id"]}
+        assert store.release_tasks(conn, owner=OWNER, tasks=[held], unheld=True) == ({orphan["id"]}, [])
 
 
 def rescue(conn):
