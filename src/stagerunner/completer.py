@@ -120,6 +120,25 @@ class Completer:
         log.info("unstarted tasks handed back", extra={"event": "task.released",
                                                        "count": len(batch) - len(locked)})
 
+    def release_unheld(self, conn: psycopg.Connection[Any], held: list[Task]) -> None:
+        """After a reconnect: hand back every claim of ours that is neither `held` nor
+        waiting here for its outcome (a claim whose rows never reached us); one whose row
+        someone holds locked, later."""
+        released, busy = store.release_tasks(conn, owner=self.owner, unheld=True,
+                                             tasks=held + self.unwritten())
+        self.release([Claim(t) for t in busy])
+        if released:
+            log.warning("claims whose result never reached us were handed back", extra={
+                "event": "task.released", "count": len(released)})
+
+    def settle(self, conn: psycopg.Connection[Any], until: float) -> None:
+        """At a stop: what waits for rows someone holds locked is tried again every
+        BUSY_RETRY_S until `until` (monotonic); what is left then, a live node's rescue
+        hands back (a success written late is better than one run twice)."""
+        while (self.pending or self.releases) and time.monotonic() < until:
+            time.sleep(max(0.0, min(self.wake_at(), until) - time.monotonic()))
+            self.write(conn, time.monotonic(), force=True)
+
     def wake_at(self) -> float:
         """When there is writing to do next (monotonic): a batch of outcomes, or releases
         that found their rows locked."""

@@ -266,12 +266,7 @@ class Producer:
         # Outcomes buffered through the outage first; a task no longer held whose outcome
         # is still unwritten (its row locked by someone) must not go back: it would run again.
         self._write_back(conn, time.monotonic(), force=True)
-        keep = [c.task for c in self.ledger.held()] + self.completer.unwritten()
-        released, busy = store.release_tasks(conn, owner=self.config.owner, unheld=True, tasks=keep)
-        self.completer.release([Claim(t) for t in busy])  # locked by someone: again later
-        if released:
-            log.warning("claims whose result never reached us were handed back", extra={
-                "event": "task.released", "count": len(released)})
+        self.completer.release_unheld(conn, [c.task for c in self.ledger.held()])
         self.wakeups.reconnected()
 
     def _disconnected(self, exc: Exception) -> None:
@@ -305,8 +300,11 @@ class Producer:
         self.done = True
 
     def _final_flush(self) -> None:
+        until = time.monotonic() + FINAL_FLUSH_S / 2  # for rows locked elsewhere to come free
+
         def last_writes(conn: psycopg.Connection[Any]) -> None:
             self._write_back(conn, time.monotonic(), force=True)
+            self.completer.settle(conn, until)
             store.delete_node(conn, owner=self.config.owner)
 
         if not self.link.last_chance(last_writes, FINAL_FLUSH_S):

@@ -115,3 +115,44 @@ def test_a_release_passes_over_a_row_another_transaction_holds_locked(
     assert completer.releases == []
     row = get_task(held["id"])
     assert (row["status"], row["attempts"], row["claimed_by"]) == ("waiting", 0, None)
+
+
+@pytest.mark.timeout(30)
+def test_at_a_stop_an_outcome_waiting_for_a_locked_row_is_written_once_the_lock_goes(
+        conn, connect, insert_task, get_task):
+    """Left behind, it would be rescued by another node and the job, a success, run again."""
+    import threading
+    import time
+
+    task = insert_task(status="running", claimed_by=OWNER, attempts=1)
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [task["id"]])
+    completer = Completer(OWNER)
+    completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    completer.write(conn, time.monotonic(), force=True)
+    assert len(completer.pending) == 1
+    threading.Timer(1.0, lambda: app.execute("COMMIT")).start()
+    started = time.monotonic()
+    completer.settle(conn, until=started + 10)
+    assert completer.pending == [] and time.monotonic() - started < 3
+    assert get_task(task["id"])["status"] == "success"
+
+
+@pytest.mark.timeout(30)
+def test_at_a_stop_a_lock_that_stays_is_waited_for_no_longer_than_the_limit(
+        conn, connect, insert_task, get_task):
+    import time
+
+    task = insert_task(status="running", claimed_by=OWNER, attempts=1)
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [task["id"]])
+    completer = Completer(OWNER)
+    completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    started = time.monotonic()
+    completer.settle(conn, until=started + 1.2)
+    assert 1.1 < time.monotonic() - started < 2.5
+    assert [f.task_id for f in completer.pending] == [task["id"]]  # left to the rescue
+    app.execute("ROLLBACK")
+    assert get_task(task["id"])["status"] == "running"
