@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
@@ -131,12 +132,15 @@ class Completer:
             log.warning("claims whose result never reached us were handed back", extra={
                 "event": "task.released", "count": len(released)})
 
-    def settle(self, conn: psycopg.Connection[Any], until: float) -> None:
+    def settle(self, conn: psycopg.Connection[Any], until: float,
+               tick: Callable[[float], object] = lambda now: None) -> None:
         """At a stop: what waits for rows someone holds locked is tried again every
-        BUSY_RETRY_S until `until` (monotonic); what is left then, a live node's rescue
-        hands back (a success written late is better than one run twice)."""
+        BUSY_RETRY_S until `until` (monotonic), calling `tick` between tries (the
+        producer's word to its watchdog); what is left then, a live node's rescue hands
+        back (a success written late is better than one run twice)."""
         while (self.pending or self.releases) and time.monotonic() < until:
             time.sleep(max(0.0, min(self.wake_at(), until) - time.monotonic()))
+            tick(time.monotonic())
             self.write(conn, time.monotonic(), force=True)
 
     def wake_at(self) -> float:

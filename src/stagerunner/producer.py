@@ -304,7 +304,7 @@ class Producer:
 
         def last_writes(conn: psycopg.Connection[Any]) -> None:
             self._write_back(conn, time.monotonic(), force=True)
-            self.completer.settle(conn, until)
+            self.completer.settle(conn, until, self._tell_alive)
             store.delete_node(conn, owner=self.config.owner)
 
         if not self.link.last_chance(last_writes, FINAL_FLUSH_S):
