@@ -41,7 +41,7 @@ def describe(dsn: str) -> str:
     except Exception:
         return "(unparsable DSN)"
     info.pop("password", None)
-    return make_conninfo(**{k: v for k, v in info.items() if v is not None}) or "(libpq defaults)"
+    return make_conninfo("", **{k: v for k, v in info.items() if v is not None}) or "(libpq defaults)"
 
 
 def open_database(settings: Settings, *, install: bool = True) -> Database:

@@ -44,7 +44,8 @@ def run_counter(*, consumers: int, broadcast: bool, events: int, start: int, max
         print("stagerunner: --consumers and --max-demand must be at least 1", file=sys.stderr)
         return 2
     ctx = procs.context(library)
-    pipes, processes = {}, []
+    pipes: dict[int, Any] = {}
+    processes: list[Any] = []
     for i in range(consumers):
         ours, theirs = ctx.Pipe(duplex=True)
         process = ctx.Process(target=consumer_main, args=(theirs, max_demand), daemon=True)
@@ -74,7 +75,7 @@ def _produce(pipes: dict[int, Any], broadcast: bool, events: int, start: int) ->
     while len(subscribed) < len(pipes):  # every consumer subscribes before the first event
         for pipe in procs.wait(list(pipes.values())):
             i = next(k for k, p in pipes.items() if p is pipe)
-            _receive(i, decode(pipe.recv_bytes()), ledger, fanout)
+            _receive(i, decode(pipes[i].recv_bytes()), ledger, fanout)
             subscribed.add(i)
     while events == 0 or emitted < events:
         demand = fanout.unmet() if broadcast else ledger.unmet("counter")
@@ -92,7 +93,7 @@ def _produce(pipes: dict[int, Any], broadcast: bool, events: int, start: int) ->
                 pipes[i].send_bytes(encode(Batch(tuple(given))))
         for pipe in procs.wait(list(pipes.values())):
             i = next(k for k, p in pipes.items() if p is pipe)
-            _receive(i, decode(pipe.recv_bytes()), ledger, fanout)
+            _receive(i, decode(pipes[i].recv_bytes()), ledger, fanout)
 
 
 def _receive(i: int, message: object, ledger: Ledger, fanout: Broadcast[Task]) -> None:

@@ -59,7 +59,7 @@ class Stats:
         i = bisect_left(BUCKETS_S, seconds)  # the smallest bound >= it
         if i < len(BUCKETS_S):
             self.runtime_buckets[_bucket_keys(queue)[i]] += 1
-        self.runtime_sum[queue] += seconds
+        self.runtime_sum[queue] += seconds  # type: ignore[assignment]  # a Counter of floats
         self.runtime_count[queue] += 1
 
     def summary(self, running: int) -> dict[str, Any]:

@@ -198,7 +198,7 @@ class Producer:
             self._fence("the lease ran out before this heartbeat")
             left = self.maintenance.beat(conn, self.wakeups, now, False, consumers, info)
         self.registered = True
-        self.dispatcher.lease(self.link.leased(sent, left))
+        self.dispatcher.lease(self.link.leased(sent, left or 0.0))  # registering always leases
         self.stats.rescued += self.maintenance.rescue(conn)
 
     def _fence(self, why: str) -> None:

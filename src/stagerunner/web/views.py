@@ -177,7 +177,7 @@ def _attempt(entry: Any) -> dict[str, Any]:
 # Runtimes --------------------------------------------------------------------------------
 
 def runtimes(conn: Conn, args: dict[str, str], settings: Settings) -> Page:
-    window = args.get("window") if args.get("window") in RUNTIME_WINDOWS else "1h"
+    window = wanted if (wanted := args.get("window", "")) in RUNTIME_WINDOWS else "1h"
     rows = queries.runtimes(conn, window_s=RUNTIME_WINDOWS[window], max_rows=RUNTIME_MAX_ROWS,
                             job_timeout=settings.job_timeout, max_job_timeout=settings.max_job_timeout)
     names = sorted((_runtime(r) for r in rows), key=lambda r: (-r["pressure"], -r["runs"], r["name"]))
