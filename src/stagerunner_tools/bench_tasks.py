@@ -25,6 +25,13 @@ def started_at() -> float:
 
 
 @task
+def mark(path: str) -> None:
+    """Writes the job child's wall clock when the job began to `path` (``bench_start``)."""
+    with open(path, "w") as f:
+        f.write(repr(time.time()))
+
+
+@task
 def sleep_forever() -> None:
     """Never returns: only the deadline ends it (deadline overshoot)."""
     while True:
