@@ -118,8 +118,9 @@ class Completer:
         if locked:  # rows someone holds locked: again in a moment, not at once
             self.releases = [c for c in batch if c.task.id in locked] + self.releases
             self.release_at = now + BUSY_RETRY_S
-        log.info("unstarted tasks handed back", extra={"event": "task.released",
-                                                       "count": len(batch) - len(locked)})
+        if len(batch) > len(locked):
+            log.info("unstarted tasks handed back", extra={"event": "task.released",
+                                                           "count": len(batch) - len(locked)})
 
     def release_unheld(self, conn: psycopg.Connection[Any], held: list[Task]) -> None:
         """After a reconnect: hand back every claim of ours that is neither `held` nor

@@ -88,12 +88,11 @@ def _short(value: Any) -> str:
 _TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text: str, newlines: bool = False) -> str:
-    """`text` (from the database: any role may have written it) safe to print to a
-    terminal: each control character escaped (``\\x1b``), tabs kept, newlines kept only
-    where a multi-line block is wanted (`newlines`)."""
-    if not newlines:
-        text = text.replace("\n", "\\n")
+def printable(text: str) -> str:
+    """`text` (from the database: any role may have written it) as one line safe to print
+    to a terminal: each control character escaped (``\\x1b``, a newline ``\\n``), tabs
+    kept."""
+    text = text.replace("\n", "\\n")
     if text.isascii() and text.isprintable():
         return text
     return _TERMINAL_CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256

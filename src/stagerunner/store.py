@@ -103,15 +103,17 @@ def connect_kwargs(pooled: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 # A peer that stops answering must surface as an error within seconds, not hang the
 # producer: TCP keepalives, a TCP user timeout, and a statement timeout.
-GUARDS: dict[str, Any] = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-          "keepalives_count": 3, "tcp_user_timeout": 10_000}
+GUARDS: dict[str, Any] = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5,
+                          "keepalives_interval": 2, "keepalives_count": 3,
+                          "tcp_user_timeout": 10_000}
 # The server-side timeouts travel as a startup parameter, which PgBouncer refuses. Through
 # transaction pooling they cannot be set per session either (a SET would stay behind on a
 # server connection that other clients then get), nor per statement (SET LOCAL needs a
 # transaction block: BEGIN, SET, COMMIT, three more round trips per statement): there
 # PgBouncer's query_timeout and idle_transaction_timeout, or the role's own settings,
 # take their place (README).
-SERVER_TIMEOUTS: dict[str, Any] = {"options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
+SERVER_TIMEOUTS: dict[str, Any] = {
+    "options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"}
 
 
 def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
