@@ -377,7 +377,7 @@ def close_result_pipe(seconds: float = 3.0) -> str:
 @task
 def garble_result_pipe(kind: str) -> None:
     fd = _result_pipe()
-    finished = struct.pack(">d", time.monotonic())  # a reply's header: length, then this
+    finished = struct.pack(">dB", time.monotonic(), 0)  # a reply's header: length, this, flags
     if kind == "huge_header":
         os.write(fd, b"\xff\xff\xff\xf0" + finished)
     elif kind == "not_json":
@@ -386,7 +386,7 @@ def garble_result_pipe(kind: str) -> None:
         os.write(fd, (9).to_bytes(4, "big") + finished + b'{"a": 1}\n')
     elif kind == "no_finish_time":
         reply = b'["ok", "null"]'
-        os.write(fd, len(reply).to_bytes(4, "big") + struct.pack(">d", math.nan) + reply)
+        os.write(fd, len(reply).to_bytes(4, "big") + struct.pack(">dB", math.nan, 0) + reply)
     time.sleep(3)
 
 
@@ -410,3 +410,26 @@ def escape_twice(pidfile: str) -> None:
 @task
 def echo_big(size: int) -> str:
     return "y" * size
+
+
+@task
+def leave_thread(path: str) -> int:
+    """Returns at once, leaving a (non-daemon) thread that appends to `path` forever."""
+    import threading
+
+    def beat() -> None:
+        while True:
+            with open(path, "a") as f:
+                f.write(".")
+            time.sleep(0.02)
+
+    threading.Thread(target=beat).start()
+    return os.getpid()
+
+
+@task
+def leave_process(pidfile: str) -> int:
+    """Returns at once, leaving a child process it never waits for."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    Path(pidfile).write_text(str(child.pid))
+    return os.getpid()

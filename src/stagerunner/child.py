@@ -4,12 +4,15 @@ set-up and the bounds on what it sends back live here; the consumer's end of the
 ``executor``.
 
     job pipe     -> [len][json: id, name, args, attempt, max attempts, queue, times]
-    result pipe  <- [len][finished][json: "ok", result] | ["error", text(, retry fields)]
+    result pipe  <- [len][finished][flags][json: "ok", result] | ["error", text(, retry fields)]
 
 ``finished`` is the child's CLOCK_MONOTONIC when the job returned. That clock is the
 whole machine's and keeps counting while a process is stopped, so the consumer can tell a
 job that finished after its deadline (its node was frozen across it) from one that
-finished in time and was read late.
+finished in time and was read late. ``flags``: LEFT_RUNNING when a reused child still has
+a thread or a child process after its job returned (what the job left running): the
+consumer then replaces it instead of giving it the next job, so nothing a job started
+runs on past its end.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from stagerunner import arguments, forking, procs, running
 from stagerunner.protocol import Task
 
 HEADER = struct.Struct(">I")
-REPLY_HEADER = struct.Struct(">Id")  # a reply's length, and when the job finished
+REPLY_HEADER = struct.Struct(">IdB")  # a reply's length, when the job finished, flags
+LEFT_RUNNING = 1  # flags: the job left a thread or a child process running
 # Bound at import, before any task module: a job that patches time.monotonic (a frozen
 # clock in its tests, say) cannot move its own finish stamp.
 _clock_gettime, _MONOTONIC = time.clock_gettime, time.CLOCK_MONOTONIC
@@ -68,9 +72,9 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def reply_frame(payload: bytes, finished: float) -> bytes:
+def reply_frame(payload: bytes, finished: float, flags: int = 0) -> bytes:
     """A reply as the result pipe carries it: `finished` is the job's monotonic end."""
-    return REPLY_HEADER.pack(len(payload), finished) + payload
+    return REPLY_HEADER.pack(len(payload), finished, flags) + payload
 
 
 _OK_NONE_PAYLOAD = json.dumps(running.OK_NONE).encode()
@@ -122,6 +126,7 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
     """The job child: set itself up, then run up to `child_reuse` jobs, one reply each."""
     prepare_child(parent, limits, title)
     _warm_up()
+    leftovers = Leftovers() if limits.child_reuse > 1 else None  # a fresh child dies anyway
     for _ in range(limits.child_reuse):
         job = read_job(job_r)
         if job is None:
@@ -131,7 +136,27 @@ def child_main(job_r: int, result_w: int, parent: int, limits: Limits, resolve: 
         finished = _clock_gettime(_MONOTONIC)
         running.leave()
         _flush_std()
-        write_all(result_w, reply_frame(_encode(reply), finished))
+        flags = LEFT_RUNNING if leftovers is not None and leftovers.found() else 0
+        write_all(result_w, reply_frame(_encode(reply), finished, flags))
+        if flags:
+            return  # the consumer replaces us; our group dies with what the job left
+
+
+class Leftovers:
+    """What a job left running in a reused child: a thread, or a child process (a Popen
+    it did not wait for, a zombie included). Two descriptors opened once, read with a
+    syscall each per job: the thread count is the task directory's link count less two."""
+
+    def __init__(self) -> None:
+        me = os.getpid()
+        self.tasks = os.open(f"/proc/{me}/task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.children = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
+
+    def found(self) -> bool:
+        try:
+            return os.fstat(self.tasks).st_nlink > 3 or bool(os.pread(self.children, 16, 0))
+        except OSError:  # the job closed our descriptors: no telling, so not reused
+            return True
 
 
 def _encode(reply: list[Any]) -> bytes:

@@ -239,6 +239,7 @@ class Consumer:
         if ending is Ending.REPLIED:
             outcome = job.outcome(ending, now)  # a reply stamped past the deadline: timeout
             keep = (job.child.jobs_sent < self.limits.child_reuse and job.child.broken is None
+                    and not job.child.left_running  # what it left dies with its group
                     and outcome.status is not Status.TIMEOUT)  # a timeout's group is killed
         else:  # gone (reap it for its wait status), or expired (kill its group, then report)
             keep, status = False, self._retire_child(wait=ending is Ending.EXITED)

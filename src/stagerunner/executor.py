@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any
 
 from stagerunner import jsontext, procs, retry
-from stagerunner.child import REPLY_HEADER, frame, write_all
+from stagerunner.child import LEFT_RUNNING, REPLY_HEADER, frame, write_all
 from stagerunner.protocol import Outcome, Status, Task
 
 # A dying child closes its pipes a moment before its pidfd says it is gone: how long an
@@ -55,6 +55,7 @@ class ChildHandle:
     jobs_sent: int = 0
     broken: str | None = None
     finished: float | None = None  # when its last job returned, by the child's own clock
+    left_running: bool = False  # its job left a thread or a process: not to be reused
     buffer: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class ChildHandle:
     def _complete(self) -> list[Any] | None:
         if len(self.buffer) < REPLY_HEADER.size:
             return None
-        size, finished = REPLY_HEADER.unpack_from(self.buffer)
+        size, finished, flags = REPLY_HEADER.unpack_from(self.buffer)
         if size > self.max_reply:
             return self._broken(f"the job wrote garbage into its result pipe (a reply of "
                                 f"{size:,} bytes announced, at most {self.max_reply:,} possible)")
@@ -120,6 +121,7 @@ class ChildHandle:
                 and math.isfinite(finished)):
             return self._broken("the job wrote garbage into its result pipe (not a reply)")
         self.finished = finished
+        self.left_running = bool(flags & LEFT_RUNNING)
         return reply
 
     def _broken(self, why: str) -> list[Any]:

@@ -258,3 +258,31 @@ def test_a_reply_stamped_past_its_deadline_is_a_timeout_that_kills_the_reused_ch
             assert after != first  # a fresh child
     finally:
         hooks._HOOKS["timeout"].remove(hook)
+
+
+def _growing(path, seconds=0.3):
+    before = path.stat().st_size
+    time.sleep(seconds)
+    return path.stat().st_size > before
+
+
+def test_a_reused_child_whose_job_left_a_thread_running_is_replaced_and_the_thread_dies(
+        tmp_path):
+    """What a job leaves running must not run on past its end in a child that lives on
+    for the next jobs: the child says so with its reply and is replaced."""
+    beats = tmp_path / "beats"
+    with InProcessConsumer(Limits(modules=("tests.tasks",), child_reuse=5)) as c:
+        first = run(c, "tests.tasks:leave_thread", f'["{beats}"]').result
+        eventually(lambda: not pid_alive(int(first)), timeout=5)
+        assert beats.exists() and not _growing(beats)  # the thread died with its child
+        after = [run(c, "tests.tasks:record_run", '["/dev/null"]').result for _ in range(2)]
+    assert after[0] != first and after[0] == after[1]  # a fresh child, reused from then on
+
+
+def test_a_reused_child_whose_job_left_a_process_running_is_replaced_and_the_process_dies(
+        tmp_path):
+    pidfile = tmp_path / "pid"
+    with InProcessConsumer(Limits(modules=("tests.tasks",), child_reuse=5)) as c:
+        first = run(c, "tests.tasks:leave_process", f'["{pidfile}"]').result
+        eventually(lambda: not pid_alive(int(pidfile.read_text())), timeout=5)
+        assert run(c, "tests.tasks:record_run", '["/dev/null"]').result != first
