@@ -41,6 +41,7 @@ from collections.abc import Callable
 import stagerunner.consumer  # noqa: F401  what a consumer has imported before it forks
 from stagerunner import child as jobchild
 from stagerunner import forking, procs, registry
+from stagerunner_tools import procfs
 
 MODULES = ("stagerunner_tools.bench_tasks",)
 NOOP = "stagerunner_tools.bench_tasks:noop"
@@ -128,10 +129,8 @@ def bare_interpreter(forks: int) -> tuple[float, float, float]:
 
 def _footprint() -> tuple[float, int]:
     """This process's resident MiB and its number of mappings."""
-    with open("/proc/self/status") as f:
-        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     with open("/proc/self/maps") as f:
-        return rss_kib / 1024, sum(1 for _ in f)
+        return (procfs.rss_kib(os.getpid()) or 0) / 1024, sum(1 for _ in f)
 
 
 def main(argv: list[str] | None = None) -> int:

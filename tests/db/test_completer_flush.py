@@ -7,6 +7,22 @@ pytestmark = pytest.mark.db
 OWNER = "n/1"
 
 
+def locked_by_app(connect, task_id):
+    """An application's transaction holding the task's row locked (its cancel inside its
+    own long transaction, say); commit or roll it back to let go."""
+    app = connect()
+    app.execute("BEGIN")
+    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [task_id])
+    return app
+
+
+def succeeded(task):
+    """A completer holding one success outcome for `task`, not yet written."""
+    completer = Completer(OWNER)
+    completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    return completer
+
+
 def test_a_row_the_database_refuses_does_not_block_the_others(conn, insert_task, get_task):
     good = insert_task(status="running", claimed_by=OWNER)
     bad = insert_task(status="running", claimed_by=OWNER)
@@ -61,9 +77,7 @@ def test_a_row_another_transaction_holds_locked_waits_alone_and_is_written_later
 
     held = insert_task(status="running", claimed_by=OWNER)
     free = insert_task(status="running", claimed_by=OWNER)
-    app = connect()
-    app.execute("BEGIN")
-    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [held["id"]])
+    app = locked_by_app(connect, held["id"])
     completer = Completer(OWNER)
     for task in (held, free):
         completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
@@ -92,9 +106,7 @@ def test_a_release_passes_over_a_row_another_transaction_holds_locked(
 
     held = insert_task(status="running", claimed_by=OWNER, attempts=1)
     free = insert_task(status="running", claimed_by=OWNER, attempts=1)
-    app = connect()
-    app.execute("BEGIN")
-    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [held["id"]])
+    app = locked_by_app(connect, held["id"])
     completer = Completer(OWNER)
     started = time.monotonic()
     if unheld:
@@ -125,11 +137,8 @@ def test_at_a_stop_an_outcome_waiting_for_a_locked_row_is_written_once_the_lock_
     import time
 
     task = insert_task(status="running", claimed_by=OWNER, attempts=1)
-    app = connect()
-    app.execute("BEGIN")
-    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [task["id"]])
-    completer = Completer(OWNER)
-    completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    app = locked_by_app(connect, task["id"])
+    completer = succeeded(task)
     completer.write(conn, time.monotonic(), force=True)
     assert len(completer.pending) == 1
     threading.Timer(1.0, lambda: app.execute("COMMIT")).start()
@@ -145,11 +154,8 @@ def test_at_a_stop_a_lock_that_stays_is_waited_for_no_longer_than_the_limit(
     import time
 
     task = insert_task(status="running", claimed_by=OWNER, attempts=1)
-    app = connect()
-    app.execute("BEGIN")
-    app.execute("SELECT 1 FROM stagerunner.tasks WHERE id = %s FOR UPDATE", [task["id"]])
-    completer = Completer(OWNER)
-    completer.add(Outcome(task["id"], 1, Status.SUCCESS, 1.0), lost=0, max_attempts=1)
+    app = locked_by_app(connect, task["id"])
+    completer = succeeded(task)
     started = time.monotonic()
     completer.settle(conn, until=started + 1.2)
     assert 1.1 < time.monotonic() - started < 2.5
