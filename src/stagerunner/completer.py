@@ -22,8 +22,12 @@ attempt: it goes back to ``waiting``. Who is to blame is told apart by how it wa
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
@@ -99,13 +103,23 @@ class Completer:
     def release(self, claims: list[Claim]) -> None:
         self.releases += claims
 
-    def write(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
+    def write(self, conn: psycopg.Connection[Any], now: float, force: bool = False,
+              beside: Callable[[], object] | None = None,
+              writer: psycopg.Connection[Any] | None = None) -> None:
         """Hand back what is to be handed back, then write outcomes if a batch is due (or
-        `force`)."""
+        `force`). With `beside` (the producer's claim), every outcome is written on
+        `writer`, from a thread, while `beside` runs on `conn`: neither waits for the other."""
+        self.hand_back(conn, now, force)
+        if beside is not None:
+            with self.flushing(writer or conn):
+                beside()
+        elif force or self.due(now):
+            self.flush(conn)
+
+    def hand_back(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
+        """Hand back the unstarted tasks to be handed back, if any and it is time."""
         if self.releases and (force or now >= self.release_at):
             self._release(conn, now)
-        if force or self.due(now):
-            self.flush(conn)
 
     def _release(self, conn: psycopg.Connection[Any], now: float) -> None:
         batch, self.releases = self.releases, []
@@ -177,7 +191,23 @@ class Completer:
         if not self.pending:
             return 0
         batch = self.pending
-        written = write_finishes(conn, self.owner, batch)
+        return self._written(batch, write_finishes(conn, self.owner, batch))
+
+    @contextlib.contextmanager
+    def flushing(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Write everything pending on `conn` from a thread of its own while the body runs
+        (the producer's claim, on its other connection), and take the result at its end."""
+        if not self.pending:
+            yield
+            return
+        batch = self.pending
+        writing = _writer().submit(write_finishes, conn, self.owner, batch)
+        try:
+            yield
+        finally:
+            self._written(batch, writing.result())
+
+    def _written(self, batch: list[Finish], written: dict[int, str]) -> int:
         busy = {i for i, status in written.items() if status == store.BUSY}
         self.pending = [f for f in batch if f.task_id in busy]
         if busy:  # rows someone holds locked: again in a moment, not at once
@@ -192,6 +222,11 @@ class Completer:
             else:
                 _log_finish(f, written[f.task_id])
         return len(written) - len(busy)
+
+
+@functools.cache
+def _writer() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="outcomes")
 
 
 def write_finishes(conn: psycopg.Connection[Any], owner: str, batch: list[Finish]

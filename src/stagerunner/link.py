@@ -1,5 +1,7 @@
-"""The producer's link to PostgreSQL: a work connection, a LISTEN connection, reconnecting
-with backoff, and the lease that fences this node's jobs.
+"""The producer's link to PostgreSQL: two work connections (``conn`` for claims and the
+rest, ``writer`` for the outcome write that runs beside a claim: each waits for its own
+statement, so neither waits for the other), a LISTEN connection, reconnecting with
+backoff, and the lease that fences this node's jobs. Losing any of them closes them all.
 
 Losing the database is normal weather: the producer keeps going without a connection
 (outcomes stay buffered, consumers keep enforcing deadlines) and asks ``reconnect_due``
@@ -47,6 +49,7 @@ class Link:
         self.pooled = pooled
         self.said_polling = False
         self.conn: psycopg.Connection[Any] | None = None
+        self.writer: psycopg.Connection[Any] | None = None
         self.listen: psycopg.Connection[Any] | None = None
         self.reconnect_at = 0.0
         self.backoff = BACKOFF_FIRST_S
@@ -66,21 +69,23 @@ class Link:
         return self.pooled and self.listen_dsn is None
 
     def connect(self) -> psycopg.Connection[Any]:
-        """Open both connections and LISTEN; psycopg.Error if the database is not there."""
+        """Open the connections and LISTEN; psycopg.Error if the database is not there."""
         conn = store.connect_guarded(self.dsn, pooled=self.pooled)
-        listen = None
+        listen = writer = None
         try:
+            writer = store.connect_guarded(self.dsn, pooled=self.pooled)
             if not self.polling:
                 listen = store.connect_guarded(self.listen_dsn or self.dsn)
                 store.listen(listen)
         except BaseException:
             conn.close()
+            store.close_quietly(writer)
             raise
         if self.polling and not self.said_polling:
             self.said_polling = True
             log.warning("transaction pooling without STAGERUNNER_LISTEN_DATABASE_URL: no LISTEN, "
                         "polling for work, pauses and cancels", extra={"event": "db.polling"})
-        self.conn, self.listen = conn, listen
+        self.conn, self.writer, self.listen = conn, writer, listen
         self.backoff = BACKOFF_FIRST_S
         return conn
 
@@ -94,7 +99,7 @@ class Link:
         return [(n.channel, n.payload) for n in self.listen.notifies(timeout=0)]
 
     def lost(self, exc: Exception, buffered: int) -> None:
-        """Close both connections and schedule the next attempt, backing off."""
+        """Close the connections and schedule the next attempt, backing off."""
         self.close()
         self.losses += 1
         self.reconnect_at = time.monotonic() + self.backoff
@@ -120,8 +125,9 @@ class Link:
 
     def close(self) -> None:
         store.close_quietly(self.conn)
+        store.close_quietly(self.writer)
         store.close_quietly(self.listen)
-        self.conn = self.listen = None
+        self.conn = self.writer = self.listen = None
 
     def leased(self, sent: float, left_s: float) -> float:
         """The heartbeat sent at `sent` (CLOCK_BOOTTIME) left the lease `left_s` seconds to

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,8 +179,10 @@ class Producer:
             # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
             if not self.wakeups.cancels_known:  # a cancel notified, a poll or a reconnect
                 self._check_cancels(conn)
-            claimed = not self.stopping and self._claim(conn, now)
-            self._write_back(conn, now, force=self.stopping or claimed)
+            if self.stopping or not self._hungry():
+                self._write_back(conn, now, force=self.stopping)
+            else:  # the claim and the outcome write run at once, each on its own connection
+                self._write_back(conn, now, beside=lambda: self._claim(conn, now))
             self._services(conn, now)
         except psycopg.Error as exc:
             self._disconnected(exc)
@@ -210,11 +213,12 @@ class Producer:
                              "held": len(self.ledger.held())})
             os._exit(EXIT_FENCED)
 
-    def _write_back(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
+    def _write_back(self, conn: psycopg.Connection[Any], now: float, force: bool = False,
+                    beside: Callable[[], object] | None = None) -> None:
         self.completer.release(self.dispatcher.take_releases())
         if self.completer.pending:  # a test's point: dying with outcomes not yet written
             faults.hit(self.config.fault, "producer", "before_flush")
-        self.completer.write(conn, now, force)
+        self.completer.write(conn, now, force, beside, self.link.writer)
 
     def _claim(self, conn: psycopg.Connection[Any], now: float) -> bool:
         """Claim for every queue worth claiming for; True if a claim statement ran."""

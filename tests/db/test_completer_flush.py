@@ -162,3 +162,63 @@ def test_at_a_stop_a_lock_that_stays_is_waited_for_no_longer_than_the_limit(
     assert [f.task_id for f in completer.pending] == [task["id"]]  # left to the rescue
     app.execute("ROLLBACK")
     assert get_task(task["id"])["status"] == "running"
+
+
+@pytest.mark.timeout(30)
+def test_beside_a_claim_the_outcomes_are_written_on_the_other_connection_meanwhile(
+        conn, connect, insert_task, get_task):
+    """The producer's claim and its outcome write each wait for their own statement, so
+    they run at once on two connections: the write lands while the claim still runs."""
+    import time
+
+    task = insert_task(status="running", claimed_by=OWNER)
+    completer = succeeded(task)
+    seen = []
+
+    def claim():  # stands for the claim: it runs until the outcome is visible elsewhere
+        deadline = time.monotonic() + 10
+        while get_task(task["id"])["status"] != "success" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(get_task(task["id"])["status"])
+
+    completer.write(connect(), time.monotonic(), beside=claim, writer=connect())
+    assert seen == ["success"] and completer.pending == []
+
+
+@pytest.mark.timeout(30)
+def test_a_writer_connection_that_broke_keeps_every_outcome_for_the_next_one(
+        conn, connect, insert_task, get_task):
+    import time
+
+    import psycopg
+
+    task = insert_task(status="running", claimed_by=OWNER)
+    completer = succeeded(task)
+    broken = connect()
+    broken.close()
+    ran = []
+    with pytest.raises(psycopg.OperationalError):
+        completer.write(conn, time.monotonic(), beside=lambda: ran.append(1), writer=broken)
+    assert ran == [1] and len(completer.pending) == 1  # the claim ran; nothing was lost
+    assert get_task(task["id"])["status"] == "running"
+    assert completer.flush(connect()) == 1 and get_task(task["id"])["status"] == "success"
+
+
+@pytest.mark.timeout(30)
+def test_a_claim_that_fails_beside_a_write_that_succeeded_loses_neither(
+        conn, connect, insert_task, get_task):
+    """The claim's connection broke: the error reaches the producer (it reconnects), and
+    the outcomes written meanwhile count as written, not to be written twice."""
+    import time
+
+    import psycopg
+
+    task = insert_task(status="running", claimed_by=OWNER)
+    completer = succeeded(task)
+
+    def claim():
+        raise psycopg.OperationalError("the claim's connection broke")
+
+    with pytest.raises(psycopg.OperationalError, match="claim's connection"):
+        completer.write(conn, time.monotonic(), beside=claim, writer=connect())
+    assert completer.pending == [] and get_task(task["id"])["status"] == "success"

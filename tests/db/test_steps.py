@@ -97,6 +97,28 @@ def test_producer_step_claims_on_credit_and_writes_the_outcomes(producer, conn, 
     assert status_of(conn, ids[2]) == ("waiting", 0, 0)
 
 
+def test_outcomes_due_with_a_claim_go_on_the_producers_second_connection(producer, conn,
+                                                                        insert_task):
+    """Each waits for its own statement, so the claim and the outcome write run at once on
+    two connections (the completer's tests show they overlap)."""
+    made, control, consumer = producer
+    ids = [insert_task()["id"] for _ in range(4)]
+    consumer.send(Demand(2))
+    step_until(made.step, lambda: consumer.drain() and consumer.of(Batch))
+    for task in consumer.of(Batch)[0].tasks:
+        consumer.send(Outcome(task.id, task.attempt, Status.SUCCESS, 1.0, deadline_s=1.0))
+    consumer.send(Demand(2))  # a claim is due with the outcomes
+    step_until(made.step, lambda: consumer.drain() and len(consumer.of(Batch)) == 2)
+    assert [status_of(conn, i)[0] for i in ids] == ["success"] * 2 + ["running"] * 2
+
+    def last_statement(c: Any) -> str:
+        return conn.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                            [c.info.backend_pid]).fetchone()[0]
+
+    assert last_statement(made.link.writer).lstrip().startswith("-- finish_tasks")
+    assert made.link.writer.info.backend_pid != made.link.conn.info.backend_pid
+
+
 def test_the_supervisor_hears_at_once_when_the_producer_starts_holding_tasks(producer,
                                                                            insert_task):
     """Its watchdog kills a silent producer sooner while it holds tasks; a producer that
