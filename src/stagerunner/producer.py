@@ -1,12 +1,12 @@
 """Producer stage: the only stage that talks to PostgreSQL for work.
 
     supervisor ══control══ producer ══pipes══ consumer 0 … N      (``control``, ``dispatcher``)
-                               └─ link: work + LISTEN connections  (``link``)
+                               └─ link: 2 work + LISTEN connections  (``link``)
 
 One ``step`` blocks in one ``wait`` over the control pipe, the consumer pipes and the
 LISTEN socket, with a timeout from the earliest timer (``wakeups``). Then it claims at
-most the outstanding credits of each queue worth claiming for, dispatches, writes
-outcomes back (``completer``), and runs the periodic services (``maintenance``).
+most the outstanding credits of each queue worth claiming for, dispatches, writes the
+outcomes beside the claim (``completer``), and runs the periodic services (``maintenance``).
 
 Losing the database is normal weather: outcomes stay buffered, the link reconnects with
 backoff, consumers keep enforcing deadlines. If the outage lasts long enough that other
@@ -134,7 +134,10 @@ class Producer:
         return self.wakeups.timeout(now, claim_now=claim_now, online=self.link.up, extra=extra)
 
     def _hungry(self) -> bool:
-        return any(self.ledger.worth_claiming(q) for q in self.wakeups.claimable())
+        """A claim is due, or the pauses must be read again first (a resume was notified)."""
+        w = self.wakeups
+        return bool(w.wanted and not w.pauses_known) or any(
+            self.ledger.worth_claiming(q) for q in w.claimable())
 
     # Messages -------------------------------------------------------------------------
 
@@ -176,13 +179,11 @@ class Producer:
         if conn is None:
             return
         try:
-            # Claim and dispatch first: consumers wait on new work, nobody waits on outcomes.
             if not self.wakeups.cancels_known:  # a cancel notified, a poll or a reconnect
                 self._check_cancels(conn)
-            if self.stopping or not self._hungry():
-                self._write_back(conn, now, force=self.stopping)
-            else:  # the claim and the outcome write run at once, each on its own connection
-                self._write_back(conn, now, beside=lambda: self._claim(conn, now))
+            # A due claim and the outcome write run at once, each on its own connection.
+            claim = None if self.stopping or not self._hungry() else lambda: self._claim(conn, now)
+            self._write_back(conn, now, force=self.stopping, beside=claim)
             self._services(conn, now)
         except psycopg.Error as exc:
             self._disconnected(exc)
@@ -220,10 +221,9 @@ class Producer:
             faults.hit(self.config.fault, "producer", "before_flush")
         self.completer.write(conn, now, force, beside, self.link.writer)
 
-    def _claim(self, conn: psycopg.Connection[Any], now: float) -> bool:
-        """Claim for every queue worth claiming for; True if a claim statement ran."""
+    def _claim(self, conn: psycopg.Connection[Any], now: float) -> None:
+        """Claim for every queue worth claiming for."""
         w = self.wakeups
-        ran = False
         if w.wanted and not w.pauses_known:
             w.set_paused(store.paused_queues(conn, queues=self.config.queues))
         for queue in w.claimable():
@@ -232,7 +232,6 @@ class Producer:
                 continue
             claimed, next_due = store.claim_tasks(conn, owner=self.config.owner, queue=queue,
                                                   limit=limit)
-            ran = True
             if claimed:
                 faults.hit(self.config.fault, "producer", "after_claim")
             self.dispatcher.dispatch(queue, claimed, now)
@@ -244,7 +243,6 @@ class Producer:
                 w.due_in(next_due, time.monotonic())
             if claimed:
                 faults.hit(self.config.fault, "producer", "after_dispatch")
-        return ran
 
     # Connecting -------------------------------------------------------------------------
 

@@ -58,6 +58,18 @@ def test_a_paused_queue_is_not_claimed_by_any_node_until_resumed(db, conn, start
     eventually(lambda: status_of(conn, task) == "success", timeout=5)
 
 
+def test_a_node_serving_only_a_paused_queue_takes_it_up_once_resumed(db, conn, start_node):
+    """Nothing else it serves can be claimed meanwhile, so only the resume's NOTIFY can
+    tell it to read the pauses again."""
+    assert run_cli("pause", "mail", dsn=db).returncode == 0
+    start_node(queues="mail", poll_interval=60)
+    task = add(conn, "tests.tasks:ok", [], queue="mail")
+    time.sleep(1.0)
+    assert status_of(conn, task) == "waiting"
+    assert run_cli("resume", "mail", dsn=db).returncode == 0
+    eventually(lambda: status_of(conn, task) == "success", timeout=5)
+
+
 def test_enqueue_in_runs_after_the_delay(db, conn, start_node):
     start_node(poll_interval=60)
     task = int(run_cli("enqueue", "tests.tasks:ok", "--in", "1.5", dsn=db).stdout)
