@@ -26,9 +26,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
@@ -105,21 +104,18 @@ class Completer:
 
     def write(self, conn: psycopg.Connection[Any], now: float, force: bool = False,
               beside: Callable[[], object] | None = None,
-              writer: psycopg.Connection[Any] | None = None) -> None:
+              writer: Callable[[], psycopg.Connection[Any]] | None = None) -> None:
         """Hand back what is to be handed back, then write outcomes if a batch is due (or
-        `force`). With `beside` (the producer's claim), every outcome is written on
-        `writer`, from a thread, while `beside` runs on `conn`: neither waits for the other."""
-        self.hand_back(conn, now, force)
+        `force`). With `beside` (the producer's claim), every outcome is written on the
+        connection `writer` gives, from a thread, while `beside` runs on `conn`: neither
+        waits for the other."""
+        if self.releases and (force or now >= self.release_at):
+            self._release(conn, now)
         if beside is not None:
-            with self.flushing(writer or conn):
+            with self.flushing(writer() if writer and self.pending else conn):
                 beside()
         elif force or self.due(now):
             self.flush(conn)
-
-    def hand_back(self, conn: psycopg.Connection[Any], now: float, force: bool = False) -> None:
-        """Hand back the unstarted tasks to be handed back, if any and it is time."""
-        if self.releases and (force or now >= self.release_at):
-            self._release(conn, now)
 
     def _release(self, conn: psycopg.Connection[Any], now: float) -> None:
         batch, self.releases = self.releases, []

@@ -1,7 +1,8 @@
 """The producer's link to PostgreSQL: two work connections (``conn`` for claims and the
-rest, ``writer`` for the outcome write that runs beside a claim: each waits for its own
-statement, so neither waits for the other), a LISTEN connection, reconnecting with
-backoff, and the lease that fences this node's jobs. Losing any of them closes them all.
+rest; ``writer`` for the outcome write that runs beside a claim, so that neither waits
+for the other's statement, opened when first needed: a start's first claims have no
+outcomes to write), a LISTEN connection, reconnecting with backoff, and the lease that
+fences this node's jobs. Losing any of them closes them all.
 
 Losing the database is normal weather: the producer keeps going without a connection
 (outcomes stay buffered, consumers keep enforcing deadlines) and asks ``reconnect_due``
@@ -71,23 +72,28 @@ class Link:
     def connect(self) -> psycopg.Connection[Any]:
         """Open the connections and LISTEN; psycopg.Error if the database is not there."""
         conn = store.connect_guarded(self.dsn, pooled=self.pooled)
-        listen = writer = None
+        listen = None
         try:
-            writer = store.connect_guarded(self.dsn, pooled=self.pooled)
             if not self.polling:
                 listen = store.connect_guarded(self.listen_dsn or self.dsn)
                 store.listen(listen)
         except BaseException:
             conn.close()
-            store.close_quietly(writer)
             raise
         if self.polling and not self.said_polling:
             self.said_polling = True
             log.warning("transaction pooling without STAGERUNNER_LISTEN_DATABASE_URL: no LISTEN, "
                         "polling for work, pauses and cancels", extra={"event": "db.polling"})
-        self.conn, self.writer, self.listen = conn, writer, listen
+        self.conn, self.listen = conn, listen
         self.backoff = BACKOFF_FIRST_S
         return conn
+
+    def second(self) -> psycopg.Connection[Any]:
+        """The second work connection, opened now if it is not open; psycopg.Error if the
+        database is not there (the caller then loses the link, as for any statement)."""
+        if self.writer is None:
+            self.writer = store.connect_guarded(self.dsn, pooled=self.pooled)
+        return self.writer
 
     def socket(self) -> int | None:
         return self.listen.pgconn.socket if self.listen is not None else None

@@ -219,7 +219,7 @@ class Producer:
         self.completer.release(self.dispatcher.take_releases())
         if self.completer.pending:  # a test's point: dying with outcomes not yet written
             faults.hit(self.config.fault, "producer", "before_flush")
-        self.completer.write(conn, now, force, beside, self.link.writer)
+        self.completer.write(conn, now, force, beside, self.link.second)
 
     def _claim(self, conn: psycopg.Connection[Any], now: float) -> None:
         """Claim for every queue worth claiming for."""

@@ -181,7 +181,7 @@ def test_beside_a_claim_the_outcomes_are_written_on_the_other_connection_meanwhi
             time.sleep(0.01)
         seen.append(get_task(task["id"])["status"])
 
-    completer.write(connect(), time.monotonic(), beside=claim, writer=connect())
+    completer.write(connect(), time.monotonic(), beside=claim, writer=connect)
     assert seen == ["success"] and completer.pending == []
 
 
@@ -198,7 +198,8 @@ def test_a_writer_connection_that_broke_keeps_every_outcome_for_the_next_one(
     broken.close()
     ran = []
     with pytest.raises(psycopg.OperationalError):
-        completer.write(conn, time.monotonic(), beside=lambda: ran.append(1), writer=broken)
+        completer.write(conn, time.monotonic(), beside=lambda: ran.append(1),
+                        writer=lambda: broken)
     assert ran == [1] and len(completer.pending) == 1  # the claim ran; nothing was lost
     assert get_task(task["id"])["status"] == "running"
     assert completer.flush(connect()) == 1 and get_task(task["id"])["status"] == "success"
@@ -220,5 +221,5 @@ def test_a_claim_that_fails_beside_a_write_that_succeeded_loses_neither(
         raise psycopg.OperationalError("the claim's connection broke")
 
     with pytest.raises(psycopg.OperationalError, match="claim's connection"):
-        completer.write(conn, time.monotonic(), beside=claim, writer=connect())
+        completer.write(conn, time.monotonic(), beside=claim, writer=connect)
     assert completer.pending == [] and get_task(task["id"])["status"] == "success"

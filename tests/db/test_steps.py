@@ -105,6 +105,7 @@ def test_outcomes_due_with_a_claim_go_on_the_producers_second_connection(produce
     ids = [insert_task()["id"] for _ in range(4)]
     consumer.send(Demand(2))
     step_until(made.step, lambda: consumer.drain() and consumer.of(Batch))
+    assert made.link.writer is None  # opened when first needed: nothing to write yet
     for task in consumer.of(Batch)[0].tasks:
         consumer.send(Outcome(task.id, task.attempt, Status.SUCCESS, 1.0, deadline_s=1.0))
     consumer.send(Demand(2))  # a claim is due with the outcomes
