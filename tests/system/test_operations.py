@@ -253,8 +253,8 @@ def test_the_least_privilege_roles_are_enough(db, conn, start_node):
                       f"CREATE ROLE {runner_role} LOGIN PASSWORD 'pw-runner'")
     sql = sql.replace(f"CREATE ROLE {app_role} LOGIN PASSWORD '…'",
                       f"CREATE ROLE {app_role} LOGIN PASSWORD 'pw-app'")
-    statements = [s for s in ("\n".join(l for l in sql.splitlines() if not l.startswith("--"))
-                              ).split(";") if s.strip()]
+    uncommented = "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
+    statements = [s for s in uncommented.split(";") if s.strip()]
     try:
         for statement in statements:
             conn.execute(statement)
