@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stagerunner import task
+from stagerunner.child import REPLY_HEADER
 from stagerunner.procs import stat_fields
 from stagerunner_tools.runs import alive_for, mark
 
@@ -377,16 +377,19 @@ def close_result_pipe(seconds: float = 3.0) -> str:
 @task
 def garble_result_pipe(kind: str) -> None:
     fd = _result_pipe()
-    finished = struct.pack(">dB", time.monotonic(), 0)  # a reply's header: length, this, flags
+
+    def header(size: int, finished: float | None = None) -> bytes:  # as the child writes it
+        return REPLY_HEADER.pack(size, time.monotonic() if finished is None else finished, 0)
+
     if kind == "huge_header":
-        os.write(fd, b"\xff\xff\xff\xf0" + finished)
+        os.write(fd, header(0xfffffff0))
     elif kind == "not_json":
-        os.write(fd, (12).to_bytes(4, "big") + finished + b"{not json!!}")
+        os.write(fd, header(12) + b"{not json!!}")
     elif kind == "not_a_reply":
-        os.write(fd, (9).to_bytes(4, "big") + finished + b'{"a": 1}\n')
+        os.write(fd, header(9) + b'{"a": 1}\n')
     elif kind == "no_finish_time":
         reply = b'["ok", "null"]'
-        os.write(fd, len(reply).to_bytes(4, "big") + struct.pack(">dB", math.nan, 0) + reply)
+        os.write(fd, header(len(reply), math.nan) + reply)
     time.sleep(3)
 
 

@@ -107,12 +107,13 @@ class Completer:
               writer: Callable[[], psycopg.Connection[Any]] | None = None) -> None:
         """Hand back what is to be handed back, then write outcomes if a batch is due (or
         `force`). With `beside` (the producer's claim), every outcome is written on the
-        connection `writer` gives, from a thread, while `beside` runs on `conn`: neither
-        waits for the other."""
+        connection `writer` gives (required with it), from a thread, while `beside` runs on
+        `conn`: neither waits for the other."""
         if self.releases and (force or now >= self.release_at):
             self._release(conn, now)
         if beside is not None:
-            with self.flushing(writer() if writer and self.pending else conn):
+            assert writer is not None, "an outcome write beside a claim needs its connection"
+            with self._flushing(writer):
                 beside()
         elif force or self.due(now):
             self.flush(conn)
@@ -190,14 +191,15 @@ class Completer:
         return self._written(batch, write_finishes(conn, self.owner, batch))
 
     @contextlib.contextmanager
-    def flushing(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
-        """Write everything pending on `conn` from a thread of its own while the body runs
-        (the producer's claim, on its other connection), and take the result at its end."""
+    def _flushing(self, writer: Callable[[], psycopg.Connection[Any]]) -> Iterator[None]:
+        """Write everything pending on the connection `writer` gives (asked only if there is
+        something to write) from a thread of its own while the body runs (the producer's
+        claim, on its other connection), and take the result at its end."""
         if not self.pending:
             yield
             return
         batch = self.pending
-        writing = _writer().submit(write_finishes, conn, self.owner, batch)
+        writing = _writer().submit(write_finishes, writer(), self.owner, batch)
         try:
             yield
         finally:

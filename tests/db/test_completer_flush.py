@@ -1,7 +1,13 @@
+import threading
+import time
+
+import psycopg
 import pytest
 
+from stagerunner import store
 from stagerunner.completer import Completer
-from stagerunner.protocol import Outcome, Status
+from stagerunner.demand import Claim
+from stagerunner.protocol import Outcome, Status, Task
 
 pytestmark = pytest.mark.db
 OWNER = "n/1"
@@ -71,9 +77,7 @@ def test_a_row_another_transaction_holds_locked_waits_alone_and_is_written_later
     """An application's cancel inside its own long transaction, say: once, every outcome
     of the node (and every node's rescue) waited for that lock, and the watchdog killed
     the producers."""
-    import time
 
-    from stagerunner import store
 
     held = insert_task(status="running", claimed_by=OWNER)
     free = insert_task(status="running", claimed_by=OWNER)
@@ -99,19 +103,12 @@ def test_a_release_passes_over_a_row_another_transaction_holds_locked(
     """A prefetched task handed back (or a claim found unheld after a reconnect) whose row
     an application holds locked: the release used to wait for the lock, and the producer
     with it, until the watchdog killed it. It is skipped, kept, and released later."""
-    import time
-
-    from stagerunner.demand import Claim
-    from stagerunner.protocol import Task
-
     held = insert_task(status="running", claimed_by=OWNER, attempts=1)
     free = insert_task(status="running", claimed_by=OWNER, attempts=1)
     app = locked_by_app(connect, held["id"])
     completer = Completer(OWNER)
     started = time.monotonic()
     if unheld:
-        from stagerunner import store
-
         released, busy = store.release_tasks(conn, owner=OWNER, tasks=[], unheld=True)
         assert (released, [(t.id, t.attempt) for t in busy]) == ({free["id"]}, [(held["id"], 1)])
         completer.release([Claim(t) for t in busy])  # what the producer's reconnect does
@@ -133,9 +130,6 @@ def test_a_release_passes_over_a_row_another_transaction_holds_locked(
 def test_at_a_stop_an_outcome_waiting_for_a_locked_row_is_written_once_the_lock_goes(
         conn, connect, insert_task, get_task):
     """Left behind, it would be rescued by another node and the job, a success, run again."""
-    import threading
-    import time
-
     task = insert_task(status="running", claimed_by=OWNER, attempts=1)
     app = locked_by_app(connect, task["id"])
     completer = succeeded(task)
@@ -151,7 +145,6 @@ def test_at_a_stop_an_outcome_waiting_for_a_locked_row_is_written_once_the_lock_
 @pytest.mark.timeout(30)
 def test_at_a_stop_a_lock_that_stays_is_waited_for_no_longer_than_the_limit(
         conn, connect, insert_task, get_task):
-    import time
 
     task = insert_task(status="running", claimed_by=OWNER, attempts=1)
     app = locked_by_app(connect, task["id"])
@@ -169,7 +162,6 @@ def test_beside_a_claim_the_outcomes_are_written_on_the_other_connection_meanwhi
         conn, connect, insert_task, get_task):
     """The producer's claim and its outcome write each wait for their own statement, so
     they run at once on two connections: the write lands while the claim still runs."""
-    import time
 
     task = insert_task(status="running", claimed_by=OWNER)
     completer = succeeded(task)
@@ -188,9 +180,7 @@ def test_beside_a_claim_the_outcomes_are_written_on_the_other_connection_meanwhi
 @pytest.mark.timeout(30)
 def test_a_writer_connection_that_broke_keeps_every_outcome_for_the_next_one(
         conn, connect, insert_task, get_task):
-    import time
 
-    import psycopg
 
     task = insert_task(status="running", claimed_by=OWNER)
     completer = succeeded(task)
@@ -210,9 +200,7 @@ def test_a_claim_that_fails_beside_a_write_that_succeeded_loses_neither(
         conn, connect, insert_task, get_task):
     """The claim's connection broke: the error reaches the producer (it reconnects), and
     the outcomes written meanwhile count as written, not to be written twice."""
-    import time
 
-    import psycopg
 
     task = insert_task(status="running", claimed_by=OWNER)
     completer = succeeded(task)
