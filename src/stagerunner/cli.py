@@ -101,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     if (refused := refusal(command, sys.platform)) is not None:
         print(refused, file=sys.stderr)
         return EXIT_USAGE
+    if command == "run":  # its consumers' runtime loads on the other core from now on
+        from stagerunner import stageserver
+
+        stageserver.start()
     from stagerunner import config, logs
     from stagerunner.errors import ConfigError, SchemaLocked, SchemaMissing, StagerunnerError
 
     try:
-        settings = config.load()
+        settings = config.load(check_dsn=command != "run")  # run: see cmd_run
     except ConfigError as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -118,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaLocked as exc:
         print(f"stagerunner: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (ConfigError, StagerunnerError, ValueError) as exc:
+    except ConfigError as exc:  # masked where it was raised: a second pass would cut it
+        print(f"stagerunner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StagerunnerError, ValueError) as exc:
         print(f"stagerunner: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -151,7 +158,7 @@ def _handler(command: str) -> Callable[[Any, argparse.Namespace], int]:
 def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     import logging
 
-    from stagerunner import logs, procs, registry, spawn, stages  # no psycopg: see spawn
+    from stagerunner import logs, procs, registry, spawn, stages, stageserver  # no psycopg
 
     log = logging.getLogger("stagerunner.main")
     if not settings.task_modules:
@@ -169,13 +176,15 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
               f"STAGERUNNER_MAX_JOB_TIMEOUT={settings.max_job_timeout:g} s: raise the cap or "
               "lower the task's timeout", file=sys.stderr)
         return EXIT_USAGE
-    # Titled before the consumers' launch rewrites our environment for a moment (spawn):
-    # setproctitle finds the room for titles, ours and the producer's, only before that.
+    # (setproctitle took the room for titles, ours and the producer's, at our exec, before
+    # the fork server's start swapped our environment: ``stageserver.start``)
     logs.set_title(f"stagerunner: supervisor node={settings.node_name}")
-    # The consumers start now: their interpreters and imports (~0.1 s) overlap ours below
-    # (the supervisor, the producer's side; psycopg unless the DSN check loaded it) and
-    # the schema check; the supervisor attaches them.
-    launched = spawn.launch_consumers(procs.context(settings.process_library),
+    # The consumers start now, forked by the fork server started at our exec; what is
+    # left of their start (the task modules, the fork helper) overlaps ours below (psycopg
+    # with the DSN's check, which still stops the node at boot, in ``open_database``; the
+    # producer's side) and the schema check; the supervisor attaches them.
+    stageserver.keep_only(settings.process_library)
+    launched = spawn.launch_consumers(procs.context(settings.process_library, "forkserver"),
                                       stages.consumer_configs(settings),
                                       settings.job_environment())
     try:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from stagerunner import cpus
+from stagerunner import cpus, stageserver
 from stagerunner.errors import ConfigError
 from stagerunner.logs import redact
 
@@ -215,11 +215,8 @@ class Settings(BaseSettings):
                              "STAGERUNNER_LISTEN_DATABASE_URL")
 
     def job_environment(self) -> dict[str, str]:
-        """The environment a job child runs with: ours minus the credentials the runner
-        connects with -- every STAGERUNNER_* variable, DATABASE_URL, and libpq's PG*
-        variables (PGPASSWORD, PGUSER, PGHOST, PGPASSFILE, PGSERVICE, ...)."""
-        return {k: v for k, v in os.environ.items()
-                if not k.startswith((PREFIX, "PG")) and k != "DATABASE_URL"}
+        """The environment a job child runs with (``stageserver.job_environment``)."""
+        return stageserver.job_environment()
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -288,8 +285,11 @@ def unknown_variables(environ: dict[str, str]) -> list[str]:
     )
 
 
-def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment (plus overrides), or ConfigError saying what is wrong."""
+def load(environ: dict[str, str] | None = None, *, check_dsn: bool = True,
+         **overrides: Any) -> Settings:
+    """Settings from the environment (plus overrides), or ConfigError saying what is wrong.
+    `check_dsn=False` leaves the DSN's check (and psycopg's import, ~0.1 s) to the first
+    ``dsn()`` call: a node launches its consumers first (``cli.cmd_run``)."""
     env = dict(os.environ if environ is None else environ)
     for name in unknown_variables(env):
         close = difflib.get_close_matches(name, field_env_names(), n=1)
@@ -302,7 +302,8 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, env)) from None
-    settings.dsn()  # a DSN libpq cannot parse fails here, at boot, with its password masked
+    if check_dsn:
+        settings.dsn()  # a DSN libpq cannot parse fails here, with its password masked
     return settings
 
 

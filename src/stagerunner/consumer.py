@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from stagerunner import faults, forking, hooks, logs, procs, registry
+from stagerunner import faults, forking, hooks, logs, procs, registry, stageserver
 from stagerunner.child import Limits
 from stagerunner.context import JobContext
 from stagerunner.executor import ChildHandle, Ending, Job
@@ -303,12 +303,12 @@ class Consumer:
 # Process entry ------------------------------------------------------------------------
 
 def main(conn: Any, config: ConsumerConfig, parent: int, environment: dict[str, str]) -> None:
-    """Entry point of a consumer process (spawned by the supervisor)."""
+    """Entry point of a consumer process (forked by the fork server, ``stageserver``)."""
     os.setsid()  # our job children stay in this session, where the supervisor can find them
     # No PDEATHSIG here: when the supervisor dies the producer dies with it, our pipe
     # closes, and we kill our job's whole group on the way out (a SIGKILL would orphan
     # the job's grandchildren).
-    if os.getppid() != parent:
+    if stageserver.orphaned(parent):
         os._exit(1)
     # before the environment is replaced: setproctitle needs the original environ block
     logs.set_title(f"stagerunner: consumer {config.slot} queue={config.queue} node={config.node}")

@@ -1,27 +1,25 @@
 """Starting the stage processes: the supervisor decides when, ``stages`` with what.
 
-A consumer's pipe has two ends: one goes to the consumer as it is spawned, the other to
+A consumer's pipe has two ends: one goes to the consumer as it is forked, the other to
 the producer over the control pipe (``Attach``, then the descriptor itself), so the two
 talk directly and the supervisor never relays work.
 
-On a node's first start the consumers are launched before anything else (``cli``), and
-attached once the producer runs: a consumer spends ~0.1 s starting its interpreter and
-importing, which then overlaps the supervisor's own imports and the schema check. This
-module does not import psycopg (``producer`` is imported when one is started): with a
-configured DSN the settings' check of it has loaded psycopg already, but a node on the
-embedded server loads it only after its consumers are on their way.
+Consumers are forked by the process library's fork server (``stageserver``), which has
+imported their runtime; the producer is forked by the supervisor on a node's first
+start, spawned at a restart. On the first start the consumers are launched as soon as
+the settings are read (``cli``), and attached once the producer runs. This module does
+not import psycopg (``producer`` is imported when one is started).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stagerunner import consumer, procs
+from stagerunner import consumer, procs, stageserver
 from stagerunner.consumer import ConsumerConfig
 from stagerunner.protocol import Attach, encode
 
@@ -81,7 +79,7 @@ def launch_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str
     process = ctx.Process(target=consumer.main,
                           args=(theirs, config, os.getpid(), environment),
                           name=f"stagerunner-consumer-{config.slot}", daemon=False)
-    with _environ(environment):
+    with stageserver.spawning_as_jobs(environment):  # a fork server started anew, too
         process.start()
     theirs.close()
     return Launched(Stage(process, config.slot, config.queue), producer_end)
@@ -111,22 +109,6 @@ def import_error(modules: Iterable[str], environment: dict[str, str]) -> str:
         return f"importing them took over {IMPORT_CHECK_S:g} s"
     lines = out.stderr.strip().splitlines()
     return "" if out.returncode == 0 else (lines[-1] if lines else f"exit {out.returncode}")[:500]
-
-
-@contextlib.contextmanager
-def _environ(environment: dict[str, str]) -> Iterator[None]:
-    """The environment a consumer is spawned with: its jobs' (no DSN, no password). Spawn
-    passes ours to the new interpreter, and a variable the consumer deletes later stays in
-    its memory, which every job child inherits. (Swapped for the few milliseconds of the
-    spawn; a thread of ours that read PG* variables meanwhile would miss them.)"""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(environment)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def attach(launched: Launched, control: Any, producer_pid: int) -> Stage:

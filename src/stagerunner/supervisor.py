@@ -52,7 +52,8 @@ class Supervisor:
         self.launched = {} if launched is None else launched  # attached on the first start
         self.dsn = dsn
         self.pooled = settings.pooled
-        self.ctx = procs.context(settings.process_library)
+        self.ctx = procs.context(settings.process_library)  # the producer's restarts
+        self.server = procs.context(settings.process_library, "forkserver")  # consumers'
         self.slots = stages.slots(settings)
         self.producer: Stage | None = None
         self.control: Any = None
@@ -145,11 +146,10 @@ class Supervisor:
             self._start_consumer(slot, queue)
 
     def _start_producer(self, replaces: tuple[str, ...], how: str = "restart") -> None:
-        """`how`: "first", "restart" or "reload". On the node's first start the producer is
-        forked from us: it needs what we have imported already (psycopg, the runtime), and a
-        spawned one spends ~0.15-0.3 s on its interpreter and imports before the node's
-        first claim. Restarts and reloads spawn it: a reload must import the hook modules
-        anew (and publishes the catalog of the new code), and by then our threads run."""
+        """`how`: "first", "restart" or "reload". On the first start the producer is forked
+        from us: it needs what we imported (psycopg, the runtime); spawned, it spends ~0.2 s
+        on its interpreter and imports first. Restarts and reloads spawn it: a reload imports
+        the hook modules anew (the catalog is the new code's), and by then our threads run."""
         self.owner = f"{self.settings.node_name}/{os.getpid()}-{secrets.token_hex(3)}"
         config = stages.producer_config(self.settings, self.dsn, self.owner, replaces,
                                         self.periodic, reload=how == "reload")
@@ -168,7 +168,7 @@ class Supervisor:
             self.consumers[slot] = attach(launched, self.control, self.producer.process.pid)
             return
         config = stages.consumer_config(self.settings, slot, queue)
-        self.consumers[slot] = start_consumer(self.ctx, config, self.settings.job_environment(),
+        self.consumers[slot] = start_consumer(self.server, config, self.settings.job_environment(),
                                               self.control, self.producer.process.pid)
 
     # Watching -------------------------------------------------------------------------

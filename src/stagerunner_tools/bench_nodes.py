@@ -123,10 +123,10 @@ class Node(NodeProcess):
         sup = self.proc.pid
         roles = Roles(sup)
         producer = producer if producer is not None else self.producer_pid()
-        for pid in procfs.children(sup, stats):
+        for pid in procfs.stage_children(sup, stats):
             if pid == producer:
                 roles.producer = pid
-            elif "resource_tracker" in procfs.cmdline(pid):
+            elif any(h in procfs.cmdline(pid) for h in ("resource_tracker", "forkserver")):
                 roles.other.append(pid)
             else:
                 roles.consumers.append(pid)

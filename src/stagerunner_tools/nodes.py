@@ -85,12 +85,13 @@ class NodeProcess:
         return procfs.descendants(self.proc.pid, sessions=True)
 
     def stages(self) -> tuple[int | None, list[int]]:
-        """(producer pid, consumer pids): the supervisor's children, told apart by their
-        process titles."""
-        kids = procfs.children(self.proc.pid)
-        producers = [p for p in kids if "producer" in procfs.cmdline(p)]
+        """(producer pid, consumer pids): the supervisor's children and its fork server's,
+        told apart by their process titles."""
+        titles = {p: procfs.cmdline(p) for p in procfs.stage_children(self.proc.pid)}
+        titles = {p: t for p, t in titles.items() if "forkserver" not in t}  # it preloads
+        producers = [p for p, t in titles.items() if "producer" in t]  # stagerunner.consumer
         return (producers[0] if producers else None), [
-            p for p in kids if "consumer" in procfs.cmdline(p)]
+            p for p, t in titles.items() if "consumer" in t]
 
     def wait_stages(self, consumers: int, timeout: float = 20) -> tuple[int, list[int]]:
         """Until the producer and `consumers` consumers are up; (producer, consumers)."""

@@ -149,6 +149,15 @@ def children(pid: int, stats: dict[int, Stat] | None = None) -> list[int]:
     return [p for p, st in stats.items() if st.ppid == pid and st.state != "Z"]
 
 
+def stage_children(supervisor: int, stats: dict[int, Stat] | None = None) -> list[int]:
+    """A node's stage processes and the process library's helpers: the supervisor's
+    children, and the children of its fork server (the consumers: ``stageserver``)."""
+    stats = stats if stats is not None else table()
+    kids = children(supervisor, stats)
+    servers = [p for p in kids if ".forkserver import main" in cmdline(p)]
+    return kids + [c for server in servers for c in children(server, stats)]
+
+
 def descendants(root: int, stats: dict[int, Stat] | None = None, sessions: bool = False
                 ) -> list[int]:
     """Live descendants of `root` by parent links; with `sessions`, also every member of a

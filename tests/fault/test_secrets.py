@@ -88,7 +88,7 @@ def test_a_job_child_inherits_no_database_socket_and_no_credential_variable(conn
         seen = r["result"]
         assert seen["sockets"] == [], f"a job inherited sockets: {seen['fds']}"
         assert seen["environ"] == [], seen["environ"]
-        # not even in memory: consumers are spawned with their jobs' environment
+        # not even in memory: the consumers' fork server runs with their jobs' environment
         assert seen["in_memory"] == [], f"a job's memory holds {seen['in_memory']}"
         assert seen["proc_environ"] == [], ("STAGERUNNER_* variables are readable in the job's "
                                             f"/proc/self/environ: {seen['proc_environ']}")

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from stagerunner_tools import procfs
 from stagerunner_tools.procfs import alive as pid_alive
 from stagerunner_tools.procfs import cpu_ns, started_at
 from tests.helpers import eventually
@@ -215,6 +216,60 @@ def test_tasks_that_keep_killing_their_consumer_are_quarantined_and_the_node_car
     assert node.proc.poll() is None and "too many restarts" not in node.log()
 
 
+def _environ_names(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return [e.split(b"=", 1)[0] for e in f.read().split(b"\0") if e]
+
+
+def _credentials_in_environ(pid):
+    names = _environ_names(pid)
+    assert b"PYTHONPATH" in names, names  # the node's, which its jobs keep
+    return [n for n in names if n.startswith((b"STAGERUNNER_", b"PG")) or n == b"DATABASE_URL"]
+
+
+def test_a_fork_server_without_credentials_forks_the_consumers_and_its_death_loses_no_task(
+        conn, start_node, statuses):
+    """The consumers' fork server (``stageserver``), started at exec, is the supervisor's
+    child and runs with the jobs' environment, not the runner's. Killed, it takes no task
+    with it: the supervisor restarts every consumer from a new one."""
+    node = start_node(consumers=2)
+    _, consumers = node.wait_stages(2)
+    [server] = {procfs.ppid_of(c) for c in consumers}
+    assert procfs.ppid_of(server) == node.proc.pid
+    assert "from multiprocessing.forkserver import main" in procfs.cmdline(server)
+    assert _credentials_in_environ(server) == []  # (its consumers' titles overwrite theirs)
+    ids = enqueue_many(conn, "tests.tasks:sleep_for", [[0.2]] * 10)
+    eventually(lambda: statuses().get("running"), timeout=10)
+    os.kill(server, signal.SIGKILL)
+
+    def restarted():
+        new = node.stages()[1]
+        return len(new) == 2 and not set(new) & set(consumers) and new
+
+    new = eventually(restarted, timeout=20)
+    assert procfs.ppid_of(new[0]) not in (server, node.proc.pid)  # a new server's
+    ids += enqueue_many(conn, "tests.tasks:add", [[i, 1] for i in range(10)])
+    wait_all(conn, ids, timeout=40)
+    assert statuses() == {"success": 20}
+    assert node.stop() == 0
+
+
+def test_with_the_multiprocess_library_its_own_fork_server_forks_the_consumers(
+        conn, start_node, statuses):
+    """STAGERUNNER_PROCESS_LIBRARY=multiprocess: the stdlib's fork server, started at exec
+    before the settings were read, is stopped, and multiprocess's forks the consumers."""
+    node = start_node(consumers=2, process_library="multiprocess")
+    _, consumers = node.wait_stages(2)
+    assert {procfs.cmdline(procfs.ppid_of(c)).split(";")[0].split("-c ")[-1] for c in consumers
+            } == {"from multiprocess.forkserver import main"}
+    assert not [p for p in procfs.children(node.proc.pid)
+                if "from multiprocessing.forkserver" in procfs.cmdline(p)]
+    ids = enqueue_many(conn, "tests.tasks:add", [[i, 1] for i in range(10)])
+    wait_all(conn, ids)
+    assert statuses() == {"success": 10}
+    assert node.stop() == 0
+
+
 def _fd_list(pid):
     """What the process's fds above 2 point at (socket:[inode], pipe:[inode], paths)."""
     found = []
@@ -245,7 +300,7 @@ def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, 
     node = start_node(consumers=2)
     producer, consumers = node.wait_stages(2)
     assert "pydantic_core" in _maps(producer)
-    # the consumers were launched first (their start overlaps the supervisor's imports),
+    # the consumers were launched first (forked by the fork server started at exec),
     # and the producer holds its end of each consumer's pipe as received (twice: it reads
     # through one handle and writes through another), not also the copy it inherited,
     # which would keep a pipe it drops open
@@ -259,10 +314,11 @@ def test_the_first_producer_is_forked_but_keeps_nothing_of_the_supervisor(conn, 
     assert max(sockets.values()) == 2, sockets
     shared = _fd_targets(producer) & _fd_targets(node.proc.pid)
     # only the process library's pipes: the producer's death sentinel (a pipe's two ends
-    # read the same), the one that handed each consumer its arguments, the one to its
-    # resource tracker; no socket of the supervisor's: its signal wake-up, its control end
+    # read the same), the one that handed each consumer its arguments, the ones to its
+    # resource tracker and its fork server (whose holders keep it running); no socket
+    # of the supervisor's: its signal wake-up, its control end, a consumer's sentinel
     assert not [t for t in shared if not t.startswith("pipe:")], shared
-    assert len(shared) <= 3 + len(consumers)
+    assert len(shared) <= 4 + len(consumers)
     before = cpu_ns([node.proc.pid])[node.proc.pid]
     time.sleep(1.0)
     assert cpu_ns([node.proc.pid])[node.proc.pid] - before < 0.2e9  # it sleeps: no sentinel fires

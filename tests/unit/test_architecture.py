@@ -52,8 +52,10 @@ def test_consumers_never_import_psycopg_or_pydantic():
 
 def test_a_node_launches_its_consumers_before_it_imports_psycopg():
     """cli.cmd_run launches the consumers with what spawn and stages need, so that the
-    consumers' start overlaps the supervisor's imports and the schema check (psycopg's
-    too on the embedded server; a configured DSN has loaded it while being checked)."""
+    rest of the consumers' start overlaps the supervisor's import of psycopg (with the
+    DSN's check, which ``config.load(check_dsn=False)`` leaves to ``open_database``) and
+    the schema check; the fork server that forks them loads no psycopg either."""
+    assert "psycopg" not in _modules_after("import stagerunner.stageserver")
     loaded = _modules_after("import stagerunner.cli, stagerunner.config, stagerunner.procs, "
                             "stagerunner.registry, stagerunner.spawn, stagerunner.stages")
     assert "psycopg" not in loaded
