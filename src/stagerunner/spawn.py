@@ -13,8 +13,10 @@ not import psycopg (``producer`` is imported when one is started).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -127,6 +129,51 @@ def attach(launched: Launched, control: Any, producer_pid: int) -> Stage:
 def start_consumer(ctx: Any, config: ConsumerConfig, environment: dict[str, str],
                    control: Any, producer_pid: int) -> Stage:
     return attach(launch_consumer(ctx, config, environment), control, producer_pid)
+
+
+class Adopted:
+    """A consumer that outlived its fork server: the library reports it dead (exit code
+    255: its server's socket closed), but it runs on, now our child (we are a child
+    subreaper: the kernel reparented it to us). Watched from then on through a pidfd,
+    with the part of ``Process`` the supervisor uses."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.sentinel = pidfd  # readable once it has exited
+        self.exitcode: int | None = None
+
+    def is_alive(self) -> bool:
+        self.join(timeout=0)
+        return self.exitcode is None
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.exitcode is not None or not select.select([self.sentinel], [], [], timeout)[0]:
+            return
+        try:
+            info = os.waitid(os.P_PIDFD, self.sentinel, os.WEXITED)
+        except ChildProcessError:  # reaped by its server in its last moment
+            info = None
+        exited = info is not None and info.si_code == os.CLD_EXITED
+        self.exitcode = (info.si_status if exited else -info.si_status) if info else 255
+        os.close(self.sentinel)
+
+
+def adopt(stage: Stage) -> bool:
+    """Watch a consumer that the library reports dead but whose fork server died, not it
+    (``Adopted``); False if it did die."""
+    pid = stage.process.pid
+    if stage.process.exitcode != 255 or isinstance(stage.process, Adopted):
+        return False
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False  # gone, and reaped: it did die
+    with contextlib.suppress(ValueError):
+        stage.process.close()  # the library's end of the dead server's socket
+    stage.process = Adopted(pid, pidfd)
+    log.warning("the consumers' fork server died; this consumer runs on", extra={
+        "event": "consumer.adopted", "slot": stage.slot, "consumer_pid": pid})
+    return True
 
 
 def abandon(launched: dict[int, Launched]) -> None:

@@ -33,7 +33,7 @@ from stagerunner.producer import EXIT_FENCED
 from stagerunner.protocol import Alive, Died, ProtocolError, Replace, Stop, decode, encode
 from stagerunner.pruner import Pruner
 from stagerunner.restarts import Restarts
-from stagerunner.spawn import Launched, Stage, attach, start_consumer, start_producer
+from stagerunner.spawn import Launched, Stage, adopt, attach, start_consumer, start_producer
 from stagerunner.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class Supervisor:
         if self._producer_died(now, wait=False):
             return  # its death restarted every stage
         for slot, stage in list(self.consumers.items()):
-            if stage.process.is_alive():
+            if stage.process.is_alive() or adopt(stage):  # adopted: its fork server died
                 continue
             if stage.process.exitcode == 0 and self._producer_died(now, wait=True):
                 return  # an orphan: the producer's death restarted it with the others

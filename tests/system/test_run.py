@@ -227,11 +227,12 @@ def _credentials_in_environ(pid):
     return [n for n in names if n.startswith((b"STAGERUNNER_", b"PG")) or n == b"DATABASE_URL"]
 
 
-def test_a_fork_server_without_credentials_forks_the_consumers_and_its_death_loses_no_task(
+def test_a_fork_server_without_credentials_forks_the_consumers_which_outlive_it(
         conn, start_node, statuses):
     """The consumers' fork server (``stageserver``), started at exec, is the supervisor's
-    child and runs with the jobs' environment, not the runner's. Killed, it takes no task
-    with it: the supervisor restarts every consumer from a new one."""
+    child and runs with the jobs' environment, not the runner's. Killed, it takes nothing
+    with it: its consumers run on, watched by the supervisor now (``spawn.Adopted``); one
+    that dies later is restarted from a new server."""
     node = start_node(consumers=2)
     _, consumers = node.wait_stages(2)
     [server] = {procfs.ppid_of(c) for c in consumers}
@@ -241,16 +242,24 @@ def test_a_fork_server_without_credentials_forks_the_consumers_and_its_death_los
     ids = enqueue_many(conn, "tests.tasks:sleep_for", [[0.2]] * 10)
     eventually(lambda: statuses().get("running"), timeout=10)
     os.kill(server, signal.SIGKILL)
+    eventually(lambda: len(node.events("consumer.adopted")) == 2, timeout=10)
+    assert sorted(node.stages()[1]) == sorted(consumers)
+    assert {procfs.ppid_of(c) for c in consumers} == {node.proc.pid}  # reparented to it
+    wait_all(conn, ids, timeout=40)
+    os.kill(consumers[0], signal.SIGKILL)
 
     def restarted():
         new = node.stages()[1]
-        return len(new) == 2 and not set(new) & set(consumers) and new
+        return len(new) == 2 and consumers[0] not in new and new
 
     new = eventually(restarted, timeout=20)
-    assert procfs.ppid_of(new[0]) not in (server, node.proc.pid)  # a new server's
+    [fresh] = set(new) - set(consumers)
+    assert procfs.ppid_of(fresh) not in (server, node.proc.pid)  # a new server's
     ids += enqueue_many(conn, "tests.tasks:add", [[i, 1] for i in range(10)])
     wait_all(conn, ids, timeout=40)
     assert statuses() == {"success": 20}
+    lost = conn.execute("SELECT sum(lost) FROM stagerunner.tasks").fetchone()[0]
+    assert lost == 0 and len(node.events("stage.restarted")) == 1
     assert node.stop() == 0
 
 
