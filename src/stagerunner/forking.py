@@ -13,8 +13,8 @@ Only while no other module may have registered a hook: a library's hook may have
 in the child (OpenTelemetry's batch exporter restarts its thread there). A consumer
 calls ``watch_hooks`` before it imports its task modules; a registration after that by a
 module other than the stdlib's own, or a module outside the stdlib and stagerunner
-already imported before it (a sitecustomize, the user's main script that spawn ran
-again), keeps ``os.fork`` for that consumer's children, and the consumer says so in its
+already imported before it (a sitecustomize, the user's main script that the process
+library ran again), keeps ``os.fork`` for that consumer's children, and the consumer says so in its
 log. So does a build without the GIL, where CPython's after-fork work does more.
 
 What a bare child still differs in: a signal the helper received but had not yet handled
@@ -91,8 +91,9 @@ def _unknown_modules() -> list[str]:
 
 
 def _only_starts_stagerunner(main: Any) -> bool:
-    """A consumer's ``__main__``: the spawn bootstrap (``-c``, no file; so it stays under
-    ``python -m stagerunner``), or pip's ``stagerunner`` script, which spawn runs again and
+    """A consumer's ``__main__``: the fork server's bootstrap (``-c``, no file; so it stays
+    under ``python -m stagerunner``), or pip's ``stagerunner`` script, which the library
+    runs again and
     which imports re, sys and stagerunner.cli's main, nothing else. Any other script was
     run again in the consumer, and may have registered hooks."""
     if getattr(main, "__file__", None) is None:

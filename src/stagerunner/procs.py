@@ -1,13 +1,13 @@
-"""Process helpers that every stage shares: the process library that spawns stages, the
+"""Process helpers that every stage shares: the process library that starts stages, the
 prctl knobs, killing process groups and sessions, reaping, and
 reading a process's children from /proc. Stdlib only: consumers and fork helpers import
 it, and what they import is paid on every fork.
 
 Stages are started with the stdlib ``multiprocessing`` (the default) or ``multiprocess``
-(STAGERUNNER_PROCESS_LIBRARY=multiprocess), with the ``spawn`` start method (but for a
-node's first producer: see supervisor): a consumer does not carry the supervisor's
-pydantic and psycopg pages into every fork of a job child, and never inherits a
-database socket. On the pipes every message is bytes (``send_bytes``), so the per-job
+(STAGERUNNER_PROCESS_LIBRARY=multiprocess): consumers are forked by the library's fork
+server (``stageserver``), a restarted producer is spawned, a node's first producer is
+forked (see supervisor). A consumer does not carry the supervisor's pydantic and psycopg
+pages into every fork of a job child, and never inherits a database socket. On the pipes every message is bytes (``send_bytes``), so the per-job
 path is the same whichever library started the stage; why the stdlib is the default is
 measured by ``bin/bench`` (see the README).
 """
@@ -39,7 +39,8 @@ _prctl_call: Any = None  # libc's prctl, looked up once
 
 
 def context(library: str = "multiprocessing", method: str = "spawn") -> Any:
-    """The chosen library's context: spawn (fork only for a node's first producer)."""
+    """The chosen library's context: spawn, forkserver (consumers) or fork (a node's
+    first producer)."""
     if library not in ("multiprocess", "multiprocessing"):
         raise ValueError(f"unknown process library {library!r}")
     return importlib.import_module(library).get_context(method)
