@@ -183,7 +183,7 @@ def cmd_run(settings: Any, args: argparse.Namespace) -> int:
     # left of their start (the task modules, the fork helper) overlaps ours below (psycopg
     # with the DSN's check, which still stops the node at boot, in ``open_database``; the
     # producer's side) and the schema check; the supervisor attaches them.
-    stageserver.keep_only(settings.process_library)
+    stageserver.use(settings.process_library)
     launched = spawn.launch_consumers(procs.context(settings.process_library, "forkserver"),
                                       stages.consumer_configs(settings),
                                       settings.job_environment())

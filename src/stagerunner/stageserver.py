@@ -73,14 +73,14 @@ def start(library: str = DEFAULT_LIBRARY) -> None:
     _started = library
 
 
-def keep_only(library: str) -> None:
-    """Stop the fork server started early (at exec, before the settings were read) if
-    the settings chose the other library."""
-    if _started in (None, library):
-        return
-    server = importlib.import_module(f"{_started}.forkserver")
-    with contextlib.suppress(AttributeError, OSError, ChildProcessError):
-        server._forkserver._stop()  # the library's own, private: it has no public stop
+def use(library: str) -> None:
+    """The settings chose `library`: its fork server runs, preloaded; one started early
+    (at exec, before the settings were read) for the other library is stopped."""
+    if _started not in (None, library):
+        server = importlib.import_module(f"{_started}.forkserver")
+        with contextlib.suppress(AttributeError, OSError, ChildProcessError):
+            server._forkserver._stop()  # the library's own, private: it has no public stop
+    start(library)
 
 
 def orphaned(supervisor: int) -> bool:

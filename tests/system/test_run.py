@@ -266,9 +266,11 @@ def test_a_fork_server_without_credentials_forks_the_consumers_which_outlive_it(
 def test_with_the_multiprocess_library_its_own_fork_server_forks_the_consumers(
         conn, start_node, statuses):
     """STAGERUNNER_PROCESS_LIBRARY=multiprocess: the stdlib's fork server, started at exec
-    before the settings were read, is stopped, and multiprocess's forks the consumers."""
+    before the settings were read, is stopped, and multiprocess's, preloading the
+    consumer's runtime, forks the consumers."""
     node = start_node(consumers=2, process_library="multiprocess")
     _, consumers = node.wait_stages(2)
+    assert "['stagerunner.consumer']" in procfs.cmdline(procfs.ppid_of(consumers[0]))
     assert {procfs.cmdline(procfs.ppid_of(c)).split(";")[0].split("-c ")[-1] for c in consumers
             } == {"from multiprocess.forkserver import main"}
     assert not [p for p in procfs.children(node.proc.pid)
