@@ -311,7 +311,7 @@ class Chaos:
         f = self.faults
         s = tasks.statuses
         faults = ",".join(f"{k}:{f.counts[k] if f else 0}" for k in self.kinds)
-        kills = ",".join(f"{k}:{f.kills[k] if f else 0}" for k in ("consumer", "forker", "producer"))
+        kills = ",".join(f"{k}:{f.kills[k] if f else 0}" for k in ("consumer", "forker", "producer", "server"))
         return (f"chaos: {'PASS' if passed else 'FAIL'} {self.seconds:g}s seed={self.seed} "
                 f"nodes={self.nodes} private={'yes' if self.server else 'no'} "
                 f"tasks={tasks.rows} lost={tasks.lost} overlaps={tasks.overlaps} "

@@ -121,7 +121,7 @@ class Faults:
     hostile_dsn: str | None = None  # the hostile role's DSN (None: the admin role's)
     enabled: tuple[str, ...] = KINDS
     counts: Counter[str] = field(default_factory=Counter)
-    kills: Counter[str] = field(default_factory=Counter)  # consumer, forker, producer
+    kills: Counter[str] = field(default_factory=Counter)  # consumer, forker, producer, server
     details: Counter[str] = field(default_factory=Counter)  # sessions, past-lease, forced ...
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (wall clock, kind)
     problems: list[str] = field(default_factory=list)
@@ -206,9 +206,11 @@ class Faults:
         node = self.rng.choice(awake)
         assert node.process is not None
         producer, consumers = node.process.stages()
-        stage = self.rng.choices(["consumer", "forker", "producer"], [4, 1, 1])[0]
+        stage = self.rng.choices(["consumer", "forker", "producer", "server"], [4, 1, 1, 1])[0]
         targets = {"consumer": consumers, "producer": [producer] if producer else [],
-                   "forker": [f for c in consumers for f in procfs.children(c)]}[stage]
+                   "forker": [f for c in consumers for f in procfs.children(c)],
+                   "server": [p for p in procfs.children(node.process.pid)  # consumers' fork
+                              if "forkserver" in procfs.cmdline(p)]}[stage]  # server
         if not targets:
             return False
         victim = self.rng.choice(targets)
