@@ -14,8 +14,9 @@ in the child (OpenTelemetry's batch exporter restarts its thread there). A consu
 calls ``watch_hooks`` before it imports its task modules; a registration after that by a
 module other than the stdlib's own, or a module outside the stdlib and stagerunner
 already imported before it (a sitecustomize, the user's main script that the process
-library ran again), keeps ``os.fork`` for that consumer's children, and the consumer says so in its
-log. So does a build without the GIL, where CPython's after-fork work does more.
+library ran again), keeps ``os.fork`` for that consumer's children, and the consumer
+says so in its log. So does a build without the GIL, where CPython's after-fork work
+does more.
 
 What a bare child still differs in: a signal the helper received but had not yet handled
 in Python (only a task module installs a Python handler there) is handled in the child

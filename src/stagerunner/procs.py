@@ -7,9 +7,10 @@ Stages are started with the stdlib ``multiprocessing`` (the default) or ``multip
 (STAGERUNNER_PROCESS_LIBRARY=multiprocess): consumers are forked by the library's fork
 server (``stageserver``), a restarted producer is spawned, a node's first producer is
 forked (see supervisor). A consumer does not carry the supervisor's pydantic and psycopg
-pages into every fork of a job child, and never inherits a database socket. On the pipes every message is bytes (``send_bytes``), so the per-job
-path is the same whichever library started the stage; why the stdlib is the default is
-measured by ``bin/bench`` (see the README).
+pages into every fork of a job child, and never inherits a database socket. On the
+pipes every message is bytes (``send_bytes``), so the per-job path is the same whichever
+library started the stage; why the stdlib is the default is measured by ``bin/bench``
+(see the README).
 """
 
 from __future__ import annotations

@@ -31,11 +31,10 @@ RUNNER_VARIABLES = ("DATABASE_URL",)
 _started: str | None = None  # the library whose server ``start`` started
 
 
-def job_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def job_environment() -> dict[str, str]:
     """The environment a job child runs with: ours minus the credentials the runner
     connects with -- every STAGERUNNER_* variable, DATABASE_URL, and libpq's PG* ones."""
-    source = os.environ if environ is None else environ
-    return {k: v for k, v in source.items()
+    return {k: v for k, v in os.environ.items()
             if not k.startswith(RUNNER_PREFIXES) and k not in RUNNER_VARIABLES}
 
 

@@ -126,7 +126,7 @@ class Node(NodeProcess):
         for pid in procfs.stage_children(sup, stats):
             if pid == producer:
                 roles.producer = pid
-            elif any(h in procfs.cmdline(pid) for h in ("resource_tracker", "forkserver")):
+            elif procfs.is_fork_server(pid) or "resource_tracker" in procfs.cmdline(pid):
                 roles.other.append(pid)
             else:
                 roles.consumers.append(pid)

@@ -209,8 +209,7 @@ class Faults:
         stage = self.rng.choices(["consumer", "forker", "producer", "server"], [4, 1, 1, 1])[0]
         targets = {"consumer": consumers, "producer": [producer] if producer else [],
                    "forker": [f for c in consumers for f in procfs.children(c)],
-                   "server": [p for p in procfs.children(node.process.pid)  # consumers' fork
-                              if "forkserver" in procfs.cmdline(p)]}[stage]  # server
+                   "server": procfs.fork_servers(node.process.pid)}[stage]
         if not targets:
             return False
         victim = self.rng.choice(targets)

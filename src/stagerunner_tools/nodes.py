@@ -87,9 +87,9 @@ class NodeProcess:
     def stages(self) -> tuple[int | None, list[int]]:
         """(producer pid, consumer pids): the supervisor's children and its fork server's,
         told apart by their process titles."""
-        titles = {p: procfs.cmdline(p) for p in procfs.stage_children(self.proc.pid)}
-        titles = {p: t for p, t in titles.items() if "forkserver" not in t}  # it preloads
-        producers = [p for p, t in titles.items() if "producer" in t]  # stagerunner.consumer
+        titles = {p: procfs.cmdline(p) for p in procfs.stage_children(self.proc.pid)
+                  if not procfs.is_fork_server(p)}
+        producers = [p for p, t in titles.items() if "producer" in t]
         return (producers[0] if producers else None), [
             p for p, t in titles.items() if "consumer" in t]
 

@@ -154,8 +154,19 @@ def stage_children(supervisor: int, stats: dict[int, Stat] | None = None) -> lis
     children, and the children of its fork server (the consumers: ``stageserver``)."""
     stats = stats if stats is not None else table()
     kids = children(supervisor, stats)
-    servers = [p for p in kids if ".forkserver import main" in cmdline(p)]
-    return kids + [c for server in servers for c in children(server, stats)]
+    return kids + [c for server in fork_servers(supervisor, stats)
+                   for c in children(server, stats)]
+
+
+def is_fork_server(pid: int) -> bool:
+    """A process library's fork server (its command line names ``stagerunner.consumer``,
+    which it preloads: not a consumer)."""
+    return ".forkserver import main" in cmdline(pid)
+
+
+def fork_servers(supervisor: int, stats: dict[int, Stat] | None = None) -> list[int]:
+    """The fork servers among a node's supervisor's children (one, but for a moment)."""
+    return [p for p in children(supervisor, stats) if is_fork_server(p)]
 
 
 def descendants(root: int, stats: dict[int, Stat] | None = None, sessions: bool = False
