@@ -9,8 +9,32 @@
 -- A row another transaction holds locked (an application's cancel inside its own long
 -- transaction, say) is skipped and comes back with status NULL: the caller writes it
 -- again later, instead of every outcome of the node, and every rescue, waiting for it.
-WITH free AS (
-    SELECT id FROM stagerunner.tasks WHERE id = ANY(%(ids)b::bigint[]) FOR UPDATE SKIP LOCKED
+-- Each locked row finds its outcome by its position in the arrays (array_position), not
+-- by joining the arrays as a table: a prepared statement's generic plan guesses 10 rows
+-- for an unnest and 1 for our running rows, and joined them in a nested loop, whose cost
+-- grows with the square of the batch (64 outcomes: ~17 ms instead of ~5). Here every
+-- step is linear whatever the estimates: the lock by primary key, the update by
+-- primary key, and the guards read from the row as locked.
+WITH o AS (
+    SELECT l.*,
+           (%(statuses)b::stagerunner.task_status[])[l.i] AS status,
+           (%(reported)b::text[])[l.i] AS reported,
+           (%(results)b::jsonb[])[l.i] AS result,
+           (%(errors)b::text[])[l.i] AS error,
+           (%(delays)b::double precision[])[l.i] AS delay_s,
+           (%(lost)b::integer[])[l.i] AS lost,
+           (%(kills)b::integer[])[l.i] AS kills,
+           (%(runtimes)b::double precision[])[l.i] AS runtime_ms,
+           (%(consumers)b::integer[])[l.i] AS consumer,
+           (%(deadlines)b::double precision[])[l.i] AS deadline_s,
+           (%(refunds)b::integer[])[l.i] AS refund
+    FROM (
+        SELECT id, status AS row_status, claimed_by AS row_owner, attempts AS row_attempts,
+               array_position(%(ids)b::bigint[], id) AS i
+        FROM stagerunner.tasks
+        WHERE id = ANY(%(ids)b::bigint[])
+        FOR UPDATE SKIP LOCKED
+    ) AS l
 ),
 written AS (
 UPDATE stagerunner.tasks AS t
@@ -19,7 +43,7 @@ SET status = o.status,
     last_error = coalesce(o.error, t.last_error),
     errors = CASE WHEN o.error IS NULL THEN t.errors
                   ELSE t.errors || jsonb_build_array(jsonb_build_object(
-                      'attempt', o.attempt, 'status', o.reported, 'error', o.error,
+                      'attempt', o.row_attempts, 'status', o.reported, 'error', o.error,
                       'at', now(), 'runtime_ms', o.runtime_ms))
              END,
     lost = t.lost + o.lost,
@@ -34,22 +58,17 @@ SET status = o.status,
     runtime_ms = CASE WHEN o.deadline_s IS NULL THEN t.runtime_ms ELSE o.runtime_ms END,
     deadline_s = coalesce(o.deadline_s, t.deadline_s),
     consumer = CASE WHEN o.deadline_s IS NULL THEN t.consumer ELSE o.consumer END
-FROM unnest(
-    %(ids)b::bigint[], %(attempts)b::integer[], %(statuses)b::stagerunner.task_status[],
-    %(reported)b::text[], %(results)b::jsonb[], %(errors)b::text[], %(delays)b::double precision[],
-    %(lost)b::integer[], %(kills)b::integer[], %(runtimes)b::double precision[],
-    %(consumers)b::integer[], %(deadlines)b::double precision[], %(refunds)b::integer[]
-) AS o(id, attempt, status, reported, result, error, delay_s, lost, kills, runtime_ms,
-       consumer, deadline_s, refund)
+FROM o
 WHERE t.id = o.id
-  AND t.id IN (SELECT id FROM free)
-  AND t.status = 'running'
-  AND t.claimed_by = %(owner)s
-  AND t.attempts = o.attempt
+  -- the guards, on the row as locked above (no one can change it since): kept off `t`,
+  -- where the planner could reach it through the running-owner index instead of the key
+  AND o.row_status = 'running'
+  AND o.row_owner = %(owner)s
+  AND o.row_attempts = (%(attempts)b::integer[])[o.i]
 RETURNING t.id, t.status::text AS status
 )
 SELECT id, status FROM written
 UNION ALL
 SELECT b.id, NULL FROM unnest(%(ids)b::bigint[]) AS b(id)
-WHERE b.id NOT IN (SELECT id FROM free)
+WHERE b.id NOT IN (SELECT id FROM o)
   AND EXISTS (SELECT FROM stagerunner.tasks WHERE id = b.id);  -- there, but locked
