@@ -35,9 +35,14 @@ def generic_plan(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
         return f"${names.index(m.group(1)) + 1}"
 
     text = re.sub(r"%\((\w+)\)[sb]", numbered, store.sql_text(name)).replace("%%", "%")
+    return explain_generic(conn, text, len(names))
+
+
+def explain_generic(conn: psycopg.Connection[Any], text: str, params: int) -> dict[str, Any]:
+    """The generic plan of `text`, a statement with `params` numbered parameters."""
     conn.execute("SET plan_cache_mode = force_generic_plan")
     conn.execute(f"PREPARE probe AS {text}")
-    nulls = ", ".join(["NULL"] * len(names))
+    nulls = ", ".join(["NULL"] * params)
     row = conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE probe({nulls})").fetchone()
     conn.execute("DEALLOCATE probe")
     assert row is not None
@@ -99,8 +104,4 @@ def test_the_rule_catches_the_old_outcome_write(drained):
         FROM unnest($1::bigint[], $2::integer[]) AS o(id, attempt)
         WHERE t.id = o.id AND t.id IN (SELECT id FROM free)
           AND t.status = 'running' AND t.claimed_by = $3 AND t.attempts = o.attempt"""
-    conn = drained
-    conn.execute("SET plan_cache_mode = force_generic_plan")
-    conn.execute(f"PREPARE old AS {old}")
-    row = conn.execute("EXPLAIN (FORMAT JSON) EXECUTE old(NULL, NULL, NULL)").fetchone()
-    assert row is not None and rescans(row[0][0]["Plan"]) != []
+    assert rescans(explain_generic(drained, old, 3)) != []
