@@ -66,19 +66,57 @@ def pool() -> Any:
 
 
 async def apool() -> Any:
-    """This event loop's async pool (opened on first use)."""
+    """This event loop's async pool (opened on first use, closed when the loop ends)."""
     import asyncio
 
-    key = ("async", os.getpid(), id(asyncio.get_running_loop()))
-    if key not in _pools:
-        from psycopg_pool import AsyncConnectionPool
+    loop = asyncio.get_running_loop()
+    key = ("async", os.getpid(), id(loop))
+    opening = _pools.get(key)
+    if opening is None:
+        # One opening per loop, shared: concurrent first enqueues must not open a pool each.
+        opening = _pools[key] = loop.create_task(_open_async_pool(key))
+    if opening.done():
+        return opening.result()
+    return await asyncio.shield(opening)  # one caller's cancel must not cancel the others'
 
+
+async def _open_async_pool(key: Any) -> Any:
+    from psycopg_pool import AsyncConnectionPool
+
+    try:
         conninfo, kwargs = _pool_args()
         created = AsyncConnectionPool(conninfo, min_size=1, max_size=POOL_MAX, kwargs=kwargs,
                                       open=False, name="stagerunner-async")
-        await created.open()
-        _pools[key] = created
-    return _pools[key]
+        # Waiting for the first connection keeps the first enqueue from also growing the
+        # pool by a second one it does not need.
+        await created.open(wait=True)
+    except BaseException:
+        _pools.pop(key, None)  # the next call tries again
+        raise
+    _close_with_the_loop(key, created)
+    return created
+
+
+def _close_with_the_loop(key: Any, pool: Any) -> None:
+    """psycopg_pool's workers survive a cancel that lands in a connect (they retry), so
+    a loop ended by asyncio.run with the pool open could hang cancelling them. A task that
+    waits for that cancel closes the pool first, and forgets it (the loop's id may be
+    reused by the next loop)."""
+    import asyncio
+
+    async def guard() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            _pools.pop(key, None)
+            await pool.close(timeout=1.0)
+
+    task = asyncio.get_running_loop().create_task(guard(), name="stagerunner-pool-guard")
+    _guards.add(task)
+    task.add_done_callback(_guards.discard)
+
+
+_guards: set[Any] = set()  # the loop keeps only weak references to its tasks
 
 
 def close_pools() -> None:

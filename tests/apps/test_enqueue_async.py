@@ -141,3 +141,35 @@ def test_the_first_aenqueue_imports_off_the_event_loop(db, conn):
     assert _count(conn) == 1
     # the imports' total is far above the longest stall (the GIL is handed over every 5 ms)
     assert longest_gap < max(0.1, took / 3), (longest_gap, took)
+
+
+LOOP_ENDS_WHILE_THE_POOL_CONNECTS = """
+import asyncio, json
+from stagerunner import connections
+from tests.apps import app_tasks
+
+async def main():
+    await asyncio.gather(*(app_tasks.add.aenqueue(i, i) for i in range(8)))
+    pool = await connections.apool()
+    opened = sum(key[0] == "async" for key in connections._pools)
+    await pool.resize(4, 4)  # three connects start in the background; the loop ends now
+    return opened
+
+opened = asyncio.run(main())
+print(json.dumps({"opened": opened, "left": len(connections._pools)}))
+"""
+
+
+def test_a_loop_ending_while_its_pool_connects_closes_the_pool_instead_of_hanging(db, conn):
+    """psycopg_pool's workers swallow a cancel that lands in a connect and retry: an
+    asyncio.run ending then used to hang for good. Concurrent first enqueues share one
+    pool, and the ended loop's pool is forgotten (a later loop may reuse its id)."""
+    import json
+
+    from stagerunner_tools.nodes import node_env
+
+    out = subprocess.run([sys.executable, "-c", LOOP_ENDS_WHILE_THE_POOL_CONNECTS], cwd=ROOT,
+                         env=node_env(db), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {"opened": 1, "left": 0}
+    assert _count(conn) == 8
